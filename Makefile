@@ -1,0 +1,52 @@
+# The human entry points. CMake does the building; this file only sequences it.
+#   make run    install missing Debian packages, build, start iotfin
+#   make test   install missing packages, build, run unit (also under ASan+UBSan) and e2e tests
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+JOBS ?= $(shell nproc)
+
+.PHONY: all build deps test-deps run test unit unit-asan e2e fmt fmt-check lint bench clean
+
+all: build
+
+deps:
+	@sh scripts/deps.sh
+
+test-deps:
+	@sh scripts/deps.sh test
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	./$(BUILD)/iotfin serve
+
+unit: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+unit-asan: test-deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DIOTFIN_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS)
+
+e2e: build test-deps
+	IOTFIN_BIN=$(CURDIR)/$(BUILD)/iotfin /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
+
+test: test-deps build unit unit-asan e2e
+
+fmt:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+fmt-check:
+	clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
+
+lint: build
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+	  --inline-suppr --suppress=missingIncludeSystem -I src src plugins
+
+bench: build
+	sh bench/run.sh
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,31 @@
+#!/bin/sh
+# Installs the Debian packages iotfin needs to build, run and test, but only the
+# ones that are missing, so `make run` and `make test` stay fast on a ready machine.
+set -eu
+
+PKGS="cmake make gcc pkg-config clang-format \
+libmicrohttpd-dev libjansson-dev libsqlite3-dev libpq-dev libcurl4-openssl-dev \
+libsodium-dev libmosquitto-dev mosquitto mosquitto-dev libcmocka-dev"
+if [ "${1:-}" = "test" ]; then
+  PKGS="$PKGS python3-pytest python3-requests python3-paho-mqtt python3-aiosmtpd \
+python3-jwt python3-cryptography"
+fi
+
+missing=""
+for p in $PKGS; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    missing="$missing $p"
+  fi
+done
+[ -z "$missing" ] && exit 0
+
+echo "deps: installing$missing" >&2
+if [ "$(id -u)" != 0 ]; then
+  echo "deps: missing packages and not root; run: sudo apt-get install$missing" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null || true
+apt-get install -y -q --no-install-recommends $missing >/dev/null
+# Debian's mosquitto package may start a system broker on 1883; iotfin manages its own.
+if command -v service >/dev/null 2>&1; then service mosquitto stop >/dev/null 2>&1 || true; fi

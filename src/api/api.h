@@ -1,0 +1,23 @@
+/* The route table and the handler of every route. One file per resource
+ * (api_sessions.c, api_admin_devices.c, ...); routes.c holds the single table
+ * that serves requests and generates /openapi.json. */
+#ifndef IOTFIN_API_API_H
+#define IOTFIN_API_API_H
+
+#include "http/http.h"
+
+extern const http_route_t api_routes[];
+extern const int api_routes_count;
+
+int api_system_healthz(http_req_t *req);
+int api_system_readyz(http_req_t *req);
+int api_system_metrics(http_req_t *req);
+int api_system_openapi(http_req_t *req);
+int api_system_jwks(http_req_t *req);
+
+int api_sessions_anonymous(http_req_t *req);
+
+extern const http_body_t api_admin_devices_import_body;
+int api_admin_devices_import(http_req_t *req);
+
+#endif

@@ -1,0 +1,241 @@
+/* JWT signing and verification with Ed25519 keys stored as files in the data dir.
+ * Verification is strict: exactly three base64url parts, alg EdDSA, a known kid,
+ * iss iotfin, and every claim of the contract present with the right type. */
+#include "auth/token.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+
+#define MAX_KEYS 8
+#define KID_LEN 17
+
+typedef struct {
+  char kid[KID_LEN];
+  unsigned char pk[crypto_sign_PUBLICKEYBYTES];
+  unsigned char sk[crypto_sign_SECRETKEYBYTES];
+  long mtime;
+} key_t_;
+
+struct auth_keys {
+  key_t_ keys[MAX_KEYS];
+  int n;
+  int current; /* index of the newest key, the one that signs */
+};
+
+static void make_kid(const unsigned char *pk, char kid[KID_LEN]) {
+  unsigned char h[crypto_generichash_BYTES];
+  crypto_generichash(h, sizeof(h), pk, crypto_sign_PUBLICKEYBYTES, NULL, 0);
+  sodium_bin2hex(kid, KID_LEN, h, 8);
+}
+
+static int write_new_key(const char *dir) {
+  unsigned char pk[crypto_sign_PUBLICKEYBYTES], sk[crypto_sign_SECRETKEYBYTES];
+  crypto_sign_keypair(pk, sk);
+  char kid[KID_LEN], path[1200];
+  make_kid(pk, kid);
+  snprintf(path, sizeof(path), "%s/%s.ed25519", dir, kid);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) return -ERR_INTERNAL;
+  ssize_t w = write(fd, sk, sizeof(sk));
+  int rc = (w == (ssize_t)sizeof(sk) && fsync(fd) == 0) ? 0 : -ERR_INTERNAL;
+  close(fd);
+  sodium_memzero(sk, sizeof(sk));
+  if (rc == 0) log_info("auth", "generated signing key %s", kid);
+  return rc;
+}
+
+static int read_keys(const char *dir, auth_keys_t *k) {
+  DIR *d = opendir(dir);
+  if (!d) return -ERR_INTERNAL;
+  struct dirent *e;
+  k->n = 0;
+  while ((e = readdir(d)) && k->n < MAX_KEYS) {
+    size_t len = strlen(e->d_name);
+    if (len < 9 || strcmp(e->d_name + len - 8, ".ed25519") != 0) continue;
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) continue;
+    key_t_ *key = &k->keys[k->n];
+    struct stat st;
+    ssize_t r = read(fd, key->sk, sizeof(key->sk));
+    int ok = r == (ssize_t)sizeof(key->sk) && fstat(fd, &st) == 0;
+    close(fd);
+    if (!ok) {
+      log_warn("auth", "ignoring unreadable key file %s", e->d_name);
+      continue;
+    }
+    crypto_sign_ed25519_sk_to_pk(key->pk, key->sk);
+    make_kid(key->pk, key->kid);
+    key->mtime = (long)st.st_mtime;
+    k->n++;
+  }
+  closedir(d);
+  k->current = 0;
+  for (int i = 1; i < k->n; i++)
+    if (k->keys[i].mtime > k->keys[k->current].mtime) k->current = i;
+  return k->n > 0 ? 0 : -ERR_INTERNAL;
+}
+
+int auth_keys_load(const char *dir, auth_keys_t **out) {
+  *out = NULL;
+  if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+    log_error("auth", "cannot create key folder %s: %s", dir, strerror(errno));
+    return -ERR_INTERNAL;
+  }
+  auth_keys_t *k = sodium_malloc(sizeof(*k));
+  if (!k) return -ERR_INTERNAL;
+  memset(k, 0, sizeof(*k));
+  if (read_keys(dir, k) < 0 && (write_new_key(dir) < 0 || read_keys(dir, k) < 0)) {
+    log_error("auth", "no usable signing key in %s", dir);
+    sodium_free(k);
+    return -ERR_INTERNAL;
+  }
+  *out = k;
+  return 0;
+}
+
+void auth_keys_free(auth_keys_t **keys) {
+  if (!*keys) return;
+  sodium_free(*keys);
+  *keys = NULL;
+}
+
+static char *b64url(const void *data, size_t len) {
+  size_t cap = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+  char *s = malloc(cap);
+  if (s) sodium_bin2base64(s, cap, data, len, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+  return s;
+}
+
+json_t *auth_keys_jwks(const auth_keys_t *keys) {
+  json_t *arr = json_array();
+  for (int i = 0; i < keys->n; i++) {
+    char *x = b64url(keys->keys[i].pk, sizeof(keys->keys[i].pk));
+    json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "kty", "OKP", "crv",
+                                         "Ed25519", "x", x, "kid", keys->keys[i].kid, "alg",
+                                         "EdDSA", "use", "sig"));
+    free(x);
+  }
+  return json_pack("{s:o}", "keys", arr);
+}
+
+int auth_token_sign(const auth_keys_t *keys, const auth_claims_t *c, char **out) {
+  *out = NULL;
+  const key_t_ *key = &keys->keys[keys->current];
+  json_t *hdr = json_pack("{s:s,s:s,s:s}", "alg", "EdDSA", "typ", "JWT", "kid", key->kid);
+  json_t *pl = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:s}", "iss", "iotfin", "sub", c->sub, "sid",
+                         c->sid, "tier", c->tier, "iat", (json_int_t)c->iat, "exp",
+                         (json_int_t)c->exp, "jti", c->jti);
+  char *hs = json_dumps(hdr, JSON_COMPACT), *ps = json_dumps(pl, JSON_COMPACT);
+  json_decref(hdr);
+  json_decref(pl);
+  char *h64 = hs ? b64url(hs, strlen(hs)) : NULL, *p64 = ps ? b64url(ps, strlen(ps)) : NULL;
+  int rc = -ERR_INTERNAL;
+  if (h64 && p64) {
+    size_t signed_len = strlen(h64) + 1 + strlen(p64);
+    char *jwt = malloc(signed_len + 1 + 100);
+    if (jwt) {
+      sprintf(jwt, "%s.%s", h64, p64);
+      unsigned char sig[crypto_sign_BYTES];
+      crypto_sign_detached(sig, NULL, (unsigned char *)jwt, signed_len, key->sk);
+      char *s64 = b64url(sig, sizeof(sig));
+      if (s64) {
+        jwt[signed_len] = '.';
+        strcpy(jwt + signed_len + 1, s64);
+        free(s64);
+        *out = jwt;
+        rc = 0;
+      } else {
+        free(jwt);
+      }
+    }
+  }
+  free(hs);
+  free(ps);
+  free(h64);
+  free(p64);
+  return rc;
+}
+
+/* Decodes one base64url part into a malloc'd, NUL-terminated buffer. */
+static unsigned char *unb64(const char *s, size_t len, size_t *outlen) {
+  unsigned char *buf = malloc(len + 1);
+  if (!buf) return NULL;
+  const char *end;
+  if (sodium_base642bin(buf, len, s, len, NULL, outlen, &end,
+                        sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+      end != s + len) {
+    free(buf);
+    return NULL;
+  }
+  buf[*outlen] = 0;
+  return buf;
+}
+
+static int copy_claim(json_t *pl, const char *name, char *dst, size_t cap) {
+  const char *v = json_string_value(json_object_get(pl, name));
+  if (!v || strlen(v) >= cap) return -1;
+  strcpy(dst, v);
+  return 0;
+}
+
+int auth_token_verify(const auth_keys_t *keys, const char *jwt, int64_t now_s,
+                      auth_claims_t *c) {
+  memset(c, 0, sizeof(*c));
+  if (!jwt || strlen(jwt) > 4096) return -ERR_UNAUTHENTICATED;
+  const char *d1 = strchr(jwt, '.');
+  const char *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+  if (!d1 || !d2 || strchr(d2 + 1, '.')) return -ERR_UNAUTHENTICATED;
+
+  int rc = -ERR_UNAUTHENTICATED;
+  size_t hl, pl_len, sl;
+  unsigned char *hdr = unb64(jwt, (size_t)(d1 - jwt), &hl);
+  unsigned char *pay = unb64(d1 + 1, (size_t)(d2 - d1 - 1), &pl_len);
+  unsigned char *sig = unb64(d2 + 1, strlen(d2 + 1), &sl);
+  json_t *h = hdr ? json_loadb((char *)hdr, hl, 0, NULL) : NULL;
+  json_t *p = pay ? json_loadb((char *)pay, pl_len, 0, NULL) : NULL;
+  if (!h || !p || !sig || sl != crypto_sign_BYTES) goto cleanup;
+  const char *alg = json_string_value(json_object_get(h, "alg"));
+  const char *kid = json_string_value(json_object_get(h, "kid"));
+  if (!alg || strcmp(alg, "EdDSA") != 0 || !kid) goto cleanup;
+  const key_t_ *key = NULL;
+  for (int i = 0; i < keys->n; i++)
+    if (strcmp(keys->keys[i].kid, kid) == 0) key = &keys->keys[i];
+  if (!key) goto cleanup;
+  if (crypto_sign_verify_detached(sig, (const unsigned char *)jwt, (size_t)(d2 - jwt),
+                                  key->pk) != 0)
+    goto cleanup;
+  const char *iss = json_string_value(json_object_get(p, "iss"));
+  json_t *iat = json_object_get(p, "iat"), *exp = json_object_get(p, "exp");
+  if (!iss || strcmp(iss, "iotfin") != 0 || !json_is_integer(iat) || !json_is_integer(exp))
+    goto cleanup;
+  if (copy_claim(p, "sub", c->sub, sizeof(c->sub)) ||
+      copy_claim(p, "sid", c->sid, sizeof(c->sid)) ||
+      copy_claim(p, "tier", c->tier, sizeof(c->tier)) ||
+      copy_claim(p, "jti", c->jti, sizeof(c->jti)))
+    goto cleanup;
+  c->iat = json_integer_value(iat);
+  c->exp = json_integer_value(exp);
+  if (c->exp <= now_s) goto cleanup;
+  rc = 0;
+
+cleanup:
+  json_decref(h);
+  json_decref(p);
+  free(hdr);
+  free(pay);
+  free(sig);
+  if (rc < 0) memset(c, 0, sizeof(*c));
+  return rc;
+}

@@ -1,0 +1,35 @@
+/* Bearer tokens: JWTs (RFC 7519) signed with EdDSA (Ed25519, libsodium). The public
+ * keys are published as a JWKS so any party can verify a token offline; whether a
+ * token's session is still alive is a separate check (services/sessions). */
+#ifndef IOTFIN_AUTH_TOKEN_H
+#define IOTFIN_AUTH_TOKEN_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+typedef struct auth_keys auth_keys_t;
+
+typedef struct {
+  char sub[64]; /* user id, device id, or session id for anonymous sessions */
+  char sid[64]; /* session id */
+  char tier[16]; /* anonymous, registration, user, device */
+  char jti[64];
+  int64_t iat, exp; /* seconds since the epoch */
+} auth_claims_t;
+
+/* Loads the signing keys kept in dir (created 0700), generating the first one when
+ * there is none. Returns 0 and *out (free with auth_keys_free) or -ERR_INTERNAL. */
+int auth_keys_load(const char *dir, auth_keys_t **out);
+void auth_keys_free(auth_keys_t **keys);
+/* The public keys as a JWKS object; the caller owns the new reference. */
+json_t *auth_keys_jwks(const auth_keys_t *keys);
+
+/* Signs claims (iss is always "iotfin") with the newest key. Returns a malloc'd
+ * compact JWT in *out, or -ERR_INTERNAL. Thread-safe. */
+int auth_token_sign(const auth_keys_t *keys, const auth_claims_t *claims, char **out);
+/* Checks the signature, alg, kid, iss and expiry against now_s. Fills *claims and
+ * returns 0, or -ERR_UNAUTHENTICATED for anything wrong. Thread-safe. */
+int auth_token_verify(const auth_keys_t *keys, const char *jwt, int64_t now_s,
+                      auth_claims_t *claims);
+
+#endif

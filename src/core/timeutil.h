@@ -1,0 +1,16 @@
+/* Wall-clock and monotonic time in milliseconds, and RFC 3339 formatting with
+ * milliseconds in UTC, the one timestamp format of the contract. */
+#ifndef IOTFIN_CORE_TIMEUTIL_H
+#define IOTFIN_CORE_TIMEUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Milliseconds since the Unix epoch (wall clock). */
+int64_t time_now_ms(void);
+/* Milliseconds from an arbitrary origin that never goes back (for timeouts). */
+int64_t time_mono_ms(void);
+/* Writes e.g. 2026-11-27T07:00:00.123Z; buf needs 25 bytes. Returns buf. */
+char *time_format_rfc3339(int64_t ms, char *buf, size_t cap);
+
+#endif

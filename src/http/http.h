@@ -1,0 +1,89 @@
+/* What an API handler sees of an HTTP request, and the helpers it answers with.
+ * The gateway (http/server.c) has already matched the route, checked size,
+ * content type, the token's tier and the body's shape before a handler runs.
+ * A handler either calls one http_reply_* and returns 0, or returns -ERR_* and
+ * the gateway answers with the matching problem+json. */
+#ifndef IOTFIN_HTTP_HTTP_H
+#define IOTFIN_HTTP_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "auth/token.h"
+
+struct app;
+typedef struct http_req http_req_t;
+
+/* Who may call a route: a set of these bits. 0 means anybody, no token needed. */
+enum {
+  HTTP_AUTH_ANONYMOUS = 1 << 0,
+  HTTP_AUTH_REGISTRATION = 1 << 1,
+  HTTP_AUTH_USER = 1 << 2,
+  HTTP_AUTH_DEVICE = 1 << 3,
+  HTTP_AUTH_ADMIN = 1 << 4,
+};
+
+/* Declarative body schema: one per route, used to validate and to write OpenAPI. */
+typedef enum { HTTP_T_STRING, HTTP_T_INT, HTTP_T_BOOL, HTTP_T_OBJECT, HTTP_T_ARRAY } http_type_t;
+
+typedef struct http_field {
+  const char *name;
+  http_type_t type;
+  bool required;
+  long min, max;             /* string length, integer value or array size; 0,0 = unbounded */
+  const char *pattern;       /* documented regex; checked by check below */
+  bool (*check)(const char *value); /* extra check for strings; NULL = none */
+  const char *enum_values;   /* "a|b|c" for strings; NULL = any */
+  const struct http_field *items; /* for arrays of objects: the item fields */
+  const char *description;
+} http_field_t;
+
+typedef struct {
+  const http_field_t *fields; /* terminated by a field with name NULL */
+  bool allow_csv;             /* text/csv accepted as well as application/json */
+  bool open;                  /* unknown fields allowed (e.g. webhook bodies) */
+} http_body_t;
+
+typedef int (*http_handler_fn)(http_req_t *req);
+
+typedef struct {
+  const char *method;
+  const char *path; /* /v1/devices/{id} */
+  unsigned auth;    /* HTTP_AUTH_* bits; 0 = public */
+  http_handler_fn handler;
+  const http_body_t *body; /* NULL: no body expected */
+  int success_status;
+  const char *summary;
+  const char *tag;
+  bool idempotent_key; /* honours Idempotency-Key */
+  bool auth_rate_limited;
+} http_route_t;
+
+/* Request accessors. Strings are owned by the request and live until it ends. */
+struct app *http_req_app(const http_req_t *req);
+const char *http_req_method(const http_req_t *req);
+const char *http_req_path(const http_req_t *req);
+const char *http_req_param(const http_req_t *req, const char *name);
+const char *http_req_query(const http_req_t *req, const char *name);
+const char *http_req_header(const http_req_t *req, const char *name);
+const char *http_req_body(const http_req_t *req, size_t *len);
+bool http_req_is_csv(const http_req_t *req);
+/* The parsed JSON body (borrowed), NULL when there is none. */
+json_t *http_req_json(const http_req_t *req);
+/* The verified token's claims, or NULL on public and admin routes. */
+const auth_claims_t *http_req_claims(const http_req_t *req);
+const char *http_req_id(const http_req_t *req);
+const char *http_req_client(const http_req_t *req);
+
+/* Replies. body is stolen. Each returns 0, so handlers can `return http_reply_...`. */
+int http_reply_json(http_req_t *req, int status, json_t *body);
+int http_reply_text(http_req_t *req, int status, const char *content_type, const char *text);
+/* problem+json for err (-ERR_* or ERR_*), with detail (may be NULL) and, for
+ * validation failures, errors = [{field, message}] (stolen, may be NULL). */
+int http_reply_problem(http_req_t *req, int err, const char *detail, json_t *errors);
+/* Adds a header to the reply about to be sent. */
+void http_reply_header(http_req_t *req, const char *name, const char *value);
+
+#endif

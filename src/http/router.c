@@ -1,0 +1,59 @@
+/* Segment-by-segment matcher. The table is small (tens of routes), so a linear scan
+ * costs less than building a tree and keeps the table the single source of truth. */
+#include "http/router.h"
+
+#include <string.h>
+
+#include "core/errors.h"
+
+/* Matches one pattern against path; fills params on success. */
+static bool match_path(const char *pattern, const char *path, http_match_t *m) {
+  m->nparams = 0;
+  const char *p = pattern, *s = path;
+  while (*p && *s) {
+    if (*p != '/' || *s != '/') return false;
+    p++;
+    s++;
+    const char *pe = strchr(p, '/'), *se = strchr(s, '/');
+    size_t pl = pe ? (size_t)(pe - p) : strlen(p);
+    size_t sl = se ? (size_t)(se - s) : strlen(s);
+    if (pl > 2 && p[0] == '{' && p[pl - 1] == '}') {
+      if (sl == 0 || sl >= HTTP_PARAM_MAX || m->nparams == HTTP_MAX_PARAMS) return false;
+      size_t nl = pl - 2 < 31 ? pl - 2 : 31;
+      memcpy(m->names[m->nparams], p + 1, nl);
+      m->names[m->nparams][nl] = 0;
+      memcpy(m->values[m->nparams], s, sl);
+      m->values[m->nparams][sl] = 0;
+      m->nparams++;
+    } else if (pl != sl || memcmp(p, s, pl) != 0) {
+      return false;
+    }
+    p += pl;
+    s += sl;
+  }
+  return *p == 0 && *s == 0;
+}
+
+int http_router_match(const http_route_t *routes, int n, const char *method, const char *path,
+                      http_match_t *m) {
+  memset(m, 0, sizeof(*m));
+  const char *want = strcmp(method, "HEAD") == 0 ? "GET" : method;
+  bool path_known = false;
+  http_match_t tmp;
+  for (int i = 0; i < n; i++) {
+    if (!match_path(routes[i].path, path, &tmp)) continue;
+    if (strcmp(routes[i].method, want) == 0) {
+      *m = tmp;
+      return i;
+    }
+    if (!strstr(m->allow, routes[i].method)) {
+      size_t used = strlen(m->allow);
+      if (used + strlen(routes[i].method) + 3 < sizeof(m->allow)) {
+        if (used) strcat(m->allow, ", ");
+        strcat(m->allow, routes[i].method);
+      }
+    }
+    path_known = true;
+  }
+  return path_known ? -ERR_METHOD_NOT_ALLOWED : -ERR_NOT_FOUND;
+}

@@ -1,0 +1,421 @@
+/* Gateway glue between libmicrohttpd and the route table. For each request, in
+ * order: request id, route match (404/405), body limit, content type, token and
+ * tier, JSON parse and body validation, the handler, and problem+json for any
+ * error. One access-log line and the HTTP metrics are written when it completes. */
+#include "http/server.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/errors.h"
+#include "core/ids.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/timeutil.h"
+#include "http/router.h"
+#include "http/validate.h"
+#include "services/sessions.h"
+
+#define MAX_REPLY_HEADERS 8
+
+struct http_server {
+  struct MHD_Daemon *daemon;
+  app_t *app;
+  const http_route_t *routes;
+  int nroutes;
+  int port;
+  atomic_int in_flight;
+};
+
+struct http_req {
+  http_server_t *srv;
+  struct MHD_Connection *conn;
+  const http_route_t *route; /* NULL until matched */
+  http_match_t match;
+  char method[16];
+  char *path;
+  char request_id[IDS_UUID_LEN + 28];
+  char client[64];
+  char *body;
+  size_t body_len, body_cap;
+  bool too_large, replied;
+  json_t *json;
+  auth_claims_t claims;
+  bool has_claims;
+  int status;
+  int64_t start_us;
+  int nheaders;
+  char *hnames[MAX_REPLY_HEADERS], *hvalues[MAX_REPLY_HEADERS];
+};
+
+static int64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+struct app *http_req_app(const http_req_t *r) { return r->srv->app; }
+const char *http_req_method(const http_req_t *r) { return r->method; }
+const char *http_req_path(const http_req_t *r) { return r->path; }
+const char *http_req_id(const http_req_t *r) { return r->request_id; }
+const char *http_req_client(const http_req_t *r) { return r->client; }
+json_t *http_req_json(const http_req_t *r) { return r->json; }
+const auth_claims_t *http_req_claims(const http_req_t *r) {
+  return r->has_claims ? &r->claims : NULL;
+}
+
+const char *http_req_param(const http_req_t *r, const char *name) {
+  for (int i = 0; i < r->match.nparams; i++)
+    if (strcmp(r->match.names[i], name) == 0) return r->match.values[i];
+  return NULL;
+}
+
+const char *http_req_query(const http_req_t *r, const char *name) {
+  return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *http_req_header(const http_req_t *r, const char *name) {
+  return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *http_req_body(const http_req_t *r, size_t *len) {
+  if (len) *len = r->body_len;
+  return r->body ? r->body : "";
+}
+
+static bool media_type_is(const char *ct, const char *want) {
+  if (!ct) return false;
+  size_t n = strlen(want);
+  return strncasecmp(ct, want, n) == 0 && (ct[n] == 0 || ct[n] == ';' || ct[n] == ' ');
+}
+
+bool http_req_is_csv(const http_req_t *r) {
+  return media_type_is(http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE), "text/csv");
+}
+
+void http_reply_header(http_req_t *r, const char *name, const char *value) {
+  if (r->nheaders == MAX_REPLY_HEADERS) return;
+  r->hnames[r->nheaders] = strdup(name);
+  r->hvalues[r->nheaders] = strdup(value);
+  r->nheaders++;
+}
+
+static int send_buffer(http_req_t *r, int status, const char *ctype, char *buf, size_t len) {
+  if (r->replied) {
+    free(buf);
+    log_error("http", "second reply to one request (%s %s) ignored", r->method, r->path);
+    return 0;
+  }
+  struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(buf);
+    return -ERR_INTERNAL;
+  }
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+  MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+  for (int i = 0; i < r->nheaders; i++) MHD_add_response_header(resp, r->hnames[i], r->hvalues[i]);
+  MHD_queue_response(r->conn, (unsigned)status, resp);
+  MHD_destroy_response(resp);
+  r->status = status;
+  r->replied = true;
+  return 0;
+}
+
+int http_reply_text(http_req_t *r, int status, const char *ctype, const char *text) {
+  char *buf = strdup(text);
+  return buf ? send_buffer(r, status, ctype, buf, strlen(buf)) : -ERR_INTERNAL;
+}
+
+int http_reply_json(http_req_t *r, int status, json_t *body) {
+  char *buf = json_dumps(body, JSON_COMPACT);
+  json_decref(body);
+  if (!buf) return -ERR_INTERNAL;
+  return send_buffer(r, status, "application/json", buf, strlen(buf));
+}
+
+int http_reply_problem(http_req_t *r, int err, const char *detail, json_t *errors) {
+  if (errors_status(err) == 401 && r->route && r->route->auth)
+    http_reply_header(r, "WWW-Authenticate", "Bearer realm=\"iotfin\"");
+  json_t *p = http_problem_new(err, detail, errors, r->path);
+  char *buf = json_dumps(p, JSON_COMPACT);
+  json_decref(p);
+  if (!buf) return -ERR_INTERNAL;
+  return send_buffer(r, errors_status(err), "application/problem+json", buf, strlen(buf));
+}
+
+/* Sets r->claims for bearer routes; admin routes compare the admin token. */
+static int authenticate(http_req_t *r) {
+  unsigned need = r->route->auth;
+  const char *h = http_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+  if (!h || strncasecmp(h, "Bearer ", 7) != 0 || !h[7])
+    return http_reply_problem(r, ERR_UNAUTHENTICATED, "a bearer token is required", NULL), -1;
+  const char *tok = h + 7;
+  app_t *app = r->srv->app;
+
+  if (need & HTTP_AUTH_ADMIN) {
+    /* Hash both sides so the comparison is constant-time whatever the lengths. */
+    unsigned char a[32], b[32];
+    crypto_generichash(a, sizeof(a), (const unsigned char *)tok, strlen(tok), NULL, 0);
+    crypto_generichash(b, sizeof(b), (const unsigned char *)app->admin_token,
+                       strlen(app->admin_token), NULL, 0);
+    if (sodium_memcmp(a, b, sizeof(a)) == 0) return 0;
+    if (need == HTTP_AUTH_ADMIN) {
+      /* A valid user token on an admin route is the wrong principal, not a bad one. */
+      auth_claims_t c;
+      if (auth_token_verify(app->keys, tok, time_now_ms() / 1000, &c) == 0)
+        return http_reply_problem(r, ERR_FORBIDDEN, "this route needs the admin token", NULL),
+               -1;
+      return http_reply_problem(r, ERR_UNAUTHENTICATED, "invalid admin token", NULL), -1;
+    }
+  }
+  if (auth_token_verify(app->keys, tok, time_now_ms() / 1000, &r->claims) < 0)
+    return http_reply_problem(r, ERR_UNAUTHENTICATED, "invalid or expired token", NULL), -1;
+  if (sessions_check(app, &r->claims) < 0)
+    return http_reply_problem(r, ERR_UNAUTHENTICATED, "session revoked or expired", NULL), -1;
+  r->has_claims = true;
+  static const struct {
+    const char *tier;
+    unsigned bit;
+  } tiers[] = {{"anonymous", HTTP_AUTH_ANONYMOUS},
+               {"registration", HTTP_AUTH_REGISTRATION},
+               {"user", HTTP_AUTH_USER},
+               {"device", HTTP_AUTH_DEVICE}};
+  for (size_t i = 0; i < sizeof(tiers) / sizeof(tiers[0]); i++)
+    if (strcmp(r->claims.tier, tiers[i].tier) == 0 && (need & tiers[i].bit)) return 0;
+  char detail[96];
+  snprintf(detail, sizeof(detail), "a %s token cannot call this route", r->claims.tier);
+  return http_reply_problem(r, ERR_FORBIDDEN, detail, NULL), -1;
+}
+
+/* Everything after the body has arrived. */
+static void dispatch(http_req_t *r) {
+  const http_route_t *rt = r->route;
+  if (r->too_large) {
+    http_reply_problem(r, ERR_PAYLOAD_TOO_LARGE, "the body is larger than 64 KiB", NULL);
+    return;
+  }
+  bool csv = false;
+  if (rt->body) {
+    const char *ct = http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    csv = rt->body->allow_csv && media_type_is(ct, "text/csv");
+    if (!csv && !media_type_is(ct, "application/json")) {
+      http_reply_problem(r, ERR_UNSUPPORTED_MEDIA_TYPE,
+                         rt->body->allow_csv ? "send application/json or text/csv"
+                                             : "send application/json",
+                         NULL);
+      return;
+    }
+  }
+  if (rt->auth && authenticate(r) < 0) return;
+  if (rt->body && !csv) {
+    json_error_t jerr;
+    r->json = json_loadb(r->body ? r->body : "", r->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!r->json) {
+      char detail[200];
+      snprintf(detail, sizeof(detail), "line %d, column %d: %s", jerr.line, jerr.column,
+               jerr.text);
+      http_reply_problem(r, ERR_INVALID_JSON, detail, NULL);
+      return;
+    }
+    json_t *errs = http_validate(rt->body, r->json);
+    if (errs) {
+      http_reply_problem(r, ERR_VALIDATION_FAILED, "the body does not match the schema", errs);
+      return;
+    }
+  }
+  int rc = rt->handler(r);
+  if (rc < 0 && !r->replied) {
+    if (errors_status(rc) >= 500)
+      log_error("http", "%s %s failed: %s (request %s)", r->method, rt->path, errors_code(rc),
+                r->request_id);
+    http_reply_problem(r, rc, NULL, NULL);
+  } else if (!r->replied) {
+    log_error("http", "handler for %s %s returned without replying", r->method, rt->path);
+    http_reply_problem(r, ERR_INTERNAL, NULL, NULL);
+  }
+}
+
+static bool valid_request_id(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 64) return false;
+  for (; *s; s++)
+    if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_' || *s == '.')) return false;
+  return true;
+}
+
+static http_req_t *req_new(http_server_t *srv, struct MHD_Connection *conn, const char *url,
+                           const char *method) {
+  http_req_t *r = calloc(1, sizeof(*r));
+  if (!r) return NULL;
+  r->srv = srv;
+  r->conn = conn;
+  r->start_us = now_us();
+  snprintf(r->method, sizeof(r->method), "%s", method);
+  r->path = strdup(url);
+  const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+  if (rid && valid_request_id(rid))
+    snprintf(r->request_id, sizeof(r->request_id), "%s", rid);
+  else
+    ids_uuid7(r->request_id);
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (ci && ci->client_addr) {
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+      inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, r->client,
+                sizeof(r->client));
+    else if (sa->sa_family == AF_INET6)
+      inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, r->client,
+                sizeof(r->client));
+  }
+  atomic_fetch_add(&srv->in_flight, 1);
+  return r;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_size, void **con_cls) {
+  http_server_t *srv = cls;
+  http_req_t *r = *con_cls;
+  if (!r) {
+    r = req_new(srv, conn, url, method);
+    if (!r) return MHD_NO;
+    *con_cls = r;
+    int idx = http_router_match(srv->routes, srv->nroutes, method, url, &r->match);
+    if (idx == -ERR_METHOD_NOT_ALLOWED) {
+      http_reply_header(r, "Allow", r->match.allow);
+      char detail[200];
+      snprintf(detail, sizeof(detail), "%s is not allowed here; allowed: %s", method,
+               r->match.allow);
+      http_reply_problem(r, ERR_METHOD_NOT_ALLOWED, detail, NULL);
+      return MHD_YES;
+    }
+    if (idx < 0) {
+      http_reply_problem(r, ERR_NOT_FOUND, "no such route", NULL);
+      return MHD_YES;
+    }
+    r->route = &srv->routes[idx];
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoll(cl, NULL, 10) > HTTP_MAX_BODY) {
+      http_reply_problem(r, ERR_PAYLOAD_TOO_LARGE, "the body is larger than 64 KiB", NULL);
+      return MHD_YES;
+    }
+    return MHD_YES;
+  }
+  if (*upload_size) {
+    if (!r->replied && !r->too_large) {
+      if (r->body_len + *upload_size > HTTP_MAX_BODY) {
+        r->too_large = true;
+      } else {
+        if (r->body_len + *upload_size + 1 > r->body_cap) {
+          size_t cap = (r->body_len + *upload_size + 1) * 2;
+          if (cap > HTTP_MAX_BODY + 1) cap = HTTP_MAX_BODY + 1;
+          char *nb = realloc(r->body, cap);
+          if (!nb) return MHD_NO;
+          r->body = nb;
+          r->body_cap = cap;
+        }
+        memcpy(r->body + r->body_len, upload_data, *upload_size);
+        r->body_len += *upload_size;
+        r->body[r->body_len] = 0;
+      }
+    }
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  if (!r->replied) dispatch(r);
+  return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+  http_server_t *srv = cls;
+  http_req_t *r = *con_cls;
+  if (!r) return;
+  double secs = (double)(now_us() - r->start_us) / 1e6;
+  const char *route = r->route ? r->route->path : "unmatched";
+  char labels[256];
+  snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\",status=\"%d\"", r->method, route,
+           r->status);
+  metrics_counter_add("iotfin_http_requests_total", labels, 1);
+  snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\"", r->method, route);
+  metrics_histogram_observe("iotfin_http_request_duration_seconds", labels, secs);
+  json_t *f = json_pack("{s:s,s:s,s:s,s:s,s:i,s:f,s:s}", "request_id", r->request_id, "method",
+                        r->method, "path", r->path, "route", route, "status", r->status,
+                        "duration_ms", secs * 1000.0, "client", r->client);
+  log_write(LOG_INFO, "access", f, "%s %s %d", r->method, r->path, r->status);
+  json_decref(f);
+  json_decref(r->json);
+  for (int i = 0; i < r->nheaders; i++) {
+    free(r->hnames[i]);
+    free(r->hvalues[i]);
+  }
+  free(r->body);
+  free(r->path);
+  free(r);
+  *con_cls = NULL;
+  atomic_fetch_sub(&srv->in_flight, 1);
+}
+
+int http_server_start(app_t *app, const http_route_t *routes, int n, const char *host, int port,
+                      http_server_t **out) {
+  *out = NULL;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_NUMERICSERV};
+  struct addrinfo *ai = NULL;
+  char portstr[16];
+  snprintf(portstr, sizeof(portstr), "%d", port);
+  if (getaddrinfo(host, portstr, &hints, &ai) != 0 || !ai) {
+    log_error("http", "cannot resolve listen address %s", host);
+    return -ERR_UNAVAILABLE;
+  }
+  http_server_t *srv = calloc(1, sizeof(*srv));
+  srv->app = app;
+  srv->routes = routes;
+  srv->nroutes = n;
+  metrics_describe("iotfin_http_requests_total", "counter", "HTTP requests by route and status.");
+  metrics_describe("iotfin_http_request_duration_seconds", "histogram",
+                   "HTTP request latency by route.");
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
+  if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+  srv->daemon = MHD_start_daemon(
+      flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_CONNECTION_LIMIT, (unsigned)10000,
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+      srv, MHD_OPTION_END);
+  freeaddrinfo(ai);
+  if (!srv->daemon) {
+    log_error("http", "cannot listen on %s:%d (address in use or not local?)", host, port);
+    free(srv);
+    return -ERR_UNAVAILABLE;
+  }
+  const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+  srv->port = di ? di->port : port;
+  *out = srv;
+  return 0;
+}
+
+int http_server_port(const http_server_t *srv) { return srv->port; }
+
+void http_server_stop(http_server_t **psrv, int timeout_ms) {
+  http_server_t *srv = *psrv;
+  if (!srv) return;
+  MHD_socket s = MHD_quiesce_daemon(srv->daemon);
+  if (s != MHD_INVALID_SOCKET) close(s);
+  int64_t deadline = time_mono_ms() + timeout_ms;
+  while (atomic_load(&srv->in_flight) > 0 && time_mono_ms() < deadline) usleep(10000);
+  MHD_stop_daemon(srv->daemon);
+  free(srv);
+  *psrv = NULL;
+}

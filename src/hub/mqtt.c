@@ -1,0 +1,95 @@
+/* The hub's broker connection. Connection state is an atomic flag written by
+ * libmosquitto's thread and read by /readyz; losses and returns are logged. */
+#include "hub/mqtt.h"
+
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/errors.h"
+#include "core/ids.h"
+#include "core/log.h"
+#include "core/timeutil.h"
+
+struct hub_mqtt {
+  struct mosquitto *mosq;
+  atomic_bool connected;
+  atomic_bool ever_connected;
+};
+
+static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+static void lib_init(void) { mosquitto_lib_init(); }
+
+static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
+                       const mosquitto_property *props) {
+  hub_mqtt_t *m = obj;
+  if (rc == 0) {
+    atomic_store(&m->connected, true);
+    if (atomic_exchange(&m->ever_connected, true))
+      log_info("hub", "reconnected to the MQTT broker");
+  } else {
+    log_error("hub", "MQTT broker refused iotfin's connection: %s", mosquitto_reason_string(rc));
+  }
+}
+
+static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
+                          const mosquitto_property *props) {
+  hub_mqtt_t *m = obj;
+  if (atomic_exchange(&m->connected, false) && rc != 0)
+    log_warn("hub", "lost the MQTT broker connection (%s); reconnecting",
+             mosquitto_reason_string(rc));
+}
+
+int hub_mqtt_start(const char *host, int port, const char *username, const char *password,
+                   int wait_ms, hub_mqtt_t **out) {
+  *out = NULL;
+  pthread_once(&lib_once, lib_init);
+  hub_mqtt_t *m = calloc(1, sizeof(*m));
+  if (!m) return -ERR_INTERNAL;
+  char client_id[64] = "iotfin-";
+  ids_random_token(client_id + 7, sizeof(client_id) - 7, 9);
+  m->mosq = mosquitto_new(client_id, true, m);
+  if (!m->mosq) {
+    free(m);
+    return -ERR_INTERNAL;
+  }
+  mosquitto_int_option(m->mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+  mosquitto_connect_v5_callback_set(m->mosq, on_connect);
+  mosquitto_disconnect_v5_callback_set(m->mosq, on_disconnect);
+  mosquitto_reconnect_delay_set(m->mosq, 1, 5, true);
+  if (username) mosquitto_username_pw_set(m->mosq, username, password);
+  int rc = mosquitto_connect_bind_v5(m->mosq, host, port, 30, NULL, NULL);
+  if (rc != MOSQ_ERR_SUCCESS) {
+    log_error("hub", "cannot connect to MQTT broker %s:%d: %s", host, port,
+              mosquitto_strerror(rc));
+    mosquitto_destroy(m->mosq);
+    free(m);
+    return -ERR_UNAVAILABLE;
+  }
+  mosquitto_loop_start(m->mosq);
+  int64_t deadline = time_mono_ms() + wait_ms;
+  while (!atomic_load(&m->connected) && time_mono_ms() < deadline) usleep(2000);
+  if (!atomic_load(&m->connected)) {
+    log_error("hub", "MQTT broker %s:%d did not accept iotfin within %d ms", host, port, wait_ms);
+    hub_mqtt_stop(&m);
+    return -ERR_UNAVAILABLE;
+  }
+  *out = m;
+  return 0;
+}
+
+bool hub_mqtt_connected(const hub_mqtt_t *m) { return m && atomic_load(&m->connected); }
+
+void hub_mqtt_stop(hub_mqtt_t **pm) {
+  hub_mqtt_t *m = *pm;
+  if (!m) return;
+  mosquitto_disconnect_v5(m->mosq, 0, NULL);
+  mosquitto_loop_stop(m->mosq, true);
+  mosquitto_destroy(m->mosq);
+  free(m);
+  *pm = NULL;
+}

@@ -1,0 +1,262 @@
+/* iotfin's command line. `serve` starts the subsystems in dependency order (store,
+ * keys, broker, MQTT client, HTTP gateway), prints the ready line, waits for
+ * SIGTERM or SIGINT, and stops them in reverse order. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "app.h"
+#include "core/config.h"
+#include "core/ids.h"
+#include "core/log.h"
+#include "core/timeutil.h"
+#include "http/server.h"
+#include "hub/broker.h"
+#include "hub/mqtt.h"
+#include "services/catalogue.h"
+
+static const char *usage_main =
+    "iotfin " IOTFIN_VERSION " - event-driven backend for financial IoT devices\n"
+    "\n"
+    "Usage: iotfin <command> [options]\n"
+    "\n"
+    "Commands:\n"
+    "  serve        run the HTTP API, event bus, MQTT bridge and mail in one process\n"
+    "  events-doc   print the event catalogue as Markdown\n"
+    "\n"
+    "Options:\n"
+    "  --help       show this help (also: iotfin <command> --help)\n"
+    "  --version    print the version\n"
+    "\n"
+    "Settings come from IOTFIN_* environment variables; see `iotfin serve --help`.\n";
+
+static const char *usage_serve =
+    "Usage: iotfin serve\n"
+    "\n"
+    "Runs iotfin until SIGTERM or SIGINT. When everything is up it prints one line:\n"
+    "  iotfin ready http=http://HOST:PORT mqtt=mqtt://HOST:PORT\n"
+    "Logs go to standard error, one JSON object per line.\n"
+    "\n"
+    "Settings (environment):\n"
+    "  IOTFIN_LISTEN              HTTP address (127.0.0.1:8080; port 0 picks one)\n"
+    "  IOTFIN_DATA_DIR            database, keys, broker config, mail (./iotfin-data)\n"
+    "  IOTFIN_DB                  sqlite:<path> (default <data_dir>/iotfin.db)\n"
+    "  IOTFIN_BROKER              managed (default) or mqtt://[user:pass@]host:port\n"
+    "  IOTFIN_MQTT_LISTEN         managed broker address (127.0.0.1:1883; port 0 picks one)\n"
+    "  IOTFIN_ADMIN_TOKEN         admin bearer token (default: generated into\n"
+    "                             <data_dir>/admin-token and printed at first start)\n"
+    "  IOTFIN_SMTP_URL            smtp://host:port (default: .eml files in <data_dir>/mail)\n"
+    "  IOTFIN_MAIL_FROM, IOTFIN_OPS_EMAIL\n"
+    "  IOTFIN_MOCK                on (default) or off: the partner mock at /mock/\n"
+    "  IOTFIN_MOCK_DIR            mock response files (./mocks)\n"
+    "  IOTFIN_PARTNER_<NAME>_URL|_SECRET|_PROXY|_TIMEOUT_MS   NAME: KYC IDENTITY SUPPLIER BANK\n"
+    "  IOTFIN_RETRY_BASE_MS, IOTFIN_RETRY_MAX_MS, IOTFIN_MAX_RECEIVES,\n"
+    "  IOTFIN_VISIBILITY_TIMEOUT_MS, IOTFIN_KYC_POLL_MS, IOTFIN_COMMAND_TTL_S,\n"
+    "  IOTFIN_ACCESS_TTL_S, IOTFIN_DEVICE_TOKEN_TTL_S, IOTFIN_AUTH_RATE\n"
+    "  IOTFIN_LOG_LEVEL           debug, info (default), warn or error\n"
+    "\n"
+    "A bad setting exits with status 2 and one line naming it.\n";
+
+static const char *usage_events_doc =
+    "Usage: iotfin events-doc\n\nPrints every event type iotfin emits, with its data fields,\n"
+    "as Markdown (the source of docs/events.md).\n";
+
+static int mkdir_p(const char *path) {
+  char buf[1100];
+  snprintf(buf, sizeof(buf), "%s", path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    if (mkdir(buf, 0700) < 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  return (mkdir(buf, 0700) < 0 && errno != EEXIST) ? -1 : 0;
+}
+
+/* Reads or creates <data_dir>/admin-token; prints a newly generated one. */
+static int load_admin_token(app_t *app) {
+  if (app->cfg->admin_token[0]) {
+    snprintf(app->admin_token, sizeof(app->admin_token), "%s", app->cfg->admin_token);
+    return 0;
+  }
+  char path[1200];
+  snprintf(path, sizeof(path), "%s/admin-token", app->cfg->data_dir);
+  FILE *f = fopen(path, "r");
+  if (f) {
+    bool ok = fgets(app->admin_token, sizeof(app->admin_token), f) != NULL;
+    fclose(f);
+    app->admin_token[strcspn(app->admin_token, "\r\n")] = 0;
+    if (ok && strlen(app->admin_token) >= 16) return 0;
+    log_error("main", "%s is empty or too short; delete it to generate a new one", path);
+    return -1;
+  }
+  ids_random_token(app->admin_token, sizeof(app->admin_token), 32);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0) {
+    log_error("main", "cannot write %s: %s", path, strerror(errno));
+    return -1;
+  }
+  dprintf(fd, "%s\n", app->admin_token);
+  fsync(fd);
+  close(fd);
+  printf("%s\n", app->admin_token);
+  fflush(stdout);
+  log_info("main", "generated the admin token into %s (printed once on standard output)", path);
+  return 0;
+}
+
+/* External broker URL: mqtt://[user:pass@]host:port */
+static void parse_broker_url(const char *url, char *user, char *pass, char *host, int *port) {
+  const char *p = url + 7, *at = strrchr(p, '@');
+  user[0] = pass[0] = 0;
+  if (at) {
+    const char *colon = memchr(p, ':', (size_t)(at - p));
+    size_t ul = colon ? (size_t)(colon - p) : (size_t)(at - p);
+    snprintf(user, 128, "%.*s", (int)ul, p);
+    if (colon) snprintf(pass, 256, "%.*s", (int)(at - colon - 1), colon + 1);
+    p = at + 1;
+  }
+  const char *colon = strrchr(p, ':');
+  snprintf(host, 256, "%.*s", (int)(colon - p), p);
+  *port = atoi(colon + 1);
+}
+
+static const char *env_get(const char *name) { return getenv(name); }
+
+static int serve(void) {
+  int64_t t0 = time_mono_ms();
+  const char *lvl = getenv("IOTFIN_LOG_LEVEL");
+  if (lvl) {
+    if (strcmp(lvl, "debug") == 0) log_set_level(LOG_DEBUG);
+    else if (strcmp(lvl, "warn") == 0) log_set_level(LOG_WARN);
+    else if (strcmp(lvl, "error") == 0) log_set_level(LOG_ERROR);
+    else if (strcmp(lvl, "info") != 0) {
+      fprintf(stderr, "iotfin: invalid setting IOTFIN_LOG_LEVEL: expected debug, info, warn or error\n");
+      return 2;
+    }
+  }
+  static config_t cfg;
+  char err[256];
+  if (config_load(&cfg, env_get, err, sizeof(err)) < 0) {
+    fprintf(stderr, "iotfin: %s\n", err);
+    return 2;
+  }
+  if (sodium_init() < 0) {
+    fprintf(stderr, "iotfin: libsodium failed to initialise\n");
+    return 1;
+  }
+  /* Signals are taken synchronously by the main thread; every thread inherits the mask. */
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  static app_t app;
+  app.cfg = &cfg;
+  app.started_ms = time_now_ms();
+  int status = 1;
+  if (mkdir_p(cfg.data_dir) < 0) {
+    fprintf(stderr, "iotfin: invalid setting IOTFIN_DATA_DIR: cannot create %s: %s\n",
+            cfg.data_dir, strerror(errno));
+    return 2;
+  }
+  char keydir[1200];
+  snprintf(keydir, sizeof(keydir), "%s/keys", cfg.data_dir);
+  if (load_admin_token(&app) < 0 || auth_keys_load(keydir, &app.keys) < 0) goto out;
+  if (store_open(cfg.db_url, &app.store) < 0) goto out;
+
+  char mqtt_host[256], user[128] = "", pass[256] = "";
+  int mqtt_port;
+  if (cfg.broker_managed) {
+    char secret[64];
+    ids_random_token(secret, sizeof(secret), 24);
+    if (hub_broker_start(&cfg, secret, &app.broker) < 0) goto out;
+    snprintf(mqtt_host, sizeof(mqtt_host), "%s", cfg.mqtt_host);
+    mqtt_port = hub_broker_port(app.broker);
+    snprintf(user, sizeof(user), "%s", HUB_INTERNAL_USER);
+    snprintf(pass, sizeof(pass), "%s", secret);
+  } else {
+    parse_broker_url(cfg.broker_url, user, pass, mqtt_host, &mqtt_port);
+  }
+  if (hub_mqtt_start(mqtt_host, mqtt_port, user[0] ? user : NULL, pass[0] ? pass : NULL, 5000,
+                     &app.mqtt) < 0)
+    goto out;
+  snprintf(app.mqtt_url, sizeof(app.mqtt_url), "mqtt://%s:%d", mqtt_host, mqtt_port);
+
+  if (http_server_start(&app, api_routes, api_routes_count, cfg.listen_host, cfg.listen_port,
+                        (http_server_t **)&app.http) < 0)
+    goto out;
+  snprintf(app.http_url, sizeof(app.http_url), "http://%s:%d", cfg.listen_host,
+           http_server_port((http_server_t *)app.http));
+
+  log_info("main", "ready in %lld ms (store %s, broker %s)", (long long)(time_mono_ms() - t0),
+           store_backend(app.store), cfg.broker_managed ? "managed" : "external");
+  printf("iotfin ready http=%s mqtt=%s\n", app.http_url, app.mqtt_url);
+  fflush(stdout);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  log_info("main", "received %s; finishing requests in flight (at most 10 s)",
+           sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  status = 0;
+
+out:
+  http_server_stop((http_server_t **)&app.http, 10000);
+  hub_mqtt_stop(&app.mqtt);
+  hub_broker_stop(&app.broker);
+  store_close(&app.store);
+  auth_keys_free(&app.keys);
+  if (status == 0)
+    log_info("main", "stopped");
+  else
+    log_error("main", "could not start; see the lines above");
+  return status;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage_main, stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  bool help = argc > 2 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0);
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+    fputs(usage_main, stdout);
+    return 0;
+  }
+  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+    printf("iotfin %s\n", IOTFIN_VERSION);
+    return 0;
+  }
+  if (strcmp(cmd, "serve") == 0) {
+    if (help) {
+      fputs(usage_serve, stdout);
+      return 0;
+    }
+    if (argc > 2) {
+      fprintf(stderr, "iotfin serve: unexpected argument %s (settings come from the environment)\n",
+              argv[2]);
+      return 2;
+    }
+    return serve();
+  }
+  if (strcmp(cmd, "events-doc") == 0) {
+    if (help) {
+      fputs(usage_events_doc, stdout);
+      return 0;
+    }
+    catalogue_write_markdown(stdout);
+    return 0;
+  }
+  fprintf(stderr, "iotfin: unknown command %s (see iotfin --help)\n", cmd);
+  return 2;
+}

@@ -1,0 +1,88 @@
+/* Backend dispatch and the result-set helpers both backends share. */
+#include "store/store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+#include "store/store_internal.h"
+
+int store_open(const char *url, store_t **out) {
+  *out = NULL;
+  if (strncmp(url, "sqlite:", 7) == 0) return store__sqlite_ops.open(url + 7, out);
+  log_error("store", "unsupported database URL scheme (only sqlite: is built in)");
+  return -ERR_UNAVAILABLE;
+}
+
+void store_close(store_t **s) {
+  if (!*s) return;
+  (*s)->ops->close(*s);
+  *s = NULL;
+}
+
+int store_write(store_t *s, store_tx_fn fn, void *arg) { return s->ops->write(s, fn, arg); }
+int store_read(store_t *s, store_tx_fn fn, void *arg) { return s->ops->read(s, fn, arg); }
+int store_ping(store_t *s) { return s->ops->ping(s); }
+const char *store_backend(const store_t *s) { return s->ops->name; }
+
+void store_set_commit_hook(store_t *s, void (*hook)(void *arg), void *arg) {
+  s->ops->set_commit_hook(s, hook, arg);
+}
+
+/* The transaction knows its backend through its first member, like store_t. */
+struct store_tx {
+  const store_ops_t *ops;
+};
+
+int store_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types, ...) {
+  va_list ap;
+  va_start(ap, types);
+  int rc = tx->ops->exec(tx, rows, sql, types, ap);
+  va_end(ap);
+  return rc;
+}
+
+store_rows_t *store__rows_new(int ncols) {
+  store_rows_t *r = calloc(1, sizeof(*r));
+  if (r) r->ncols = ncols;
+  return r;
+}
+
+int store__rows_add(store_rows_t *r, int ncols, const char *const *cells) {
+  if (r->nrows == r->cap) {
+    int cap = r->cap ? r->cap * 2 : 8;
+    char **c = realloc(r->cells, sizeof(char *) * (size_t)cap * (size_t)ncols);
+    if (!c) return -ERR_INTERNAL;
+    r->cells = c;
+    r->cap = cap;
+  }
+  for (int i = 0; i < ncols; i++)
+    r->cells[r->nrows * ncols + i] = cells[i] ? strdup(cells[i]) : NULL;
+  r->nrows++;
+  return 0;
+}
+
+int store_rows_count(const store_rows_t *r) { return r ? r->nrows : 0; }
+
+const char *store_rows_text(const store_rows_t *r, int row, int col) {
+  if (!r || row < 0 || row >= r->nrows || col < 0 || col >= r->ncols) return NULL;
+  return r->cells[row * r->ncols + col];
+}
+
+int64_t store_rows_int(const store_rows_t *r, int row, int col) {
+  const char *t = store_rows_text(r, row, col);
+  return t ? strtoll(t, NULL, 10) : 0;
+}
+
+int store_rows_is_null(const store_rows_t *r, int row, int col) {
+  return store_rows_text(r, row, col) == NULL;
+}
+
+void store_rows_free(store_rows_t **r) {
+  if (!*r) return;
+  for (int i = 0; i < (*r)->nrows * (*r)->ncols; i++) free((*r)->cells[i]);
+  free((*r)->cells);
+  free(*r);
+  *r = NULL;
+}

@@ -1,0 +1,57 @@
+/* The store: iotfin's only way to durable state. Callers write portable SQL with
+ * `?` placeholders and run it inside a transaction callback; the backend (SQLite
+ * now, PostgreSQL behind the same functions) decides how to run and commit it.
+ *
+ * Writes are group-committed: store_write() hands its callback to one writer that
+ * runs many callbacks in a single transaction (each inside its own savepoint, so
+ * one failing callback does not undo the others) and commits them with one fsync.
+ * A callback must therefore only touch the database: no I/O, no locks held across
+ * the call, no nested store_write(). */
+#ifndef IOTFIN_STORE_STORE_H
+#define IOTFIN_STORE_STORE_H
+
+#include <stdint.h>
+
+typedef struct store store_t;
+typedef struct store_tx store_tx_t;
+typedef struct store_rows store_rows_t;
+
+/* A transaction body. Return >= 0 to commit its work, or -ERR_* to undo it; the
+ * value is what store_write()/store_read() return. */
+typedef int (*store_tx_fn)(store_tx_t *tx, void *arg);
+
+/* Opens the database named by url (sqlite:<path>) and applies pending migrations.
+ * Returns 0 and *out (free with store_close), or -ERR_UNAVAILABLE with a log line. */
+int store_open(const char *url, store_t **out);
+/* Stops the writer and closes every connection; sets *s to NULL. */
+void store_close(store_t **s);
+
+/* Runs fn in a durable write transaction (see above). Any thread; blocks until the
+ * commit is on disk. */
+int store_write(store_t *s, store_tx_fn fn, void *arg);
+/* Runs fn in a read-only snapshot on the calling thread's own connection. */
+int store_read(store_t *s, store_tx_fn fn, void *arg);
+
+/* Called on the writer thread after each successful commit, e.g. to wake workers.
+ * Must be quick and must not call store_write(). */
+void store_set_commit_hook(store_t *s, void (*hook)(void *arg), void *arg);
+
+/* Runs one statement. types names each variadic argument: 's' const char * (NULL
+ * binds SQL NULL), 'i' int64_t, 'd' double. When rows is non-NULL the result set is
+ * returned in *rows (free with store_rows_free). Returns the number of changed rows,
+ * -ERR_CONFLICT on a unique or primary key violation, -ERR_INTERNAL otherwise. */
+int store_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types, ...);
+
+/* Result access. Text is owned by rows; NULL for SQL NULL or out of range. */
+int store_rows_count(const store_rows_t *r);
+const char *store_rows_text(const store_rows_t *r, int row, int col);
+int64_t store_rows_int(const store_rows_t *r, int row, int col);
+int store_rows_is_null(const store_rows_t *r, int row, int col);
+void store_rows_free(store_rows_t **r);
+
+/* 0 when the database answers a trivial query, else -ERR_UNAVAILABLE. */
+int store_ping(store_t *s);
+/* Name of the backend ("sqlite" or "postgres"), for logs and metrics. */
+const char *store_backend(const store_t *s);
+
+#endif

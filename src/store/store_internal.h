@@ -1,0 +1,39 @@
+/* What a store backend provides. store.c picks a backend by URL scheme and calls
+ * through this table; callers never see which backend they use. */
+#ifndef IOTFIN_STORE_INTERNAL_H
+#define IOTFIN_STORE_INTERNAL_H
+
+#include <stdarg.h>
+
+#include "store/store.h"
+
+typedef struct {
+  const char *name;
+  int (*open)(const char *url, store_t **out);
+  void (*close)(store_t *s);
+  int (*write)(store_t *s, store_tx_fn fn, void *arg);
+  int (*read)(store_t *s, store_tx_fn fn, void *arg);
+  int (*exec)(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types,
+              va_list ap);
+  int (*ping)(store_t *s);
+  void (*set_commit_hook)(store_t *s, void (*hook)(void *), void *arg);
+} store_ops_t;
+
+/* Every backend's store_t starts with this header. */
+struct store {
+  const store_ops_t *ops;
+};
+
+/* Rows are materialised as text so that both backends return the same thing. */
+struct store_rows {
+  int nrows, ncols, cap;
+  char **cells; /* nrows * ncols, NULL for SQL NULL */
+};
+
+/* Appends a row of ncols cells (copied); 0 or -ERR_INTERNAL. */
+int store__rows_add(store_rows_t *r, int ncols, const char *const *cells);
+store_rows_t *store__rows_new(int ncols);
+
+extern const store_ops_t store__sqlite_ops;
+
+#endif

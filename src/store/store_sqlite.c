@@ -1,0 +1,374 @@
+/* SQLite backend: WAL, synchronous=FULL, and group commit. One writer thread owns
+ * the write connection and commits every callback waiting at that moment in one
+ * transaction, each in its own savepoint; readers use a connection per thread. */
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+#include "store/migrations.h"
+#include "store/store_internal.h"
+
+#define STMT_CACHE 96
+#define BATCH_MAX 512
+
+typedef struct {
+  char *sql;
+  sqlite3_stmt *stmt;
+} cached_stmt_t;
+
+typedef struct conn {
+  sqlite3 *db;
+  cached_stmt_t cache[STMT_CACHE];
+  int ncache, next_evict;
+  struct conn *next;
+} conn_t;
+
+struct store_tx {
+  const store_ops_t *ops;
+  conn_t *conn;
+};
+
+typedef struct job {
+  store_tx_fn fn;
+  void *arg;
+  int rc;
+  bool done;
+  struct job *next;
+} job_t;
+
+typedef struct {
+  struct store base;
+  char *path;
+  conn_t *writer;
+  pthread_t writer_thread;
+  /* lock guards queue_head/tail, stopping, all_conns and each job's rc/done. */
+  pthread_mutex_t lock;
+  pthread_cond_t work_cond, done_cond;
+  job_t *queue_head, *queue_tail;
+  bool stopping;
+  conn_t *all_conns;
+  pthread_key_t reader_key;
+  void (*hook)(void *);
+  void *hook_arg;
+} sqlite_store_t;
+
+static int conn_open(const char *path, conn_t **out) {
+  conn_t *c = calloc(1, sizeof(*c));
+  if (!c) return -ERR_INTERNAL;
+  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+  if (sqlite3_open_v2(path, &c->db, flags, NULL) != SQLITE_OK) {
+    log_error("store", "cannot open sqlite database %s: %s", path, sqlite3_errmsg(c->db));
+    sqlite3_close(c->db);
+    free(c);
+    return -ERR_UNAVAILABLE;
+  }
+  sqlite3_busy_timeout(c->db, 10000);
+  /* FULL: a committed state change survives power loss; group commit pays for it. */
+  const char *pragmas =
+      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
+      "PRAGMA temp_store=MEMORY;";
+  char *err = NULL;
+  if (sqlite3_exec(c->db, pragmas, NULL, NULL, &err) != SQLITE_OK) {
+    log_error("store", "cannot configure sqlite: %s", err ? err : "?");
+    sqlite3_free(err);
+    sqlite3_close(c->db);
+    free(c);
+    return -ERR_UNAVAILABLE;
+  }
+  *out = c;
+  return 0;
+}
+
+static void conn_close(conn_t *c) {
+  for (int i = 0; i < c->ncache; i++) {
+    sqlite3_finalize(c->cache[i].stmt);
+    free(c->cache[i].sql);
+  }
+  sqlite3_close(c->db);
+  free(c);
+}
+
+static sqlite3_stmt *conn_prepare(conn_t *c, const char *sql) {
+  for (int i = 0; i < c->ncache; i++)
+    if (strcmp(c->cache[i].sql, sql) == 0) return c->cache[i].stmt;
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+    log_error("store", "prepare failed: %s", sqlite3_errmsg(c->db));
+    return NULL;
+  }
+  int slot;
+  if (c->ncache < STMT_CACHE) {
+    slot = c->ncache++;
+  } else {
+    slot = c->next_evict;
+    c->next_evict = (c->next_evict + 1) % STMT_CACHE;
+    sqlite3_finalize(c->cache[slot].stmt);
+    free(c->cache[slot].sql);
+  }
+  c->cache[slot].sql = strdup(sql);
+  c->cache[slot].stmt = st;
+  return st;
+}
+
+static int plain_exec(conn_t *c, const char *sql) {
+  char *err = NULL;
+  if (sqlite3_exec(c->db, sql, NULL, NULL, &err) != SQLITE_OK) {
+    log_error("store", "sqlite: %s", err ? err : sqlite3_errmsg(c->db));
+    sqlite3_free(err);
+    return -ERR_INTERNAL;
+  }
+  return 0;
+}
+
+static int sq_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types,
+                   va_list ap) {
+  if (rows) *rows = NULL;
+  sqlite3_stmt *st = conn_prepare(tx->conn, sql);
+  if (!st) return -ERR_INTERNAL;
+  int idx = 1;
+  for (const char *t = types; t && *t; t++, idx++) {
+    switch (*t) {
+    case 's': {
+      const char *v = va_arg(ap, const char *);
+      if (v)
+        sqlite3_bind_text(st, idx, v, -1, SQLITE_TRANSIENT);
+      else
+        sqlite3_bind_null(st, idx);
+      break;
+    }
+    case 'i':
+      sqlite3_bind_int64(st, idx, va_arg(ap, int64_t));
+      break;
+    case 'd':
+      sqlite3_bind_double(st, idx, va_arg(ap, double));
+      break;
+    default:
+      log_error("store", "bad bind type '%c'", *t);
+      sqlite3_reset(st);
+      sqlite3_clear_bindings(st);
+      return -ERR_INTERNAL;
+    }
+  }
+  int rc = 0, step;
+  store_rows_t *out = NULL;
+  int ncols = sqlite3_column_count(st);
+  if (rows && ncols > 0) out = store__rows_new(ncols);
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (!out) continue;
+    const char *cells[64];
+    int n = ncols > 64 ? 64 : ncols;
+    for (int i = 0; i < n; i++) cells[i] = (const char *)sqlite3_column_text(st, i);
+    if (store__rows_add(out, n, cells) < 0) {
+      rc = -ERR_INTERNAL;
+      break;
+    }
+  }
+  if (rc == 0 && step != SQLITE_DONE) {
+    int ext = sqlite3_extended_errcode(tx->conn->db);
+    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY) {
+      rc = -ERR_CONFLICT;
+    } else {
+      log_error("store", "sqlite step failed: %s", sqlite3_errmsg(tx->conn->db));
+      rc = -ERR_INTERNAL;
+    }
+  }
+  if (rc == 0) rc = ncols > 0 ? (out ? out->nrows : 0) : sqlite3_changes(tx->conn->db);
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (rc < 0 || !rows)
+    store_rows_free(&out);
+  else
+    *rows = out;
+  return rc;
+}
+
+/* The writer: takes every waiting job, runs each in a savepoint of one transaction,
+ * commits once, then wakes the callers. */
+static void *writer_main(void *p) {
+  sqlite_store_t *s = p;
+  pthread_setname_np(pthread_self(), "store-writer");
+  store_tx_t tx = {s->base.ops, s->writer};
+  for (;;) {
+    pthread_mutex_lock(&s->lock);
+    while (!s->queue_head && !s->stopping) pthread_cond_wait(&s->work_cond, &s->lock);
+    if (!s->queue_head && s->stopping) {
+      pthread_mutex_unlock(&s->lock);
+      break;
+    }
+    job_t *batch = s->queue_head, *last = batch;
+    int n = 1;
+    while (last->next && n < BATCH_MAX) {
+      last = last->next;
+      n++;
+    }
+    s->queue_head = last->next;
+    if (!s->queue_head) s->queue_tail = NULL;
+    last->next = NULL;
+    pthread_mutex_unlock(&s->lock);
+
+    int brc = plain_exec(s->writer, "BEGIN IMMEDIATE");
+    for (job_t *j = batch; j; j = j->next) {
+      if (brc < 0) {
+        j->rc = -ERR_UNAVAILABLE;
+        continue;
+      }
+      plain_exec(s->writer, "SAVEPOINT job");
+      j->rc = j->fn(&tx, j->arg);
+      if (j->rc < 0) plain_exec(s->writer, "ROLLBACK TO job");
+      plain_exec(s->writer, "RELEASE job");
+    }
+    if (brc == 0 && plain_exec(s->writer, "COMMIT") < 0) {
+      plain_exec(s->writer, "ROLLBACK");
+      for (job_t *j = batch; j; j = j->next) j->rc = -ERR_UNAVAILABLE;
+      brc = -1;
+    }
+    if (brc == 0 && s->hook) s->hook(s->hook_arg);
+
+    pthread_mutex_lock(&s->lock);
+    for (job_t *j = batch; j; j = j->next) j->done = true;
+    pthread_cond_broadcast(&s->done_cond);
+    pthread_mutex_unlock(&s->lock);
+  }
+  return NULL;
+}
+
+static int sq_write(store_t *base, store_tx_fn fn, void *arg) {
+  sqlite_store_t *s = (sqlite_store_t *)base;
+  job_t job = {fn, arg, 0, false, NULL};
+  pthread_mutex_lock(&s->lock);
+  if (s->stopping) {
+    pthread_mutex_unlock(&s->lock);
+    return -ERR_UNAVAILABLE;
+  }
+  if (s->queue_tail)
+    s->queue_tail->next = &job;
+  else
+    s->queue_head = &job;
+  s->queue_tail = &job;
+  pthread_cond_signal(&s->work_cond);
+  while (!job.done) pthread_cond_wait(&s->done_cond, &s->lock);
+  pthread_mutex_unlock(&s->lock);
+  return job.rc;
+}
+
+static int sq_read(store_t *base, store_tx_fn fn, void *arg) {
+  sqlite_store_t *s = (sqlite_store_t *)base;
+  conn_t *c = pthread_getspecific(s->reader_key);
+  if (!c) {
+    int rc = conn_open(s->path, &c);
+    if (rc < 0) return rc;
+    pthread_setspecific(s->reader_key, c);
+    pthread_mutex_lock(&s->lock);
+    c->next = s->all_conns;
+    s->all_conns = c;
+    pthread_mutex_unlock(&s->lock);
+  }
+  store_tx_t tx = {base->ops, c};
+  if (plain_exec(c, "BEGIN") < 0) return -ERR_UNAVAILABLE;
+  int rc = fn(&tx, arg);
+  plain_exec(c, "COMMIT");
+  return rc;
+}
+
+static int sq_ping(store_t *base) {
+  sqlite_store_t *s = (sqlite_store_t *)base;
+  (void)s;
+  return 0; /* an embedded database is reachable while the process lives */
+}
+
+static void sq_set_commit_hook(store_t *base, void (*hook)(void *), void *arg) {
+  sqlite_store_t *s = (sqlite_store_t *)base;
+  s->hook = hook;
+  s->hook_arg = arg;
+}
+
+static int migrate(conn_t *c) {
+  if (plain_exec(c, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                    " name TEXT NOT NULL, applied_at TEXT NOT NULL)") < 0)
+    return -ERR_UNAVAILABLE;
+  for (int i = 0; i < store_migrations_count; i++) {
+    const store_migration_t *m = &store_migrations[i];
+    if (m->dialect[0] && strcmp(m->dialect, "sqlite") != 0) continue;
+    store_tx_t tx = {&store__sqlite_ops, c};
+    store_rows_t *rows = NULL;
+    int n = store_exec(&tx, &rows, "SELECT 1 FROM schema_migrations WHERE version = ?", "i",
+                       (int64_t)m->version);
+    store_rows_free(&rows);
+    if (n < 0) return -ERR_UNAVAILABLE;
+    if (n > 0) continue;
+    if (plain_exec(c, "BEGIN IMMEDIATE") < 0) return -ERR_UNAVAILABLE;
+    if (plain_exec(c, m->sql) < 0 ||
+        store_exec(&tx, NULL,
+                   "INSERT INTO schema_migrations (version, name, applied_at) "
+                   "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
+                   "is", (int64_t)m->version, m->name) < 0) {
+      plain_exec(c, "ROLLBACK");
+      log_error("store", "migration %d_%s failed", m->version, m->name);
+      return -ERR_UNAVAILABLE;
+    }
+    if (plain_exec(c, "COMMIT") < 0) return -ERR_UNAVAILABLE;
+    log_info("store", "applied migration %03d_%s", m->version, m->name);
+  }
+  return 0;
+}
+
+static void sq_close(store_t *base);
+
+static int sq_open(const char *path, store_t **out) {
+  sqlite_store_t *s = calloc(1, sizeof(*s));
+  if (!s) return -ERR_INTERNAL;
+  s->base.ops = &store__sqlite_ops;
+  s->path = strdup(path);
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_cond_init(&s->work_cond, NULL);
+  pthread_cond_init(&s->done_cond, NULL);
+  pthread_key_create(&s->reader_key, NULL);
+  int rc = conn_open(path, &s->writer);
+  if (rc == 0) rc = migrate(s->writer);
+  if (rc == 0 && pthread_create(&s->writer_thread, NULL, writer_main, s) != 0)
+    rc = -ERR_INTERNAL;
+  if (rc < 0) {
+    if (s->writer) conn_close(s->writer);
+    pthread_key_delete(s->reader_key);
+    free(s->path);
+    free(s);
+    return rc;
+  }
+  *out = &s->base;
+  return 0;
+}
+
+static void sq_close(store_t *base) {
+  sqlite_store_t *s = (sqlite_store_t *)base;
+  pthread_mutex_lock(&s->lock);
+  s->stopping = true;
+  pthread_cond_signal(&s->work_cond);
+  pthread_mutex_unlock(&s->lock);
+  pthread_join(s->writer_thread, NULL);
+  conn_close(s->writer);
+  for (conn_t *c = s->all_conns, *next; c; c = next) {
+    next = c->next;
+    conn_close(c);
+  }
+  pthread_key_delete(s->reader_key);
+  pthread_mutex_destroy(&s->lock);
+  pthread_cond_destroy(&s->work_cond);
+  pthread_cond_destroy(&s->done_cond);
+  free(s->path);
+  free(s);
+}
+
+const store_ops_t store__sqlite_ops = {
+    .name = "sqlite",
+    .open = sq_open,
+    .close = sq_close,
+    .write = sq_write,
+    .read = sq_read,
+    .exec = sq_exec,
+    .ping = sq_ping,
+    .set_commit_hook = sq_set_commit_hook,
+};
