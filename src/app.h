@@ -14,6 +14,7 @@
 struct hub_broker;
 struct hub_mqtt;
 struct http_server;
+struct bus;
 
 typedef struct app {
   const config_t *cfg;
@@ -23,6 +24,7 @@ typedef struct app {
   struct hub_broker *broker; /* NULL when the broker is external */
   struct hub_mqtt *mqtt;
   struct http_server *http;
+  struct bus *bus;
   char http_url[300];
   char mqtt_url[300];
   int64_t started_ms;

@@ -11,7 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+
 #include "api/api.h"
+#include "bus/bus.h"
 #include "app.h"
 #include "core/config.h"
 #include "core/ids.h"
@@ -148,6 +151,7 @@ static int serve(void) {
     fprintf(stderr, "iotfin: %s\n", err);
     return 2;
   }
+  curl_global_init(CURL_GLOBAL_DEFAULT);
   if (sodium_init() < 0) {
     fprintf(stderr, "iotfin: libsodium failed to initialise\n");
     return 1;
@@ -197,6 +201,8 @@ static int serve(void) {
     goto out;
   snprintf(app.http_url, sizeof(app.http_url), "http://%s:%d", cfg.listen_host,
            http_server_port((http_server_t *)app.http));
+  /* Workers start last: their handlers may call the partner mock over HTTP. */
+  if (bus_start(&app, 4, &app.bus) < 0) goto out;
 
   log_info("main", "ready in %lld ms (store %s, broker %s)", (long long)(time_mono_ms() - t0),
            store_backend(app.store), cfg.broker_managed ? "managed" : "external");
@@ -211,6 +217,7 @@ static int serve(void) {
 
 out:
   http_server_stop((http_server_t **)&app.http, 10000);
+  bus_stop(&app.bus, 10000);
   hub_mqtt_stop(&app.mqtt);
   hub_broker_stop(&app.broker);
   store_close(&app.store);

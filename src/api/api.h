@@ -16,8 +16,28 @@ int api_system_openapi(http_req_t *req);
 int api_system_jwks(http_req_t *req);
 
 int api_sessions_anonymous(http_req_t *req);
+extern const http_body_t api_sessions_registration_body, api_sessions_login_body,
+    api_sessions_refresh_body;
+int api_sessions_register(http_req_t *req);
+int api_sessions_registration_get(http_req_t *req);
+int api_sessions_registration_session(http_req_t *req);
+int api_sessions_login(http_req_t *req);
+int api_sessions_refresh(http_req_t *req);
+int api_sessions_logout(http_req_t *req);
+int api_sessions_me(http_req_t *req);
+
+extern const http_body_t api_partners_webhook_body;
+int api_partners_webhook_guard(http_req_t *req);
+int api_partners_webhook(http_req_t *req);
 
 extern const http_body_t api_admin_devices_import_body;
 int api_admin_devices_import(http_req_t *req);
+
+int api_admin_queues_list(http_req_t *req);
+int api_admin_queues_dead_letters(http_req_t *req);
+extern const http_body_t api_admin_redrive_body;
+int api_admin_queues_redrive(http_req_t *req);
+int api_admin_alarms_list(http_req_t *req);
+int api_admin_events_list(http_req_t *req);
 
 #endif

@@ -58,7 +58,10 @@ typedef struct {
   const char *summary;
   const char *tag;
   bool idempotent_key; /* honours Idempotency-Key */
-  bool auth_rate_limited;
+  bool auth_rate_limited; /* IOTFIN_AUTH_RATE per client address */
+  /* Runs before the body is parsed, on the raw body (webhook signatures); replies
+   * and returns < 0 to stop the request. NULL: none. */
+  int (*guard)(http_req_t *req);
 } http_route_t;
 
 /* Request accessors. Strings are owned by the request and live until it ends. */
@@ -76,6 +79,11 @@ json_t *http_req_json(const http_req_t *req);
 const auth_claims_t *http_req_claims(const http_req_t *req);
 const char *http_req_id(const http_req_t *req);
 const char *http_req_client(const http_req_t *req);
+
+/* Reads ?limit= (default 50, above 200 means 200) and ?cursor= (NULL when absent).
+ * On a bad limit it replies 400 validation_failed and returns -1: the handler then
+ * returns 0. */
+int http_req_page(http_req_t *req, int *limit, const char **cursor);
 
 /* Replies. body is stolen. Each returns 0, so handlers can `return http_reply_...`. */
 int http_reply_json(http_req_t *req, int status, json_t *body);

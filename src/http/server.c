@@ -22,8 +22,10 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/timeutil.h"
+#include "http/ratelimit.h"
 #include "http/router.h"
 #include "http/validate.h"
+#include "services/idempotency.h"
 #include "services/sessions.h"
 
 #define MAX_REPLY_HEADERS 8
@@ -56,6 +58,8 @@ struct http_req {
   int64_t start_us;
   int nheaders;
   char *hnames[MAX_REPLY_HEADERS], *hvalues[MAX_REPLY_HEADERS];
+  bool capture;   /* keep a copy of the reply for the idempotency record */
+  char *captured;
 };
 
 static int64_t now_us(void) {
@@ -103,6 +107,24 @@ bool http_req_is_csv(const http_req_t *r) {
   return media_type_is(http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE), "text/csv");
 }
 
+int http_req_page(http_req_t *r, int *limit, const char **cursor) {
+  *limit = 50;
+  *cursor = http_req_query(r, "cursor");
+  if (*cursor && !**cursor) *cursor = NULL;
+  const char *l = http_req_query(r, "limit");
+  if (!l) return 0;
+  char *end;
+  long n = strtol(l, &end, 10);
+  if (!*l || *end || n < 1) {
+    http_reply_problem(r, ERR_VALIDATION_FAILED, "limit must be a positive integer",
+                       json_pack("[{s:s,s:s}]", "field", "limit", "message",
+                                 "must be a positive integer"));
+    return -1;
+  }
+  *limit = n > 200 ? 200 : (int)n;
+  return 0;
+}
+
 void http_reply_header(http_req_t *r, const char *name, const char *value) {
   if (r->nheaders == MAX_REPLY_HEADERS) return;
   r->hnames[r->nheaders] = strdup(name);
@@ -116,6 +138,7 @@ static int send_buffer(http_req_t *r, int status, const char *ctype, char *buf, 
     log_error("http", "second reply to one request (%s %s) ignored", r->method, r->path);
     return 0;
   }
+  if (r->capture) r->captured = strndup(buf, len);
   struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
   if (!resp) {
     free(buf);
@@ -197,6 +220,54 @@ static int authenticate(http_req_t *r) {
   return http_reply_problem(r, ERR_FORBIDDEN, detail, NULL), -1;
 }
 
+static void run_handler(http_req_t *r);
+
+/* The Idempotency-Key middleware: replays the first answer to a key, refuses the
+ * key with another body, and records the answer of a first request. */
+static void run_idempotent(http_req_t *r) {
+  const char *key = http_req_header(r, "Idempotency-Key");
+  if (!*key || strlen(key) > 255) {
+    http_reply_problem(r, ERR_VALIDATION_FAILED, "Idempotency-Key must be 1-255 characters",
+                       json_pack("[{s:s,s:s}]", "field", "Idempotency-Key", "message",
+                                 "must be 1-255 characters"));
+    return;
+  }
+  app_t *app = r->srv->app;
+  const char *principal = r->has_claims ? r->claims.sub : "admin";
+  unsigned char h[32];
+  char hex[65], route[300];
+  crypto_generichash(h, sizeof(h), (const unsigned char *)(r->body ? r->body : ""), r->body_len,
+                     NULL, 0);
+  sodium_bin2hex(hex, sizeof(hex), h, sizeof(h));
+  snprintf(route, sizeof(route), "%s %s", r->method, r->path);
+  idem_replay_t replay;
+  int rc = idem_begin(app, principal, key, route, hex, &replay);
+  if (rc == 1) {
+    http_reply_header(r, "Idempotent-Replayed", "true");
+    const char *ctype = replay.status >= 400 ? "application/problem+json" : "application/json";
+    send_buffer(r, replay.status, ctype, replay.response, strlen(replay.response));
+    return;
+  }
+  if (rc == -ERR_IDEMPOTENCY_KEY_REUSED) {
+    http_reply_problem(r, rc, "this Idempotency-Key was used with another request", NULL);
+    return;
+  }
+  if (rc == -ERR_CONFLICT) {
+    http_reply_problem(r, rc, "a request with this Idempotency-Key is still running", NULL);
+    return;
+  }
+  if (rc < 0) {
+    http_reply_problem(r, rc, NULL, NULL);
+    return;
+  }
+  r->capture = true;
+  run_handler(r);
+  if (r->status >= 500 || !r->captured)
+    idem_abort(app, principal, key);
+  else
+    idem_finish(app, principal, key, r->status, r->captured);
+}
+
 /* Everything after the body has arrived. */
 static void dispatch(http_req_t *r) {
   const http_route_t *rt = r->route;
@@ -205,7 +276,14 @@ static void dispatch(http_req_t *r) {
     return;
   }
   bool csv = false;
-  if (rt->body) {
+  bool empty_ok = false;
+  if (rt->body && r->body_len == 0) {
+    /* A body whose fields are all optional may be left out entirely. */
+    empty_ok = true;
+    for (const http_field_t *f = rt->body->fields; f && f->name; f++)
+      if (f->required) empty_ok = false;
+  }
+  if (rt->body && !empty_ok) {
     const char *ct = http_req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
     csv = rt->body->allow_csv && media_type_is(ct, "text/csv");
     if (!csv && !media_type_is(ct, "application/json")) {
@@ -216,8 +294,24 @@ static void dispatch(http_req_t *r) {
       return;
     }
   }
+  if (rt->auth_rate_limited) {
+    int retry = 1;
+    if (!http_ratelimit_take(r->client, r->srv->app->cfg->auth_rate, time_now_ms(), &retry)) {
+      char ra[16];
+      snprintf(ra, sizeof(ra), "%d", retry);
+      http_reply_header(r, "Retry-After", ra);
+      http_reply_problem(r, ERR_RATE_LIMITED, "too many requests from this address", NULL);
+      return;
+    }
+  }
   if (rt->auth && authenticate(r) < 0) return;
-  if (rt->body && !csv) {
+  if (rt->guard && rt->guard(r) < 0) {
+    if (!r->replied) http_reply_problem(r, ERR_UNAUTHENTICATED, NULL, NULL);
+    return;
+  }
+  if (empty_ok) {
+    r->json = json_object();
+  } else if (rt->body && !csv) {
     json_error_t jerr;
     r->json = json_loadb(r->body ? r->body : "", r->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!r->json) {
@@ -233,6 +327,15 @@ static void dispatch(http_req_t *r) {
       return;
     }
   }
+  if (rt->idempotent_key && http_req_header(r, "Idempotency-Key")) {
+    run_idempotent(r);
+    return;
+  }
+  run_handler(r);
+}
+
+static void run_handler(http_req_t *r) {
+  const http_route_t *rt = r->route;
   int rc = rt->handler(r);
   if (rc < 0 && !r->replied) {
     if (errors_status(rc) >= 500)
@@ -361,6 +464,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r->hnames[i]);
     free(r->hvalues[i]);
   }
+  free(r->captured);
   free(r->body);
   free(r->path);
   free(r);

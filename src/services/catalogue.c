@@ -35,7 +35,7 @@ static const catalogue_entry_t entries[] = {
      "The command's deadline passed unacknowledged."},
     {"device.message.rejected", "devices/<id>", "device_id,topic,reason",
      "A malformed device message was dropped."},
-    {"mail.sent", "mails/<id>", "mail_id,to,template", "A mail left iotfin."},
+    {"mail.sent", "mails/<id>", "mail_id,to,template,cause", "A mail left iotfin."},
     {"partner.webhook.received", "partners/<name>", "partner,webhook_id,type",
      "A partner called back."},
     {"queue.message.dead_lettered", "queues/<name>", "queue,message_id,event_id,last_error",

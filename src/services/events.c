@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bus/bus.h"
 #include "core/errors.h"
 #include "core/timeutil.h"
 #include "services/catalogue.h"
@@ -21,11 +22,17 @@ int events_record(store_tx_t *tx, const char *type, const char *subject, json_t 
   char *d = json_dumps(data, JSON_COMPACT);
   json_decref(data);
   if (!d) return -ERR_INTERNAL;
-  rc = store_exec(tx, NULL,
+  store_rows_t *rows = NULL;
+  rc = store_exec(tx, &rows,
                   "INSERT INTO events (id, type, source, subject, time, data) "
-                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
                   "ssssss", id, type, "/iotfin", subject, ts, d);
   free(d);
+  if (rc < 0) return rc;
+  int64_t seq = store_rows_int(rows, 0, 0);
+  store_rows_free(&rows);
+  /* Fan-out in the same transaction: the outbox and the queues are one write. */
+  rc = bus_fanout(tx, seq, type, subject);
   if (rc < 0) return rc;
   if (id_out) memcpy(id_out, id, IDS_UUID_LEN);
   return 0;

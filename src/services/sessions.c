@@ -1,53 +1,96 @@
-/* Session records and the tokens they issue. A session row is written together
- * with its session.started event, then the token is signed outside the transaction. */
+/* Session records and the tokens they issue. Rows and their events are written in
+ * one transaction; tokens are signed after it commits. Refresh tokens are random,
+ * stored only as hashes, and rotate on every use. */
 #include "services/sessions.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/errors.h"
-#include "core/ids.h"
+#include "core/log.h"
 #include "core/timeutil.h"
 #include "services/events.h"
+
+int sessions__insert(store_tx_t *tx, const char *sid, const char *tier, const char *user_id,
+                     int64_t expires_ms) {
+  char ts[32], subject[80];
+  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
+  int rc = store_exec(tx, NULL,
+                      "INSERT INTO sessions (id, tier, user_id, created_at, expires_at_ms) "
+                      "VALUES (?, ?, ?, ?, ?)",
+                      "ssssi", sid, tier, user_id, ts, expires_ms);
+  if (rc < 0) return rc;
+  snprintf(subject, sizeof(subject), "sessions/%s", sid);
+  json_t *data = json_pack("{s:s,s:s}", "session_id", sid, "tier", tier);
+  if (user_id) json_object_set_new(data, "user_id", json_string(user_id));
+  return events_record(tx, "session.started", subject, data, NULL);
+}
+
+static void refresh_hash(const char *token, char hex[65]) {
+  unsigned char h[32];
+  crypto_generichash(h, sizeof(h), (const unsigned char *)token, strlen(token), NULL, 0);
+  sodium_bin2hex(hex, 65, h, sizeof(h));
+}
+
+int sessions__new_refresh(store_tx_t *tx, const char *sid, char out[SESSIONS_REFRESH_LEN]) {
+  ids_random_token(out, SESSIONS_REFRESH_LEN, 32);
+  char hex[65];
+  refresh_hash(out, hex);
+  int rc = store_exec(tx, NULL,
+                      "INSERT INTO refresh_tokens (hash, session_id, expires_at_ms) VALUES (?, ?, ?)",
+                      "ssi", hex, sid, time_now_ms() + SESSIONS_REFRESH_TTL_S * 1000);
+  return rc < 0 ? rc : 0;
+}
+
+int sessions__revoke(store_tx_t *tx, const char *sid, const char *reason) {
+  char ts[32], subject[80];
+  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
+  int rc = store_exec(tx, NULL,
+                      "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", "ss",
+                      ts, sid);
+  if (rc <= 0) return rc;
+  snprintf(subject, sizeof(subject), "sessions/%s", sid);
+  return events_record(tx, "session.revoked", subject,
+                       json_pack("{s:s,s:s}", "session_id", sid, "reason", reason), NULL);
+}
+
+int sessions_sign(app_t *app, const char *sid, const char *sub, const char *tier, int64_t ttl_s,
+                  char **token) {
+  auth_claims_t c = {0};
+  int64_t now = time_now_ms() / 1000;
+  char jti[IDS_UUID_LEN];
+  ids_uuid7(jti);
+  snprintf(c.sub, sizeof(c.sub), "%s", sub);
+  snprintf(c.sid, sizeof(c.sid), "%s", sid);
+  snprintf(c.tier, sizeof(c.tier), "%s", tier);
+  snprintf(c.jti, sizeof(c.jti), "%s", jti);
+  c.iat = now;
+  c.exp = now + ttl_s;
+  return auth_token_sign(app->keys, &c, token);
+}
 
 typedef struct {
   const char *id, *tier, *user_id;
   int64_t expires_ms;
 } new_session_t;
 
-static int insert_session(store_tx_t *tx, void *arg) {
+static int insert_tx(store_tx_t *tx, void *arg) {
   new_session_t *s = arg;
-  char ts[32], subject[80];
-  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
-  int rc = store_exec(tx, NULL,
-                      "INSERT INTO sessions (id, tier, user_id, created_at, expires_at_ms) "
-                      "VALUES (?, ?, ?, ?, ?)",
-                      "ssssi", s->id, s->tier, s->user_id, ts, s->expires_ms);
-  if (rc < 0) return rc;
-  snprintf(subject, sizeof(subject), "sessions/%s", s->id);
-  return events_record(tx, "session.started", subject,
-                       json_pack("{s:s,s:s}", "session_id", s->id, "tier", s->tier), NULL);
+  return sessions__insert(tx, s->id, s->tier, s->user_id, s->expires_ms);
 }
 
 int sessions_create_anonymous(app_t *app, json_t **out) {
   *out = NULL;
-  char sid[IDS_UUID_LEN], jti[IDS_UUID_LEN];
+  char sid[IDS_UUID_LEN];
   ids_uuid7(sid);
-  ids_uuid7(jti);
-  int64_t now = time_now_ms() / 1000, ttl = app->cfg->access_ttl_s;
-  new_session_t s = {sid, "anonymous", NULL, (now + ttl) * 1000};
-  int rc = store_write(app->store, insert_session, &s);
+  int64_t ttl = app->cfg->access_ttl_s;
+  new_session_t s = {sid, "anonymous", NULL, time_now_ms() + ttl * 1000};
+  int rc = store_write(app->store, insert_tx, &s);
   if (rc < 0) return rc;
-  auth_claims_t c = {0};
-  snprintf(c.sub, sizeof(c.sub), "%s", sid);
-  snprintf(c.sid, sizeof(c.sid), "%s", sid);
-  snprintf(c.tier, sizeof(c.tier), "anonymous");
-  snprintf(c.jti, sizeof(c.jti), "%s", jti);
-  c.iat = now;
-  c.exp = now + ttl;
   char *tok;
-  rc = auth_token_sign(app->keys, &c, &tok);
+  rc = sessions_sign(app, sid, sid, "anonymous", ttl, &tok);
   if (rc < 0) return rc;
   *out = json_pack("{s:s,s:s,s:I,s:s}", "access_token", tok, "token_type", "Bearer",
                    "expires_in", (json_int_t)ttl, "tier", "anonymous");
@@ -71,4 +114,109 @@ static int check_tx(store_tx_t *tx, void *arg) {
 
 int sessions_check(app_t *app, const auth_claims_t *claims) {
   return store_read(app->store, check_tx, (void *)claims);
+}
+
+typedef struct {
+  const char *sid, *user_id, *revoke_sid;
+  char refresh[SESSIONS_REFRESH_LEN];
+} open_user_t;
+
+static int open_user_tx(store_tx_t *tx, void *arg) {
+  open_user_t *o = arg;
+  int rc = sessions__insert(tx, o->sid, "user", o->user_id,
+                            time_now_ms() + SESSIONS_REFRESH_TTL_S * 1000);
+  if (rc == 0) rc = sessions__new_refresh(tx, o->sid, o->refresh);
+  if (rc == 0 && o->revoke_sid) rc = sessions__revoke(tx, o->revoke_sid, "escalated");
+  return rc < 0 ? rc : 0;
+}
+
+static json_t *user_pair(const char *access, const char *refresh, int64_t ttl) {
+  return json_pack("{s:s,s:s,s:s,s:I,s:s}", "access_token", access, "refresh_token", refresh,
+                   "token_type", "Bearer", "expires_in", (json_int_t)ttl, "tier", "user");
+}
+
+int sessions_open_user(app_t *app, const char *user_id, const char *revoke_sid, json_t **out) {
+  *out = NULL;
+  char sid[IDS_UUID_LEN];
+  ids_uuid7(sid);
+  open_user_t o = {sid, user_id, revoke_sid, ""};
+  int rc = store_write(app->store, open_user_tx, &o);
+  if (rc < 0) return rc;
+  char *tok;
+  rc = sessions_sign(app, sid, user_id, "user", app->cfg->access_ttl_s, &tok);
+  if (rc < 0) return rc;
+  *out = user_pair(tok, o.refresh, app->cfg->access_ttl_s);
+  free(tok);
+  return 0;
+}
+
+typedef struct {
+  const char *token;
+  char sid[IDS_UUID_LEN + 8], user_id[80];
+  char refresh[SESSIONS_REFRESH_LEN];
+  bool reused;
+} refresh_t;
+
+static int refresh_tx(store_tx_t *tx, void *arg) {
+  refresh_t *r = arg;
+  char hex[65];
+  refresh_hash(r->token, hex);
+  store_rows_t *rows = NULL;
+  int n = store_exec(tx, &rows,
+                     "SELECT t.session_id, t.spent, t.expires_at_ms, s.user_id, s.revoked_at "
+                     "FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id "
+                     "WHERE t.hash = ?",
+                     "s", hex);
+  if (n <= 0) return n < 0 ? n : -ERR_UNAUTHENTICATED;
+  snprintf(r->sid, sizeof(r->sid), "%s", store_rows_text(rows, 0, 0));
+  snprintf(r->user_id, sizeof(r->user_id), "%s",
+           store_rows_text(rows, 0, 3) ? store_rows_text(rows, 0, 3) : "");
+  bool spent = store_rows_int(rows, 0, 1) != 0;
+  bool expired = store_rows_int(rows, 0, 2) <= time_now_ms();
+  bool revoked = !store_rows_is_null(rows, 0, 4);
+  store_rows_free(&rows);
+  if (spent) {
+    /* Reuse means the token leaked: end the whole session. Commit that, report 401. */
+    r->reused = true;
+    int rc = sessions__revoke(tx, r->sid, "refresh_token_reused");
+    return rc < 0 ? rc : 0;
+  }
+  if (expired || revoked) return -ERR_UNAUTHENTICATED;
+  int rc = store_exec(tx, NULL, "UPDATE refresh_tokens SET spent = 1 WHERE hash = ?", "s", hex);
+  if (rc < 0) return rc;
+  return sessions__new_refresh(tx, r->sid, r->refresh);
+}
+
+int sessions_refresh(app_t *app, const char *refresh_token, json_t **out) {
+  *out = NULL;
+  refresh_t r;
+  memset(&r, 0, sizeof(r));
+  r.token = refresh_token;
+  int rc = store_write(app->store, refresh_tx, &r);
+  if (rc < 0) return rc;
+  if (r.reused) {
+    log_warn("sessions", "spent refresh token presented again; session %s revoked", r.sid);
+    return -ERR_UNAUTHENTICATED;
+  }
+  char *tok;
+  rc = sessions_sign(app, r.sid, r.user_id, "user", app->cfg->access_ttl_s, &tok);
+  if (rc < 0) return rc;
+  *out = user_pair(tok, r.refresh, app->cfg->access_ttl_s);
+  free(tok);
+  return 0;
+}
+
+typedef struct {
+  const char *sid, *reason;
+} revoke_t;
+
+static int revoke_tx(store_tx_t *tx, void *arg) {
+  revoke_t *r = arg;
+  int rc = sessions__revoke(tx, r->sid, r->reason);
+  return rc < 0 ? rc : 0;
+}
+
+int sessions_revoke(app_t *app, const char *sid, const char *reason) {
+  revoke_t r = {sid, reason};
+  return store_write(app->store, revoke_tx, &r);
 }

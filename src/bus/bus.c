@@ -1,0 +1,630 @@
+/* Queues on top of the store: fan-out, claim, settle, dead letters, alarms and the
+ * operations queries. Claims and settlements are store_write() transactions, so the
+ * store's group commit batches the work of all workers into few fsyncs. */
+#include "bus/bus.h"
+
+#include <pthread.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/timeutil.h"
+#include "services/events.h"
+
+#define CLAIM_BATCH 16
+#define MAX_WORKERS 16
+#define IDLE_WAIT_MS 200
+
+struct bus {
+  app_t *app;
+  pthread_t threads[MAX_WORKERS];
+  int nthreads;
+  /* lock guards stopping and wake_seq; cond signals both. */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool stopping;
+  uint64_t wake_seq;
+};
+
+static const bus_queue_t *queues = bus_queues;
+static int nqueues = -1;
+
+void bus_set_queues(const bus_queue_t *q, int n) {
+  queues = q;
+  nqueues = n;
+}
+
+static int queue_count(void) { return nqueues < 0 ? bus_queues_count : nqueues; }
+
+const bus_queue_t *bus_queue_find(const char *name) {
+  for (int i = 0; i < queue_count(); i++)
+    if (strcmp(queues[i].name, name) == 0) return &queues[i];
+  return NULL;
+}
+
+static bool subscribed(const char *list, const char *type) {
+  size_t tl = strlen(type);
+  for (const char *p = list; p && *p;) {
+    const char *bar = strchr(p, '|');
+    size_t l = bar ? (size_t)(bar - p) : strlen(p);
+    if (l >= 2 && p[l - 1] == '*' && p[l - 2] == '.') {
+      if (tl >= l - 1 && memcmp(p, type, l - 1) == 0) return true;
+    } else if (l == tl && memcmp(p, type, l) == 0) {
+      return true;
+    }
+    p = bar ? bar + 1 : NULL;
+  }
+  return false;
+}
+
+int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subject) {
+  int64_t now = time_now_ms();
+  for (int i = 0; i < queue_count(); i++) {
+    if (!subscribed(queues[i].subscribes, type)) continue;
+    int rc = store_exec(tx, NULL,
+                        "INSERT INTO queue_messages (queue, event_seq, group_key, visible_at_ms,"
+                        " created_at_ms) VALUES (?, ?, ?, ?, ?)",
+                        "sisii", queues[i].name, seq, queues[i].fifo ? subject : NULL, now, now);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+static bus_outcome_t outcome(bus_result_t r, int64_t delay, const char *fmt, va_list ap) {
+  bus_outcome_t o = {r, delay, ""};
+  if (fmt) vsnprintf(o.reason, sizeof(o.reason), fmt, ap);
+  return o;
+}
+
+bus_outcome_t bus_done(void) {
+  bus_outcome_t o = {BUS_DONE, 0, ""};
+  return o;
+}
+
+bus_outcome_t bus_not_ready(int64_t delay_ms) {
+  bus_outcome_t o = {BUS_NOT_READY, delay_ms, ""};
+  return o;
+}
+
+bus_outcome_t bus_failed(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  bus_outcome_t o = outcome(BUS_FAILED, 0, fmt, ap);
+  va_end(ap);
+  return o;
+}
+
+bus_outcome_t bus_failed_permanent(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  bus_outcome_t o = outcome(BUS_FAILED_PERMANENT, 0, fmt, ap);
+  va_end(ap);
+  return o;
+}
+
+typedef struct {
+  const char *handler, *event_id;
+} done_key_t;
+
+static int is_done_tx(store_tx_t *tx, void *arg) {
+  done_key_t *k = arg;
+  return store_exec(tx, NULL, "SELECT 1 FROM handler_done WHERE handler = ? AND event_id = ?",
+                    "ss", k->handler, k->event_id);
+}
+
+int bus_is_done(store_t *store, const char *handler, const char *event_id) {
+  done_key_t k = {handler, event_id};
+  int rc = store_read(store, is_done_tx, &k);
+  return rc < 0 ? rc : rc > 0;
+}
+
+int bus_mark_done(store_tx_t *tx, const char *handler, const char *event_id) {
+  char ts[32];
+  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
+  int rc = store_exec(tx, NULL,
+                      "INSERT INTO handler_done (handler, event_id, done_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT (handler, event_id) DO NOTHING",
+                      "sss", handler, event_id, ts);
+  return rc < 0 ? rc : 0;
+}
+
+/* --- claiming and settling ------------------------------------------------ */
+
+typedef struct {
+  int64_t id, lease, created_ms;
+  int receives;
+  const bus_queue_t *queue;
+  json_t *event;
+  bus_outcome_t outcome;
+} claimed_t;
+
+typedef struct {
+  app_t *app;
+  claimed_t items[CLAIM_BATCH];
+  int n;
+} batch_t;
+
+static int claim_tx(store_tx_t *tx, void *arg) {
+  batch_t *b = arg;
+  b->n = 0;
+  int64_t now = time_now_ms();
+  store_rows_t *rows = NULL;
+  /* A FIFO message is receivable only when no older message of its group is
+   * still pending: that keeps one in flight per group, in order across retries. */
+  int n = store_exec(tx, &rows,
+                     "SELECT m.id, m.queue, m.receive_count, m.created_at_ms, m.lease, "
+                     "e.seq, e.id, e.type, e.source, e.subject, e.time, e.data "
+                     "FROM queue_messages m JOIN events e ON e.seq = m.event_seq "
+                     "WHERE m.state IN ('ready', 'in_flight') AND m.visible_at_ms <= ? "
+                     "AND (m.group_key IS NULL OR NOT EXISTS (SELECT 1 FROM queue_messages o "
+                     " WHERE o.queue = m.queue AND o.group_key = m.group_key AND o.id < m.id "
+                     " AND o.state != 'dead')) "
+                     "ORDER BY m.id LIMIT ?",
+                     "ii", now, (int64_t)CLAIM_BATCH);
+  if (n < 0) return n;
+  for (int i = 0; i < n; i++) {
+    const bus_queue_t *q = bus_queue_find(store_rows_text(rows, i, 1));
+    int64_t id = store_rows_int(rows, i, 0);
+    if (!q) {
+      /* A queue removed from the table: its leftovers are dead letters, not lost. */
+      char ts[32];
+      time_format_rfc3339(now, ts, sizeof(ts));
+      store_exec(tx, NULL,
+                 "UPDATE queue_messages SET state = 'dead', last_error = 'queue no longer "
+                 "exists', dead_at = ? WHERE id = ?",
+                 "si", ts, id);
+      continue;
+    }
+    int64_t vt = b->app->cfg->visibility_timeout_ms;
+    int rc = store_exec(tx, NULL,
+                        "UPDATE queue_messages SET state = 'in_flight', visible_at_ms = ?, "
+                        "receive_count = receive_count + 1, lease = lease + 1 WHERE id = ?",
+                        "ii", now + vt, id);
+    if (rc < 0) {
+      store_rows_free(&rows);
+      return rc;
+    }
+    claimed_t *c = &b->items[b->n++];
+    c->id = id;
+    c->queue = q;
+    c->receives = (int)store_rows_int(rows, i, 2) + 1;
+    c->created_ms = store_rows_int(rows, i, 3);
+    c->lease = store_rows_int(rows, i, 4) + 1;
+    json_t *data = json_loads(store_rows_text(rows, i, 11), 0, NULL);
+    c->event = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
+                         store_rows_text(rows, i, 6), "source", store_rows_text(rows, i, 8),
+                         "type", store_rows_text(rows, i, 7), "time",
+                         store_rows_text(rows, i, 10), "subject", store_rows_text(rows, i, 9),
+                         "datacontenttype", "application/json", "data",
+                         data ? data : json_object());
+  }
+  store_rows_free(&rows);
+  return b->n;
+}
+
+/* Raises or updates the alarm of queue's dead-letter queue. Caller is in a tx. */
+static int alarm_update(store_tx_t *tx, const char *queue) {
+  char name[128], subject[160], ts[32];
+  snprintf(name, sizeof(name), "dead-letters:%s", queue);
+  snprintf(subject, sizeof(subject), "alarms/%s", name);
+  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
+  store_rows_t *rows = NULL;
+  int rc = store_exec(tx, &rows,
+                      "SELECT (SELECT COUNT(*) FROM queue_messages WHERE queue = ? AND state = "
+                      "'dead'), (SELECT state FROM alarms WHERE name = ?)",
+                      "ss", queue, name);
+  if (rc < 0) return rc;
+  int64_t count = store_rows_int(rows, 0, 0);
+  bool raised = store_rows_text(rows, 0, 1) && strcmp(store_rows_text(rows, 0, 1), "alarm") == 0;
+  store_rows_free(&rows);
+  if (count > 0 && !raised) {
+    rc = store_exec(tx, NULL,
+                    "INSERT INTO alarms (name, queue, state, count, raised_at) VALUES "
+                    "(?, ?, 'alarm', ?, ?) ON CONFLICT (name) DO UPDATE SET state = 'alarm', "
+                    "count = excluded.count, raised_at = excluded.raised_at, cleared_at = NULL",
+                    "ssis", name, queue, count, ts);
+    if (rc < 0) return rc;
+    log_warn("bus", "alarm %s raised: %lld dead letter(s)", name, (long long)count);
+    return events_record(tx, "alarm.raised", subject,
+                         json_pack("{s:s,s:s,s:I}", "name", name, "queue", queue, "count",
+                                   (json_int_t)count),
+                         NULL);
+  }
+  if (count == 0 && raised) {
+    rc = store_exec(tx, NULL,
+                    "UPDATE alarms SET state = 'ok', count = 0, cleared_at = ? WHERE name = ?",
+                    "ss", ts, name);
+    if (rc < 0) return rc;
+    log_info("bus", "alarm %s cleared", name);
+    return events_record(tx, "alarm.cleared", subject,
+                         json_pack("{s:s,s:s}", "name", name, "queue", queue), NULL);
+  }
+  if (raised)
+    return store_exec(tx, NULL, "UPDATE alarms SET count = ? WHERE name = ?", "is", count, name);
+  return 0;
+}
+
+static int settle_tx(store_tx_t *tx, void *arg) {
+  batch_t *b = arg;
+  int64_t now = time_now_ms();
+  for (int i = 0; i < b->n; i++) {
+    claimed_t *c = &b->items[i];
+    bus_policy_t p = {b->app->cfg->retry_base_ms, b->app->cfg->retry_max_ms,
+                      c->queue->retry_forever ? 0 : (int)b->app->cfg->max_receives,
+                      c->queue->not_ready_max_ms ? c->queue->not_ready_max_ms
+                                                 : 7LL * 86400 * 1000};
+    double rnd = (double)randombytes_uniform(1000000) / 1e6;
+    bus_next_t next = bus_policy_next(&p, &c->outcome, c->receives, c->created_ms, now, rnd);
+    int rc = 0;
+    switch (next.kind) {
+    case BUS_NEXT_DELETE:
+      rc = store_exec(tx, NULL, "DELETE FROM queue_messages WHERE id = ? AND lease = ?", "ii",
+                      c->id, c->lease);
+      break;
+    case BUS_NEXT_RETRY:
+      rc = store_exec(tx, NULL,
+                      "UPDATE queue_messages SET state = 'ready', visible_at_ms = ?, "
+                      "receive_count = receive_count - ?, last_error = COALESCE(?, last_error) "
+                      "WHERE id = ? AND lease = ?",
+                      "iisii", next.visible_at_ms, (int64_t)(next.count_receive ? 0 : 1),
+                      c->outcome.result == BUS_NOT_READY ? NULL : c->outcome.reason, c->id,
+                      c->lease);
+      break;
+    case BUS_NEXT_DEAD: {
+      char ts[32], subject[128];
+      time_format_rfc3339(now, ts, sizeof(ts));
+      const char *why = next.why ? next.why : c->outcome.reason;
+      rc = store_exec(tx, NULL,
+                      "UPDATE queue_messages SET state = 'dead', dead_at = ?, last_error = ? "
+                      "WHERE id = ? AND lease = ?",
+                      "ssii", ts, why, c->id, c->lease);
+      if (rc == 1) {
+        log_warn("bus", "message %lld on %s dead-lettered after %d receive(s): %s",
+                 (long long)c->id, c->queue->name, c->receives, why);
+        snprintf(subject, sizeof(subject), "queues/%s", c->queue->name);
+        const char *eid = json_string_value(json_object_get(c->event, "id"));
+        rc = events_record(tx, "queue.message.dead_lettered", subject,
+                           json_pack("{s:s,s:I,s:s,s:s,s:i}", "queue", c->queue->name,
+                                     "message_id", (json_int_t)c->id, "event_id", eid,
+                                     "last_error", why, "receive_count", c->receives),
+                           NULL);
+        if (rc == 0) rc = alarm_update(tx, c->queue->name);
+      }
+      break;
+    }
+    }
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+static const char *result_name(bus_result_t r) {
+  static const char *n[] = {"done", "not_ready", "failed", "failed_permanent"};
+  return n[r];
+}
+
+static void run_one(app_t *app, claimed_t *c) {
+  json_t *ev = c->event;
+  bus_msg_t m = {c->id,
+                 c->queue->name,
+                 ev,
+                 json_string_value(json_object_get(ev, "id")),
+                 json_string_value(json_object_get(ev, "type")),
+                 json_string_value(json_object_get(ev, "subject")),
+                 json_object_get(ev, "data"),
+                 c->receives,
+                 c->created_ms};
+  int64_t t0 = time_mono_ms();
+  c->outcome = c->queue->handler(app, &m);
+  double secs = (double)(time_mono_ms() - t0) / 1000.0;
+  char labels[160];
+  snprintf(labels, sizeof(labels), "queue=\"%s\",outcome=\"%s\"", c->queue->name,
+           result_name(c->outcome.result));
+  metrics_counter_add("iotfin_bus_handler_outcomes_total", labels, 1);
+  snprintf(labels, sizeof(labels), "queue=\"%s\"", c->queue->name);
+  metrics_histogram_observe("iotfin_bus_handler_duration_seconds", labels, secs);
+  if (c->outcome.result == BUS_FAILED || c->outcome.result == BUS_FAILED_PERMANENT)
+    log_warn("bus", "%s failed on %s (receive %d): %s", c->queue->name, m.event_id, c->receives,
+             c->outcome.reason);
+}
+
+static void *worker_main(void *arg) {
+  bus_t *bus = arg;
+  char name[16];
+  snprintf(name, sizeof(name), "bus-worker");
+  pthread_setname_np(pthread_self(), name);
+  batch_t b;
+  memset(&b, 0, sizeof(b));
+  b.app = bus->app;
+  for (;;) {
+    pthread_mutex_lock(&bus->lock);
+    bool stop = bus->stopping;
+    uint64_t seen = bus->wake_seq;
+    pthread_mutex_unlock(&bus->lock);
+    if (stop) break;
+
+    int n = store_write(bus->app->store, claim_tx, &b);
+    if (n > 0) {
+      for (int i = 0; i < b.n; i++) run_one(bus->app, &b.items[i]);
+      int rc = store_write(bus->app->store, settle_tx, &b);
+      if (rc < 0)
+        log_error("bus", "could not settle %d message(s); they reappear after the "
+                         "visibility timeout", b.n);
+      for (int i = 0; i < b.n; i++) json_decref(b.items[i].event);
+      b.n = 0;
+      continue;
+    }
+    if (n < 0) log_error("bus", "claiming messages failed; retrying");
+    /* Nothing visible: sleep until a commit wakes us or a delay may have passed. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += IDLE_WAIT_MS * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&bus->lock);
+    while (!bus->stopping && bus->wake_seq == seen)
+      if (pthread_cond_timedwait(&bus->cond, &bus->lock, &ts) != 0) break;
+    pthread_mutex_unlock(&bus->lock);
+  }
+  return NULL;
+}
+
+void bus_notify(bus_t *bus) {
+  pthread_mutex_lock(&bus->lock);
+  bus->wake_seq++;
+  pthread_cond_broadcast(&bus->cond);
+  pthread_mutex_unlock(&bus->lock);
+}
+
+static void on_commit(void *arg) { bus_notify(arg); }
+
+static int reclaim_tx(store_tx_t *tx, void *arg) {
+  return store_exec(tx, NULL,
+                    "UPDATE queue_messages SET state = 'ready', visible_at_ms = ? "
+                    "WHERE state = 'in_flight'",
+                    "i", time_now_ms());
+}
+
+static void collect(void *arg);
+
+int bus_start(app_t *app, int nworkers, bus_t **out) {
+  *out = NULL;
+  bus_t *bus = calloc(1, sizeof(*bus));
+  if (!bus) return -ERR_INTERNAL;
+  bus->app = app;
+  pthread_mutex_init(&bus->lock, NULL);
+  pthread_cond_init(&bus->cond, NULL);
+  metrics_describe("iotfin_bus_handler_outcomes_total", "counter",
+                   "Handler outcomes by queue (done, not_ready, failed, failed_permanent).");
+  metrics_describe("iotfin_bus_handler_duration_seconds", "histogram",
+                   "Handler run time by queue.");
+  metrics_describe("iotfin_queue_messages", "gauge", "Messages by queue and state.");
+  metrics_describe("iotfin_queue_dead_letters", "gauge", "Dead letters by queue.");
+  metrics_add_collector(collect, app);
+  /* SQLite serves one instance: whatever it had in flight died with the last run,
+   * so hand it out again now instead of after the visibility timeout. */
+  if (strcmp(store_backend(app->store), "sqlite") == 0) {
+    int n = store_write(app->store, reclaim_tx, NULL);
+    if (n > 0) log_info("bus", "%d message(s) in flight at the last stop are ready again", n);
+  }
+  store_set_commit_hook(app->store, on_commit, bus);
+  if (nworkers > MAX_WORKERS) nworkers = MAX_WORKERS;
+  for (int i = 0; i < nworkers; i++) {
+    if (pthread_create(&bus->threads[i], NULL, worker_main, bus) != 0) break;
+    bus->nthreads++;
+  }
+  *out = bus;
+  return bus->nthreads > 0 ? 0 : -ERR_INTERNAL;
+}
+
+void bus_stop(bus_t **pbus, int timeout_ms) {
+  bus_t *bus = *pbus;
+  if (!bus) return;
+  (void)timeout_ms; /* workers finish their current batch; handlers have own timeouts */
+  pthread_mutex_lock(&bus->lock);
+  bus->stopping = true;
+  pthread_cond_broadcast(&bus->cond);
+  pthread_mutex_unlock(&bus->lock);
+  for (int i = 0; i < bus->nthreads; i++) pthread_join(bus->threads[i], NULL);
+  store_set_commit_hook(bus->app->store, NULL, NULL);
+  pthread_mutex_destroy(&bus->lock);
+  pthread_cond_destroy(&bus->cond);
+  free(bus);
+  *pbus = NULL;
+}
+
+/* --- operations ----------------------------------------------------------- */
+
+static int stats_tx(store_tx_t *tx, void *arg) {
+  json_t *items = arg;
+  int64_t now = time_now_ms();
+  store_rows_t *rows = NULL;
+  int n = store_exec(
+      tx, &rows,
+      "SELECT queue, "
+      "SUM(CASE WHEN state = 'ready' AND visible_at_ms <= ? THEN 1 ELSE 0 END), "
+      "SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END), "
+      "SUM(CASE WHEN state = 'ready' AND visible_at_ms > ? THEN 1 ELSE 0 END), "
+      "SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), "
+      "MIN(CASE WHEN state != 'dead' THEN created_at_ms END) "
+      "FROM queue_messages GROUP BY queue",
+      "ii", now, now);
+  if (n < 0) return n;
+  for (int q = 0; q < queue_count(); q++) {
+    int64_t ready = 0, in_flight = 0, delayed = 0, dead = 0, oldest = 0;
+    for (int i = 0; i < n; i++) {
+      if (strcmp(store_rows_text(rows, i, 0), queues[q].name) != 0) continue;
+      ready = store_rows_int(rows, i, 1);
+      in_flight = store_rows_int(rows, i, 2);
+      delayed = store_rows_int(rows, i, 3);
+      dead = store_rows_int(rows, i, 4);
+      if (!store_rows_is_null(rows, i, 5)) oldest = now - store_rows_int(rows, i, 5);
+    }
+    json_array_append_new(items, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "name", queues[q].name,
+                                           "ready", (json_int_t)ready, "in_flight",
+                                           (json_int_t)in_flight, "delayed", (json_int_t)delayed,
+                                           "dead", (json_int_t)dead, "oldest_age_ms",
+                                           (json_int_t)oldest));
+  }
+  store_rows_free(&rows);
+  return 0;
+}
+
+int bus_queue_stats(app_t *app, json_t **out) {
+  json_t *items = json_array();
+  int rc = store_read(app->store, stats_tx, items);
+  if (rc < 0) {
+    json_decref(items);
+    return rc;
+  }
+  *out = items;
+  return 0;
+}
+
+static void collect(void *arg) {
+  app_t *app = arg;
+  json_t *items;
+  if (!app->store || bus_queue_stats(app, &items) < 0) return;
+  size_t i;
+  json_t *q;
+  json_array_foreach(items, i, q) {
+    const char *name = json_string_value(json_object_get(q, "name"));
+    const char *states[] = {"ready", "in_flight", "delayed"};
+    char labels[160];
+    for (int s = 0; s < 3; s++) {
+      snprintf(labels, sizeof(labels), "queue=\"%s\",state=\"%s\"", name, states[s]);
+      metrics_gauge_set("iotfin_queue_messages", labels,
+                        (double)json_integer_value(json_object_get(q, states[s])));
+    }
+    snprintf(labels, sizeof(labels), "queue=\"%s\"", name);
+    metrics_gauge_set("iotfin_queue_dead_letters", labels,
+                      (double)json_integer_value(json_object_get(q, "dead")));
+  }
+  json_decref(items);
+}
+
+typedef struct {
+  const char *queue;
+  int64_t after;
+  int limit;
+  json_t *items;
+  int64_t next;
+} dl_ctx_t;
+
+static int dead_tx(store_tx_t *tx, void *arg) {
+  dl_ctx_t *c = arg;
+  store_rows_t *rows = NULL;
+  int n = store_exec(tx, &rows,
+                     "SELECT m.id, m.receive_count, m.last_error, m.dead_at, "
+                     "e.seq, e.id, e.type, e.source, e.subject, e.time, e.data "
+                     "FROM queue_messages m JOIN events e ON e.seq = m.event_seq "
+                     "WHERE m.queue = ? AND m.state = 'dead' AND m.id > ? ORDER BY m.id LIMIT ?",
+                     "sii", c->queue, c->after, (int64_t)c->limit + 1);
+  if (n < 0) return n;
+  c->next = 0;
+  for (int i = 0; i < n && i < c->limit; i++) {
+    json_t *data = json_loads(store_rows_text(rows, i, 10), 0, NULL);
+    json_t *ev = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
+                           store_rows_text(rows, i, 5), "source", store_rows_text(rows, i, 7),
+                           "type", store_rows_text(rows, i, 6), "time",
+                           store_rows_text(rows, i, 9), "subject", store_rows_text(rows, i, 8),
+                           "datacontenttype", "application/json", "data",
+                           data ? data : json_object());
+    char id[32];
+    snprintf(id, sizeof(id), "%s", store_rows_text(rows, i, 0));
+    json_array_append_new(
+        c->items, json_pack("{s:s,s:o,s:I,s:s?,s:s?}", "id", id, "event", ev, "receive_count",
+                            (json_int_t)store_rows_int(rows, i, 1), "last_error",
+                            store_rows_text(rows, i, 2), "dead_at", store_rows_text(rows, i, 3)));
+    if (i == c->limit - 1 && n > c->limit) c->next = store_rows_int(rows, i, 0);
+  }
+  store_rows_free(&rows);
+  return 0;
+}
+
+int bus_dead_letters(app_t *app, const char *queue, int64_t after_id, int limit, json_t **out,
+                     int64_t *next) {
+  dl_ctx_t c = {queue, after_id, limit, json_array(), 0};
+  int rc = store_read(app->store, dead_tx, &c);
+  if (rc < 0) {
+    json_decref(c.items);
+    return rc;
+  }
+  *out = c.items;
+  *next = c.next;
+  return 0;
+}
+
+typedef struct {
+  const char *queue;
+  json_t *ids;
+  int redriven;
+} redrive_ctx_t;
+
+static int redrive_tx(store_tx_t *tx, void *arg) {
+  redrive_ctx_t *c = arg;
+  int64_t now = time_now_ms();
+  const char *sql = "UPDATE queue_messages SET state = 'ready', receive_count = 0, "
+                    "visible_at_ms = ?, dead_at = NULL WHERE queue = ? AND state = 'dead'";
+  c->redriven = 0;
+  if (!c->ids) {
+    int rc = store_exec(tx, NULL, sql, "is", now, c->queue);
+    if (rc < 0) return rc;
+    c->redriven = rc;
+  } else {
+    char one[300];
+    snprintf(one, sizeof(one), "%s AND id = ?", sql);
+    size_t i;
+    json_t *v;
+    json_array_foreach(c->ids, i, v) {
+      const char *s = json_string_value(v);
+      int64_t id = s ? strtoll(s, NULL, 10) : json_integer_value(v);
+      int rc = store_exec(tx, NULL, one, "isi", now, c->queue, id);
+      if (rc < 0) return rc;
+      c->redriven += rc;
+    }
+  }
+  return alarm_update(tx, c->queue);
+}
+
+int bus_redrive(app_t *app, const char *queue, json_t *ids, int *redriven) {
+  redrive_ctx_t c = {queue, ids, 0};
+  int rc = store_write(app->store, redrive_tx, &c);
+  *redriven = c.redriven;
+  if (rc >= 0 && c.redriven)
+    log_info("bus", "redrove %d message(s) on %s with a fresh receive count", c.redriven, queue);
+  return rc < 0 ? rc : 0;
+}
+
+static int alarms_tx(store_tx_t *tx, void *arg) {
+  json_t *items = arg;
+  store_rows_t *rows = NULL;
+  int n = store_exec(tx, &rows,
+                     "SELECT name, state, queue, count, raised_at FROM alarms ORDER BY name", "");
+  for (int i = 0; i < n; i++)
+    json_array_append_new(items, json_pack("{s:s,s:s,s:s,s:I,s:s?}", "name",
+                                           store_rows_text(rows, i, 0), "state",
+                                           store_rows_text(rows, i, 1), "queue",
+                                           store_rows_text(rows, i, 2), "count",
+                                           (json_int_t)store_rows_int(rows, i, 3), "raised_at",
+                                           store_rows_text(rows, i, 4)));
+  store_rows_free(&rows);
+  return n < 0 ? n : 0;
+}
+
+int bus_alarms(app_t *app, json_t **out) {
+  json_t *items = json_array();
+  int rc = store_read(app->store, alarms_tx, items);
+  if (rc < 0) {
+    json_decref(items);
+    return rc;
+  }
+  *out = items;
+  return 0;
+}
