@@ -4,6 +4,7 @@
 #include "bus/bus.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -17,7 +18,8 @@
 #include "core/timeutil.h"
 #include "services/events.h"
 
-#define CLAIM_BATCH 16
+#define CLAIM_BATCH 64
+#define RECLAIM_EVERY_MS 250
 #define MAX_WORKERS 16
 #define IDLE_WAIT_MS 200
 
@@ -150,10 +152,23 @@ typedef struct {
   int n;
 } batch_t;
 
+/* When a lease was last checked for expiry; any worker may do the next check. */
+static _Atomic int64_t last_reclaim_ms;
+
 static int claim_tx(store_tx_t *tx, void *arg) {
   batch_t *b = arg;
   b->n = 0;
   int64_t now = time_now_ms();
+  int64_t last = atomic_load(&last_reclaim_ms);
+  if (now - last >= RECLAIM_EVERY_MS && atomic_compare_exchange_strong(&last_reclaim_ms, &last, now)) {
+    /* The visibility timeout: leases that ran out make their messages ready again. */
+    int rc = store_exec(tx, NULL,
+                        "UPDATE queue_messages SET state = 'ready' WHERE state = 'in_flight' "
+                        "AND visible_at_ms <= ?",
+                        "i", now);
+    if (rc < 0) return rc;
+    if (rc > 0) log_warn("bus", "%d message(s) outlived their visibility timeout; ready again", rc);
+  }
   store_rows_t *rows = NULL;
   /* A FIFO message is receivable only when no older message of its group is
    * still pending: that keeps one in flight per group, in order across retries. */
@@ -161,7 +176,7 @@ static int claim_tx(store_tx_t *tx, void *arg) {
                      "SELECT m.id, m.queue, m.receive_count, m.created_at_ms, m.lease, "
                      "e.seq, e.id, e.type, e.source, e.subject, e.time, e.data "
                      "FROM queue_messages m JOIN events e ON e.seq = m.event_seq "
-                     "WHERE m.state IN ('ready', 'in_flight') AND m.visible_at_ms <= ? "
+                     "WHERE m.state = 'ready' AND m.visible_at_ms <= ? "
                      "AND (m.group_key IS NULL OR NOT EXISTS (SELECT 1 FROM queue_messages o "
                      " WHERE o.queue = m.queue AND o.group_key = m.group_key AND o.id < m.id "
                      " AND o.state != 'dead')) "

@@ -15,7 +15,8 @@ CREATE TABLE queue_messages (
   created_at_ms INTEGER NOT NULL,
   dead_at TEXT
 );
-CREATE INDEX queue_messages_visible ON queue_messages (state, visible_at_ms, id);
+CREATE INDEX queue_messages_state ON queue_messages (state, id);
+CREATE INDEX queue_messages_inflight ON queue_messages (state, visible_at_ms);
 CREATE INDEX queue_messages_group ON queue_messages (queue, group_key, id);
 CREATE INDEX queue_messages_queue ON queue_messages (queue, state, id);
 
