@@ -14,6 +14,7 @@ int api_system_readyz(http_req_t *req);
 int api_system_metrics(http_req_t *req);
 int api_system_openapi(http_req_t *req);
 int api_system_jwks(http_req_t *req);
+int api_system_rotate_keys(http_req_t *req);
 
 int api_sessions_anonymous(http_req_t *req);
 extern const http_body_t api_sessions_registration_body, api_sessions_login_body,

@@ -42,3 +42,14 @@ int api_system_openapi(http_req_t *req) {
 int api_system_jwks(http_req_t *req) {
   return http_reply_json(req, 200, auth_keys_jwks(http_req_app(req)->keys));
 }
+
+int api_system_rotate_keys(http_req_t *req) {
+  app_t *app = http_req_app(req);
+  int64_t keep = app->cfg->access_ttl_s > app->cfg->device_token_ttl_s
+                     ? app->cfg->access_ttl_s
+                     : app->cfg->device_token_ttl_s;
+  char kid[17];
+  int rc = auth_keys_rotate(app->keys, keep, kid);
+  if (rc < 0) return rc;
+  return http_reply_json(req, 201, json_pack("{s:s}", "kid", kid));
+}

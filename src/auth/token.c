@@ -5,6 +5,9 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <time.h>
 #include <fcntl.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -23,10 +26,14 @@ typedef struct {
   char kid[KID_LEN];
   unsigned char pk[crypto_sign_PUBLICKEYBYTES];
   unsigned char sk[crypto_sign_SECRETKEYBYTES];
-  long mtime;
+  long long mtime_ns;
+  char file[64];
 } key_t_;
 
+/* lock guards keys, n and current: readers sign and verify, a rotation writes. */
 struct auth_keys {
+  pthread_rwlock_t lock;
+  char dir[1024];
   key_t_ keys[MAX_KEYS];
   int n;
   int current; /* index of the newest key, the one that signs */
@@ -77,13 +84,14 @@ static int read_keys(const char *dir, auth_keys_t *k) {
     }
     crypto_sign_ed25519_sk_to_pk(key->pk, key->sk);
     make_kid(key->pk, key->kid);
-    key->mtime = (long)st.st_mtime;
+    key->mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    snprintf(key->file, sizeof(key->file), "%s", e->d_name);
     k->n++;
   }
   closedir(d);
   k->current = 0;
   for (int i = 1; i < k->n; i++)
-    if (k->keys[i].mtime > k->keys[k->current].mtime) k->current = i;
+    if (k->keys[i].mtime_ns > k->keys[k->current].mtime_ns) k->current = i;
   return k->n > 0 ? 0 : -ERR_INTERNAL;
 }
 
@@ -96,6 +104,8 @@ int auth_keys_load(const char *dir, auth_keys_t **out) {
   auth_keys_t *k = sodium_malloc(sizeof(*k));
   if (!k) return -ERR_INTERNAL;
   memset(k, 0, sizeof(*k));
+  pthread_rwlock_init(&k->lock, NULL);
+  snprintf(k->dir, sizeof(k->dir), "%s", dir);
   if (read_keys(dir, k) < 0 && (write_new_key(dir) < 0 || read_keys(dir, k) < 0)) {
     log_error("auth", "no usable signing key in %s", dir);
     sodium_free(k);
@@ -105,8 +115,38 @@ int auth_keys_load(const char *dir, auth_keys_t **out) {
   return 0;
 }
 
+int auth_keys_rotate(auth_keys_t *k, int64_t keep_s, char kid_out[17]) {
+  pthread_rwlock_wrlock(&k->lock);
+  int rc = write_new_key(k->dir);
+  if (rc == 0) rc = read_keys(k->dir, k);
+  if (rc == 0) {
+    /* A key stopped signing when the next newer key appeared; once every token it
+     * signed has expired (keep_s later) it is no longer needed to verify. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    long long now_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    for (int i = 0; i < k->n; i++) {
+      long long successor = 0;
+      for (int j = 0; j < k->n; j++)
+        if (k->keys[j].mtime_ns > k->keys[i].mtime_ns &&
+            (!successor || k->keys[j].mtime_ns < successor))
+          successor = k->keys[j].mtime_ns;
+      if (successor && now_ns - successor > keep_s * 1000000000LL) {
+        char path[1200];
+        snprintf(path, sizeof(path), "%s/%s", k->dir, k->keys[i].file);
+        if (unlink(path) == 0) log_info("auth", "retired signing key %s", k->keys[i].kid);
+      }
+    }
+    rc = read_keys(k->dir, k);
+    if (rc == 0) snprintf(kid_out, 17, "%s", k->keys[k->current].kid);
+  }
+  pthread_rwlock_unlock(&k->lock);
+  return rc;
+}
+
 void auth_keys_free(auth_keys_t **keys) {
   if (!*keys) return;
+  pthread_rwlock_destroy(&(*keys)->lock);
   sodium_free(*keys);
   *keys = NULL;
 }
@@ -118,7 +158,9 @@ static char *b64url(const void *data, size_t len) {
   return s;
 }
 
-json_t *auth_keys_jwks(const auth_keys_t *keys) {
+json_t *auth_keys_jwks(const auth_keys_t *ckeys) {
+  auth_keys_t *keys = (auth_keys_t *)ckeys;
+  pthread_rwlock_rdlock(&keys->lock);
   json_t *arr = json_array();
   for (int i = 0; i < keys->n; i++) {
     char *x = b64url(keys->keys[i].pk, sizeof(keys->keys[i].pk));
@@ -127,11 +169,14 @@ json_t *auth_keys_jwks(const auth_keys_t *keys) {
                                          "EdDSA", "use", "sig"));
     free(x);
   }
+  pthread_rwlock_unlock(&keys->lock);
   return json_pack("{s:o}", "keys", arr);
 }
 
-int auth_token_sign(const auth_keys_t *keys, const auth_claims_t *c, char **out) {
+int auth_token_sign(const auth_keys_t *ckeys, const auth_claims_t *c, char **out) {
   *out = NULL;
+  auth_keys_t *keys = (auth_keys_t *)ckeys;
+  pthread_rwlock_rdlock(&keys->lock);
   const key_t_ *key = &keys->keys[keys->current];
   json_t *hdr = json_pack("{s:s,s:s,s:s}", "alg", "EdDSA", "typ", "JWT", "kid", key->kid);
   json_t *pl = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:s}", "iss", "iotfin", "sub", c->sub, "sid",
@@ -161,6 +206,7 @@ int auth_token_sign(const auth_keys_t *keys, const auth_claims_t *c, char **out)
       }
     }
   }
+  pthread_rwlock_unlock(&keys->lock);
   free(hs);
   free(ps);
   free(h64);
@@ -209,13 +255,15 @@ int auth_token_verify(const auth_keys_t *keys, const char *jwt, int64_t now_s,
   const char *alg = json_string_value(json_object_get(h, "alg"));
   const char *kid = json_string_value(json_object_get(h, "kid"));
   if (!alg || strcmp(alg, "EdDSA") != 0 || !kid) goto cleanup;
+  auth_keys_t *kk = (auth_keys_t *)keys;
+  pthread_rwlock_rdlock(&kk->lock);
   const key_t_ *key = NULL;
   for (int i = 0; i < keys->n; i++)
     if (strcmp(keys->keys[i].kid, kid) == 0) key = &keys->keys[i];
-  if (!key) goto cleanup;
-  if (crypto_sign_verify_detached(sig, (const unsigned char *)jwt, (size_t)(d2 - jwt),
-                                  key->pk) != 0)
-    goto cleanup;
+  bool good = key && crypto_sign_verify_detached(sig, (const unsigned char *)jwt,
+                                                 (size_t)(d2 - jwt), key->pk) == 0;
+  pthread_rwlock_unlock(&kk->lock);
+  if (!good) goto cleanup;
   const char *iss = json_string_value(json_object_get(p, "iss"));
   json_t *iat = json_object_get(p, "iat"), *exp = json_object_get(p, "exp");
   if (!iss || strcmp(iss, "iotfin") != 0 || !json_is_integer(iat) || !json_is_integer(exp))

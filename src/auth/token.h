@@ -21,6 +21,10 @@ typedef struct {
  * there is none. Returns 0 and *out (free with auth_keys_free) or -ERR_INTERNAL. */
 int auth_keys_load(const char *dir, auth_keys_t **out);
 void auth_keys_free(auth_keys_t **keys);
+/* Generates a new signing key, which signs from now on; older keys keep verifying
+ * until keep_s after they stopped signing (the longest token lifetime), then their
+ * files are removed. Writes the new kid. Returns 0 or -ERR_INTERNAL. Any thread. */
+int auth_keys_rotate(auth_keys_t *keys, int64_t keep_s, char kid_out[17]);
 /* The public keys as a JWKS object; the caller owns the new reference. */
 json_t *auth_keys_jwks(const auth_keys_t *keys);
 

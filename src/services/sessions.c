@@ -3,7 +3,9 @@
  * stored only as hashes, and rotate on every use. */
 #include "services/sessions.h"
 
+#include <pthread.h>
 #include <sodium.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,80 @@
 #include "core/log.h"
 #include "core/timeutil.h"
 #include "services/events.h"
+
+/* A cache of session liveness so that token checks cost no query. Entries are
+ * filled on a miss and marked revoked by sessions__revoke() before its transaction
+ * commits (a deny can only be early, never late). One instance owns its SQLite
+ * store, so this process sees every revocation; entries are overwritten when two
+ * sessions hash to the same slot. cache_lock guards cache. */
+#define CACHE_SLOTS 16384
+
+typedef struct {
+  char sid[IDS_UUID_LEN];
+  char tier[16];
+  int64_t expires_ms;
+  bool revoked;
+} cached_session_t;
+
+static pthread_rwlock_t cache_lock = PTHREAD_RWLOCK_INITIALIZER;
+static cached_session_t cache[CACHE_SLOTS];
+/* Bumped by every revocation: a database read that began before a revocation must
+ * not put its (possibly stale) answer into the cache. Guarded by cache_lock. */
+static uint64_t revoke_gen;
+
+static unsigned slot_of(const char *sid) {
+  unsigned h = 2166136261u;
+  for (; *sid; sid++) h = (h ^ (unsigned char)*sid) * 16777619u;
+  return h % CACHE_SLOTS;
+}
+
+static uint64_t cache_gen(void) {
+  pthread_rwlock_rdlock(&cache_lock);
+  uint64_t g = revoke_gen;
+  pthread_rwlock_unlock(&cache_lock);
+  return g;
+}
+
+static void cache_put(const char *sid, const char *tier, int64_t expires_ms, bool revoked,
+                      uint64_t gen) {
+  if (strlen(sid) >= IDS_UUID_LEN) return;
+  pthread_rwlock_wrlock(&cache_lock);
+  if (gen != revoke_gen) {
+    pthread_rwlock_unlock(&cache_lock);
+    return;
+  }
+  cached_session_t *c = &cache[slot_of(sid)];
+  snprintf(c->sid, sizeof(c->sid), "%s", sid);
+  snprintf(c->tier, sizeof(c->tier), "%s", tier);
+  c->expires_ms = expires_ms;
+  c->revoked = revoked;
+  pthread_rwlock_unlock(&cache_lock);
+}
+
+static void cache_revoke(const char *sid) {
+  pthread_rwlock_wrlock(&cache_lock);
+  cached_session_t *c = &cache[slot_of(sid)];
+  if (strcmp(c->sid, sid) == 0) c->revoked = true;
+  revoke_gen++;
+  pthread_rwlock_unlock(&cache_lock);
+}
+
+/* 1 alive, 0 dead, -1 unknown to the cache. */
+static int cache_check(const auth_claims_t *claims, int64_t now) {
+  int rc = -1;
+  pthread_rwlock_rdlock(&cache_lock);
+  cached_session_t *c = &cache[slot_of(claims->sid)];
+  if (strcmp(c->sid, claims->sid) == 0)
+    rc = !c->revoked && c->expires_ms > now && strcmp(c->tier, claims->tier) == 0;
+  pthread_rwlock_unlock(&cache_lock);
+  return rc;
+}
+
+void sessions_cache_clear(void) {
+  pthread_rwlock_wrlock(&cache_lock);
+  memset(cache, 0, sizeof(cache));
+  pthread_rwlock_unlock(&cache_lock);
+}
 
 int sessions__insert(store_tx_t *tx, const char *sid, const char *tier, const char *user_id,
                      int64_t expires_ms) {
@@ -46,6 +122,7 @@ int sessions__new_refresh(store_tx_t *tx, const char *sid, char out[SESSIONS_REF
 
 int sessions__revoke(store_tx_t *tx, const char *sid, const char *reason) {
   char ts[32], subject[80];
+  cache_revoke(sid);
   time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
   int rc = store_exec(tx, NULL,
                       "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", "ss",
@@ -98,22 +175,33 @@ int sessions_create_anonymous(app_t *app, json_t **out) {
   return 0;
 }
 
+typedef struct {
+  const auth_claims_t *claims;
+  uint64_t gen;
+} check_t;
+
 static int check_tx(store_tx_t *tx, void *arg) {
-  const auth_claims_t *c = arg;
+  check_t *k = arg;
+  const auth_claims_t *c = k->claims;
   store_rows_t *rows = NULL;
-  int n = store_exec(tx, &rows,
-                     "SELECT tier FROM sessions WHERE id = ? AND revoked_at IS NULL "
-                     "AND expires_at_ms > ?",
-                     "si", c->sid, time_now_ms());
-  int rc = (n == 1 && strcmp(store_rows_text(rows, 0, 0), c->tier) == 0)
-               ? 0
-               : -ERR_UNAUTHENTICATED;
+  int n = store_exec(tx, &rows, "SELECT tier, expires_at_ms, revoked_at FROM sessions WHERE id = ?",
+                     "s", c->sid);
+  if (n < 0) return n;
+  if (n == 0) return -ERR_UNAUTHENTICATED;
+  bool alive = store_rows_is_null(rows, 0, 2) && store_rows_int(rows, 0, 1) > time_now_ms() &&
+               strcmp(store_rows_text(rows, 0, 0), c->tier) == 0;
+  cache_put(c->sid, store_rows_text(rows, 0, 0), store_rows_int(rows, 0, 1),
+            !store_rows_is_null(rows, 0, 2), k->gen);
   store_rows_free(&rows);
-  return n < 0 ? n : rc;
+  return alive ? 0 : -ERR_UNAUTHENTICATED;
 }
 
 int sessions_check(app_t *app, const auth_claims_t *claims) {
-  return store_read(app->store, check_tx, (void *)claims);
+  int64_t now = time_now_ms();
+  int hit = cache_check(claims, now);
+  if (hit >= 0) return hit == 1 ? 0 : -ERR_UNAUTHENTICATED;
+  check_t k = {claims, cache_gen()};
+  return store_read(app->store, check_tx, &k);
 }
 
 typedef struct {

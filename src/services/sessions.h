@@ -22,6 +22,9 @@ int sessions_create_anonymous(app_t *app, json_t **out);
  * -ERR_UNAUTHENTICATED. Any thread. */
 int sessions_check(app_t *app, const auth_claims_t *claims);
 
+/* Forgets every cached session state (tests, and a store swap). */
+void sessions_cache_clear(void);
+
 /* Inside a write transaction: inserts session sid of tier for user_id (may be
  * NULL) and its session.started event. */
 int sessions__insert(store_tx_t *tx, const char *sid, const char *tier, const char *user_id,
