@@ -23,6 +23,7 @@
 #include "http/server.h"
 #include "hub/broker.h"
 #include "hub/mqtt.h"
+#include "partners/mock.h"
 #include "services/catalogue.h"
 
 static const char *usage_main =
@@ -194,13 +195,17 @@ static int serve(void) {
   if (hub_mqtt_start(mqtt_host, mqtt_port, user[0] ? user : NULL, pass[0] ? pass : NULL, 5000,
                      &app.mqtt) < 0)
     goto out;
-  snprintf(app.mqtt_url, sizeof(app.mqtt_url), "mqtt://%s:%d", mqtt_host, mqtt_port);
+  bool mv6 = strchr(mqtt_host, ':') != NULL;
+  snprintf(app.mqtt_url, sizeof(app.mqtt_url), "mqtt://%s%s%s:%d", mv6 ? "[" : "", mqtt_host,
+           mv6 ? "]" : "", mqtt_port);
 
   if (http_server_start(&app, api_routes, api_routes_count, cfg.listen_host, cfg.listen_port,
                         (http_server_t **)&app.http) < 0)
     goto out;
-  snprintf(app.http_url, sizeof(app.http_url), "http://%s:%d", cfg.listen_host,
-           http_server_port((http_server_t *)app.http));
+  bool v6 = strchr(cfg.listen_host, ':') != NULL; /* an IPv6 literal needs brackets in a URL */
+  snprintf(app.http_url, sizeof(app.http_url), "http://%s%s%s:%d", v6 ? "[" : "", cfg.listen_host,
+           v6 ? "]" : "", http_server_port((http_server_t *)app.http));
+  if (cfg.mock && partner_mock_start(&app, &app.mock) < 0) goto out;
   /* Workers start last: their handlers may call the partner mock over HTTP. */
   if (bus_start(&app, 4, &app.bus) < 0) goto out;
 
@@ -218,6 +223,7 @@ static int serve(void) {
 out:
   http_server_stop((http_server_t **)&app.http, 10000);
   bus_stop(&app.bus, 10000);
+  partner_mock_stop(&app.mock);
   hub_mqtt_stop(&app.mqtt);
   hub_broker_stop(&app.broker);
   store_close(&app.store);

@@ -41,4 +41,11 @@ int api_admin_queues_redrive(http_req_t *req);
 int api_admin_alarms_list(http_req_t *req);
 int api_admin_events_list(http_req_t *req);
 
+int api_mock_any(http_req_t *req);
+extern const http_body_t api_mock_override_body;
+int api_mock_put_response(http_req_t *req);
+int api_mock_delete_responses(http_req_t *req);
+int api_mock_get_requests(http_req_t *req);
+int api_mock_delete_requests(http_req_t *req);
+
 #endif

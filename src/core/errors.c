@@ -14,8 +14,8 @@ static const err_info_t infos[ERR__COUNT] = {
 };
 
 static const err_info_t *lookup(int err) {
-  if (err < 0) err = -err;
-  if (err <= ERR_NONE || err >= ERR__COUNT) err = ERR_INTERNAL;
+  if (err < 0 && err > -ERR__COUNT) err = -err;
+  if (err < ERR_NONE || err >= ERR__COUNT) err = ERR_INTERNAL;
   return &infos[err];
 }
 

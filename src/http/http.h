@@ -71,6 +71,8 @@ const char *http_req_path(const http_req_t *req);
 const char *http_req_param(const http_req_t *req, const char *name);
 const char *http_req_query(const http_req_t *req, const char *name);
 const char *http_req_header(const http_req_t *req, const char *name);
+/* Every request header as a new JSON object (names as sent). */
+json_t *http_req_headers(const http_req_t *req);
 const char *http_req_body(const http_req_t *req, size_t *len);
 bool http_req_is_csv(const http_req_t *req);
 /* The parsed JSON body (borrowed), NULL when there is none. */

@@ -87,10 +87,30 @@ static json_t *problem_schema(void) {
       "string");
 }
 
-json_t *http_openapi(const http_route_t *routes, int n) {
+json_t *http_openapi_paths(const http_route_t *routes, int n) {
   json_t *paths = json_object();
   for (int i = 0; i < n; i++) {
     const http_route_t *rt = &routes[i];
+    if (strcmp(rt->method, "*") == 0) {
+      /* A catch-all is documented once per method it serves. */
+      static const char *methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE"};
+      for (int m = 0; m < 5; m++) {
+        http_route_t one = *rt;
+        one.method = methods[m];
+        json_t *sub = http_openapi_paths(&one, 1);
+        const char *p;
+        json_t *item;
+        json_object_foreach(sub, p, item) {
+          json_t *have = json_object_get(paths, p);
+          if (have)
+            json_object_update(have, item);
+          else
+            json_object_set(paths, p, item);
+        }
+        json_decref(sub);
+      }
+      continue;
+    }
     json_t *item = json_object_get(paths, rt->path);
     if (!item) {
       item = json_object();
@@ -157,6 +177,11 @@ json_t *http_openapi(const http_route_t *routes, int n) {
                   "#/components/schemas/Problem"));
     json_object_set_new(item, method, op);
   }
+  return paths;
+}
+
+json_t *http_openapi(const http_route_t *routes, int n) {
+  json_t *paths = http_openapi_paths(routes, n);
   return json_pack(
       "{s:s,s:{s:s,s:s,s:s},s:o,s:{s:{s:o},s:{s:{s:s,s:s,s:s},s:{s:s,s:s,s:s}}}}", "openapi",
       "3.1.0", "info", "title", "iotfin", "version", IOTFIN_VERSION, "description",

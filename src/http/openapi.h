@@ -7,5 +7,7 @@
 
 /* The whole document; the caller owns the new reference. */
 json_t *http_openapi(const http_route_t *routes, int n);
+/* The paths object alone. */
+json_t *http_openapi_paths(const http_route_t *routes, int n);
 
 #endif

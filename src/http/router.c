@@ -17,6 +17,17 @@ static bool match_path(const char *pattern, const char *path, http_match_t *m) {
     const char *pe = strchr(p, '/'), *se = strchr(s, '/');
     size_t pl = pe ? (size_t)(pe - p) : strlen(p);
     size_t sl = se ? (size_t)(se - s) : strlen(s);
+    if (pl > 3 && p[0] == '{' && p[pl - 2] == '*' && p[pl - 1] == '}') {
+      /* {name*}: the rest of the path, one segment or more. */
+      size_t rest = strlen(s);
+      if (rest == 0 || rest >= HTTP_PARAM_MAX || m->nparams == HTTP_MAX_PARAMS) return false;
+      size_t nl = pl - 3 < 31 ? pl - 3 : 31;
+      memcpy(m->names[m->nparams], p + 1, nl);
+      m->names[m->nparams][nl] = 0;
+      memcpy(m->values[m->nparams], s, rest + 1);
+      m->nparams++;
+      return p[pl] == 0;
+    }
     if (pl > 2 && p[0] == '{' && p[pl - 1] == '}') {
       if (sl == 0 || sl >= HTTP_PARAM_MAX || m->nparams == HTTP_MAX_PARAMS) return false;
       size_t nl = pl - 2 < 31 ? pl - 2 : 31;
@@ -40,10 +51,15 @@ int http_router_match(const http_route_t *routes, int n, const char *method, con
   const char *want = strcmp(method, "HEAD") == 0 ? "GET" : method;
   bool path_known = false;
   http_match_t tmp;
+  /* Routes with a method come first: a known path with another method is a 405,
+   * even where a catch-all ("*") route would also match it. */
   for (int i = 0; i < n; i++) {
+    if (strcmp(routes[i].method, "*") == 0) continue;
     if (!match_path(routes[i].path, path, &tmp)) continue;
     if (strcmp(routes[i].method, want) == 0) {
-      *m = tmp;
+      memcpy(m->names, tmp.names, sizeof(m->names));
+      memcpy(m->values, tmp.values, sizeof(m->values));
+      m->nparams = tmp.nparams;
       return i;
     }
     if (!strstr(m->allow, routes[i].method)) {
@@ -53,7 +69,16 @@ int http_router_match(const http_route_t *routes, int n, const char *method, con
         strcat(m->allow, routes[i].method);
       }
     }
+    if (!path_known) m->pattern = routes[i].path;
     path_known = true;
   }
-  return path_known ? -ERR_METHOD_NOT_ALLOWED : -ERR_NOT_FOUND;
+  if (path_known) return -ERR_METHOD_NOT_ALLOWED;
+  for (int i = 0; i < n; i++) {
+    if (strcmp(routes[i].method, "*") != 0 || !match_path(routes[i].path, path, &tmp)) continue;
+    memcpy(m->names, tmp.names, sizeof(m->names));
+    memcpy(m->values, tmp.values, sizeof(m->values));
+    m->nparams = tmp.nparams;
+    return i;
+  }
+  return -ERR_NOT_FOUND;
 }

@@ -58,6 +58,7 @@ struct http_req {
   int64_t start_us;
   int nheaders;
   char *hnames[MAX_REPLY_HEADERS], *hvalues[MAX_REPLY_HEADERS];
+  const char *route_label; /* the path pattern of a 405, for metrics */
   bool capture;   /* keep a copy of the reply for the idempotency record */
   char *captured;
 };
@@ -90,6 +91,18 @@ const char *http_req_query(const http_req_t *r, const char *name) {
 
 const char *http_req_header(const http_req_t *r, const char *name) {
   return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+static enum MHD_Result add_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value) {
+  json_object_set_new(cls, key, json_string(value ? value : ""));
+  return MHD_YES;
+}
+
+json_t *http_req_headers(const http_req_t *r) {
+  json_t *o = json_object();
+  MHD_get_connection_values(r->conn, MHD_HEADER_KIND, add_header, o);
+  return o;
 }
 
 const char *http_req_body(const http_req_t *r, size_t *len) {
@@ -313,7 +326,8 @@ static void dispatch(http_req_t *r) {
     r->json = json_object();
   } else if (rt->body && !csv) {
     json_error_t jerr;
-    r->json = json_loadb(r->body ? r->body : "", r->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    r->json = json_loadb(r->body ? r->body : "", r->body_len,
+                         JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!r->json) {
       char detail[200];
       snprintf(detail, sizeof(detail), "line %d, column %d: %s", jerr.line, jerr.column,
@@ -396,6 +410,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     *con_cls = r;
     int idx = http_router_match(srv->routes, srv->nroutes, method, url, &r->match);
     if (idx == -ERR_METHOD_NOT_ALLOWED) {
+      r->route_label = r->match.pattern;
       http_reply_header(r, "Allow", r->match.allow);
       char detail[200];
       snprintf(detail, sizeof(detail), "%s is not allowed here; allowed: %s", method,
@@ -447,7 +462,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   http_req_t *r = *con_cls;
   if (!r) return;
   double secs = (double)(now_us() - r->start_us) / 1e6;
-  const char *route = r->route ? r->route->path : "unmatched";
+  const char *route = r->route ? r->route->path : r->route_label ? r->route_label : "unmatched";
   char labels[256];
   snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\",status=\"%d\"", r->method, route,
            r->status);

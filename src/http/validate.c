@@ -32,7 +32,10 @@ static void check_field(const http_field_t *f, json_t *v, json_t *errs) {
       return;
     }
     const char *s = json_string_value(v);
-    long len = (long)json_string_length(v);
+    /* Lengths are in characters (code points), as users count them, not bytes. */
+    long len = 0;
+    for (size_t i = 0, n = json_string_length(v); i < n; i++)
+      if (((unsigned char)s[i] & 0xC0) != 0x80) len++;
     if ((f->min || f->max) && (len < f->min || len > f->max)) {
       snprintf(msg, sizeof(msg), "must be %ld to %ld characters long", f->min, f->max);
       add_error(errs, f->name, msg);
@@ -90,7 +93,7 @@ static void check_field(const http_field_t *f, json_t *v, json_t *errs) {
 json_t *http_validate(const http_body_t *spec, json_t *body) {
   json_t *errs = json_array();
   if (!json_is_object(body)) {
-    add_error(errs, "", "body must be a JSON object");
+    add_error(errs, "body", "must be a JSON object");
     return errs;
   }
   for (const http_field_t *f = spec->fields; f && f->name; f++) {

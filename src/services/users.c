@@ -50,12 +50,14 @@ static const char *dummy_hash(void) {
 typedef struct {
   const char *user_id, *reg_id, *sid, *type, *email, *username, *subject, *hash, *name;
   int64_t expires_ms;
+  char created_at[32]; /* what was stored, for the answer */
 } reg_t;
 
 static int register_tx(store_tx_t *tx, void *arg) {
   reg_t *r = arg;
-  char ts[32], subject[80];
-  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
+  char subject[80];
+  char *ts = r->created_at;
+  time_format_rfc3339(time_now_ms(), ts, sizeof(r->created_at));
   int rc = store_exec(tx, NULL,
                       "INSERT INTO users (id, type, email, username, subject, password_hash, "
                       "name, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
@@ -128,7 +130,7 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
   ids_uuid7(sid);
   char lower[256] = "", hash[crypto_pwhash_STRBYTES] = "";
   json_t *who = NULL;
-  reg_t r = {user_id, reg_id, sid, type, NULL, NULL, NULL, NULL, name, 0};
+  reg_t r = {user_id, reg_id, sid, type, NULL, NULL, NULL, NULL, name, 0, ""};
   if (local) {
     snprintf(lower, sizeof(lower), "%s", email);
     for (char *c = lower; *c; c++) *c = (char)tolower((unsigned char)*c);
@@ -162,8 +164,7 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
   rc = sessions_sign(app, sid, user_id, "registration", ttl, &tok);
   json_decref(who);
   if (rc < 0) return rc;
-  char ts[32];
-  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
+  const char *ts = r.created_at;
   log_info("users", "registration %s requested (%s user %s)", reg_id, type, user_id);
   *out = json_pack("{s:{s:s,s:s,s:s,s:s},s:s,s:s,s:I,s:s}", "registration", "id", reg_id,
                    "status", "pending", "user_id", user_id, "created_at", ts, "access_token",

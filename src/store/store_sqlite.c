@@ -153,20 +153,21 @@ static int sq_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
       return -ERR_INTERNAL;
     }
   }
-  int rc = 0, step;
+  int rc = 0, step = SQLITE_DONE;
   store_rows_t *out = NULL;
   int ncols = sqlite3_column_count(st);
   if (rows && ncols > 0) out = store__rows_new(ncols);
-  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+  const char **cells = out ? malloc(sizeof(char *) * (size_t)ncols) : NULL;
+  if (out && !cells) rc = -ERR_INTERNAL;
+  while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
     if (!out) continue;
-    const char *cells[64];
-    int n = ncols > 64 ? 64 : ncols;
-    for (int i = 0; i < n; i++) cells[i] = (const char *)sqlite3_column_text(st, i);
-    if (store__rows_add(out, n, cells) < 0) {
+    for (int i = 0; i < ncols; i++) cells[i] = (const char *)sqlite3_column_text(st, i);
+    if (store__rows_add(out, ncols, cells) < 0) {
       rc = -ERR_INTERNAL;
       break;
     }
   }
+  free(cells);
   if (rc == 0 && step != SQLITE_DONE) {
     int ext = sqlite3_extended_errcode(tx->conn->db);
     if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY) {
