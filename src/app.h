@@ -15,6 +15,7 @@ struct hub_broker;
 struct hub_mqtt;
 struct http_server;
 struct bus;
+struct hub;
 struct partner_mock;
 
 typedef struct app {
@@ -26,6 +27,7 @@ typedef struct app {
   struct hub_mqtt *mqtt;
   struct http_server *http;
   struct bus *bus;
+  struct hub *hub;
   struct partner_mock *mock; /* NULL when IOTFIN_MOCK=off */
   char http_url[300];
   char mqtt_url[300];

@@ -22,6 +22,7 @@
 #include "core/timeutil.h"
 #include "http/server.h"
 #include "hub/broker.h"
+#include "hub/hub.h"
 #include "hub/mqtt.h"
 #include "partners/mock.h"
 #include "services/catalogue.h"
@@ -192,8 +193,8 @@ static int serve(void) {
   } else {
     parse_broker_url(cfg.broker_url, user, pass, mqtt_host, &mqtt_port);
   }
-  if (hub_mqtt_start(mqtt_host, mqtt_port, user[0] ? user : NULL, pass[0] ? pass : NULL, 5000,
-                     &app.mqtt) < 0)
+  if (hub_start(&app, mqtt_host, mqtt_port, user[0] ? user : NULL, pass[0] ? pass : NULL,
+                cfg.broker_managed, &app.hub) < 0)
     goto out;
   bool mv6 = strchr(mqtt_host, ':') != NULL;
   snprintf(app.mqtt_url, sizeof(app.mqtt_url), "mqtt://%s%s%s:%d", mv6 ? "[" : "", mqtt_host,
@@ -221,10 +222,11 @@ static int serve(void) {
   status = 0;
 
 out:
+  api_stream_shutdown();
   http_server_stop((http_server_t **)&app.http, 10000);
   bus_stop(&app.bus, 10000);
   partner_mock_stop(&app.mock);
-  hub_mqtt_stop(&app.mqtt);
+  hub_stop(&app.hub);
   hub_broker_stop(&app.broker);
   store_close(&app.store);
   auth_keys_free(&app.keys);

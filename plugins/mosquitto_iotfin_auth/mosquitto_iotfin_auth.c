@@ -1,76 +1,322 @@
 /* mosquitto_iotfin_auth: the Mosquitto 2.0 plugin that lets iotfin own its broker.
- * It admits iotfin's own client (a per-start secret), refuses every other client
- * unless a later check admits it, gives iotfin full access and nobody else any,
- * and ends the broker when iotfin dies, even by kill -9, so that no orphan broker
- * keeps acknowledging device messages that nobody stores.
  *
- * Build: see CMakeLists.txt (target mosquitto_iotfin_auth, a shared module).
+ * - Admits iotfin's own client (a per-start secret) with full access.
+ * - Admits a device only with client id = username = its device id and password =
+ *   a valid device token: an EdDSA JWT whose key is in the JWKS iotfin last sent,
+ *   with iss "iotfin", tier "device", sub = the device id, unexpired, and neither
+ *   its session nor its device revoked. Anonymous clients are refused.
+ * - Confines each device to topics under devices/<its id>/.
+ * - Publishes presence on iotfin/presence/<id>: {"online": true|false} when a
+ *   device's first connection opens or its last one closes, and
+ *   {"subscribed": true} when it subscribes to its commands topic, the moment
+ *   from which commands sent to it are not lost.
+ * - Takes control messages from iotfin's client only: iotfin/control/keys (the
+ *   JWKS), iotfin/control/revoke ({sessions: [...], devices: [...]}, whose devices
+ *   are disconnected at once) and iotfin/control/reset (the same, replacing).
+ * - Ends the broker when iotfin dies, even by kill -9, so no orphan broker keeps
+ *   acknowledging device messages that nobody stores.
+ *
+ * Build: see CMakeLists.txt (target mosquitto_iotfin_auth; links libsodium, jansson).
  * Config lines (iotfin writes them into the generated mosquitto.conf):
  *   plugin /path/to/mosquitto_iotfin_auth.so
  *   plugin_opt_internal_user iotfin
  *   plugin_opt_internal_password <secret>
- *   plugin_opt_parent_fd <fd>     (read end of a pipe whose write end iotfin holds)
+ *   plugin_opt_parent_fd <fd>     (optional: read end of a pipe only iotfin writes)
  */
 #include <errno.h>
+#include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
+#define MAX_KEYS 8
+#define SET_SLOTS 8192
+
+typedef struct {
+  char kid[32];
+  unsigned char pk[crypto_sign_PUBLICKEYBYTES];
+} pubkey_t;
+
+/* A string set (open addressing, no deletion) for revoked sessions and devices. */
+typedef struct {
+  char *slots[SET_SLOTS];
+  int n;
+} strset_t;
+
+/* Live device connections: client pointer -> device id, and per-device counts. */
+typedef struct {
+  const void *client;
+  char device[64];
+} conn_t;
+
 typedef struct {
   mosquitto_plugin_id_t *id;
-  char *internal_user;
-  char *internal_password;
+  char *internal_user, *internal_password;
   int parent_fd;
-  pthread_t watcher;
-  bool watching;
+  pubkey_t keys[MAX_KEYS];
+  int nkeys;
+  strset_t revoked_sessions, revoked_devices;
+  conn_t *conns;
+  int nconns, capconns;
 } plugin_state_t;
 
-static plugin_state_t state;
+/* Everything here runs on the broker's single thread, except watch_parent. */
+static plugin_state_t st;
+
+static unsigned hash(const char *s) {
+  unsigned h = 2166136261u;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+static bool set_has(const strset_t *s, const char *v) {
+  for (unsigned i = 0, h = hash(v); i < SET_SLOTS; i++) {
+    const char *x = s->slots[(h + i) % SET_SLOTS];
+    if (!x) return false;
+    if (strcmp(x, v) == 0) return true;
+  }
+  return false;
+}
+
+static void set_add(strset_t *s, const char *v) {
+  if (s->n >= SET_SLOTS * 3 / 4 || set_has(s, v)) return;
+  for (unsigned i = 0, h = hash(v);; i++) {
+    char **slot = &s->slots[(h + i) % SET_SLOTS];
+    if (!*slot) {
+      *slot = strdup(v);
+      s->n++;
+      return;
+    }
+  }
+}
+
+static void set_clear(strset_t *s) {
+  for (int i = 0; i < SET_SLOTS; i++) {
+    free(s->slots[i]);
+    s->slots[i] = NULL;
+  }
+  s->n = 0;
+}
 
 /* Constant-time string equality: the secret must not leak through timing. */
 static bool secret_equal(const char *a, const char *b) {
-  size_t la = strlen(a), lb = strlen(b);
-  unsigned char diff = (unsigned char)(la != lb);
-  for (size_t i = 0; i < la; i++) diff |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
-  return diff == 0;
+  unsigned char ha[32], hb[32];
+  crypto_generichash(ha, sizeof(ha), (const unsigned char *)a, strlen(a), NULL, 0);
+  crypto_generichash(hb, sizeof(hb), (const unsigned char *)b, strlen(b), NULL, 0);
+  return sodium_memcmp(ha, hb, sizeof(ha)) == 0;
 }
 
 static bool is_internal(const char *username) {
-  return username && state.internal_user && strcmp(username, state.internal_user) == 0;
+  return username && st.internal_user && strcmp(username, st.internal_user) == 0;
+}
+
+static unsigned char *unb64(const char *s, size_t len, size_t *outlen) {
+  unsigned char *buf = malloc(len + 1);
+  const char *end;
+  if (!buf) return NULL;
+  if (sodium_base642bin(buf, len, s, len, NULL, outlen, &end,
+                        sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+      end != s + len) {
+    free(buf);
+    return NULL;
+  }
+  buf[*outlen] = 0;
+  return buf;
+}
+
+/* Verifies a device token for device_id; true when every check passes. */
+static bool device_token_ok(const char *device_id, const char *jwt) {
+  if (!jwt || strlen(jwt) > 4096) return false;
+  const char *d1 = strchr(jwt, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
+  if (!d1 || !d2 || strchr(d2 + 1, '.')) return false;
+  bool ok = false;
+  size_t hl = 0, pl = 0, sl = 0;
+  unsigned char *h = unb64(jwt, (size_t)(d1 - jwt), &hl);
+  unsigned char *p = unb64(d1 + 1, (size_t)(d2 - d1 - 1), &pl);
+  unsigned char *sig = unb64(d2 + 1, strlen(d2 + 1), &sl);
+  json_t *hj = h ? json_loadb((char *)h, hl, 0, NULL) : NULL;
+  json_t *pj = p ? json_loadb((char *)p, pl, 0, NULL) : NULL;
+  if (!hj || !pj || !sig || sl != crypto_sign_BYTES) goto out;
+  const char *alg = json_string_value(json_object_get(hj, "alg"));
+  const char *kid = json_string_value(json_object_get(hj, "kid"));
+  if (!alg || strcmp(alg, "EdDSA") != 0 || !kid) goto out;
+  const pubkey_t *key = NULL;
+  for (int i = 0; i < st.nkeys; i++)
+    if (strcmp(st.keys[i].kid, kid) == 0) key = &st.keys[i];
+  if (!key || crypto_sign_verify_detached(sig, (const unsigned char *)jwt, (size_t)(d2 - jwt),
+                                          key->pk) != 0)
+    goto out;
+  const char *iss = json_string_value(json_object_get(pj, "iss"));
+  const char *tier = json_string_value(json_object_get(pj, "tier"));
+  const char *sub = json_string_value(json_object_get(pj, "sub"));
+  const char *sid = json_string_value(json_object_get(pj, "sid"));
+  json_t *exp = json_object_get(pj, "exp");
+  ok = iss && strcmp(iss, "iotfin") == 0 && tier && strcmp(tier, "device") == 0 && sub &&
+       strcmp(sub, device_id) == 0 && sid && json_is_integer(exp) &&
+       json_integer_value(exp) > (json_int_t)time(NULL) && !set_has(&st.revoked_sessions, sid) &&
+       !set_has(&st.revoked_devices, device_id);
+out:
+  json_decref(hj);
+  json_decref(pj);
+  free(h);
+  free(p);
+  free(sig);
+  return ok;
+}
+
+static void publish_presence(const char *device, const char *json) {
+  char topic[128];
+  snprintf(topic, sizeof(topic), "iotfin/presence/%s", device);
+  mosquitto_broker_publish_copy(NULL, topic, (int)strlen(json), json, 1, false, NULL);
+}
+
+static int device_conn_count(const char *device) {
+  int n = 0;
+  for (int i = 0; i < st.nconns; i++)
+    if (strcmp(st.conns[i].device, device) == 0) n++;
+  return n;
 }
 
 static int on_basic_auth(int event, void *event_data, void *userdata) {
   struct mosquitto_evt_basic_auth *ed = event_data;
-  if (is_internal(ed->username) && ed->password && state.internal_password &&
-      secret_equal(ed->password, state.internal_password))
-    return MOSQ_ERR_SUCCESS;
-  return MOSQ_ERR_AUTH;
+  if (is_internal(ed->username))
+    return ed->password && st.internal_password &&
+                   secret_equal(ed->password, st.internal_password)
+               ? MOSQ_ERR_SUCCESS
+               : MOSQ_ERR_AUTH;
+  const char *cid = mosquitto_client_id(ed->client);
+  if (!ed->username || !cid || strcmp(cid, ed->username) != 0 || strlen(ed->username) >= 64 ||
+      !device_token_ok(ed->username, ed->password))
+    return MOSQ_ERR_AUTH;
+  if (st.nconns == st.capconns) {
+    int cap = st.capconns ? st.capconns * 2 : 64;
+    conn_t *c = realloc(st.conns, sizeof(conn_t) * (size_t)cap);
+    if (!c) return MOSQ_ERR_NOMEM;
+    st.conns = c;
+    st.capconns = cap;
+  }
+  bool first = device_conn_count(ed->username) == 0;
+  st.conns[st.nconns].client = ed->client;
+  snprintf(st.conns[st.nconns].device, sizeof(st.conns[0].device), "%s", ed->username);
+  st.nconns++;
+  if (first) publish_presence(ed->username, "{\"online\":true}");
+  return MOSQ_ERR_SUCCESS;
+}
+
+static int on_disconnect(int event, void *event_data, void *userdata) {
+  struct mosquitto_evt_disconnect *ed = event_data;
+  for (int i = 0; i < st.nconns; i++) {
+    if (st.conns[i].client != ed->client) continue;
+    char device[64];
+    snprintf(device, sizeof(device), "%s", st.conns[i].device);
+    st.conns[i] = st.conns[--st.nconns];
+    if (device_conn_count(device) == 0) publish_presence(device, "{\"online\":false}");
+    break;
+  }
+  return MOSQ_ERR_SUCCESS;
+}
+
+static bool under_prefix(const char *username, const char *topic) {
+  size_t ul = strlen(username);
+  return strncmp(topic, "devices/", 8) == 0 && strncmp(topic + 8, username, ul) == 0 &&
+         topic[8 + ul] == '/' && topic[9 + ul] != 0;
 }
 
 static int on_acl_check(int event, void *event_data, void *userdata) {
   struct mosquitto_evt_acl_check *ed = event_data;
-  if (is_internal(mosquitto_client_username(ed->client))) return MOSQ_ERR_SUCCESS;
-  return MOSQ_ERR_ACL_DENIED;
+  const char *user = mosquitto_client_username(ed->client);
+  if (is_internal(user)) return MOSQ_ERR_SUCCESS;
+  if (!user || !under_prefix(user, ed->topic)) return MOSQ_ERR_ACL_DENIED;
+  /* Wildcards may not climb out of the prefix: "devices/<id>/#" is fine. */
+  if (ed->access == MOSQ_ACL_SUBSCRIBE) {
+    char cmd[128];
+    bool matches = false;
+    snprintf(cmd, sizeof(cmd), "devices/%s/commands", user);
+    if (mosquitto_topic_matches_sub(ed->topic, cmd, &matches) == MOSQ_ERR_SUCCESS && matches)
+      publish_presence(user, "{\"subscribed\":true}");
+  }
+  return MOSQ_ERR_SUCCESS;
+}
+
+static void load_keys(json_t *jwks) {
+  int n = 0;
+  size_t i;
+  json_t *k;
+  json_array_foreach(json_object_get(jwks, "keys"), i, k) {
+    const char *kid = json_string_value(json_object_get(k, "kid"));
+    const char *x = json_string_value(json_object_get(k, "x"));
+    size_t len = 0;
+    unsigned char *pk = x ? unb64(x, strlen(x), &len) : NULL;
+    if (kid && pk && len == crypto_sign_PUBLICKEYBYTES && n < MAX_KEYS &&
+        strlen(kid) < sizeof(st.keys[0].kid)) {
+      snprintf(st.keys[n].kid, sizeof(st.keys[n].kid), "%s", kid);
+      memcpy(st.keys[n].pk, pk, len);
+      n++;
+    }
+    free(pk);
+  }
+  st.nkeys = n;
+  mosquitto_log_printf(MOSQ_LOG_INFO, "iotfin_auth: %d verification key(s) loaded", n);
+}
+
+static void apply_revocations(json_t *msg) {
+  size_t i;
+  json_t *v;
+  json_array_foreach(json_object_get(msg, "sessions"), i, v) {
+    if (json_is_string(v)) set_add(&st.revoked_sessions, json_string_value(v));
+  }
+  json_array_foreach(json_object_get(msg, "devices"), i, v) {
+    if (!json_is_string(v)) continue;
+    set_add(&st.revoked_devices, json_string_value(v));
+    mosquitto_kick_client_by_username(json_string_value(v), false);
+  }
+  /* A revoked session may belong to a connected device: kick those named too. */
+  json_array_foreach(json_object_get(msg, "kick"), i, v) {
+    if (json_is_string(v)) mosquitto_kick_client_by_username(json_string_value(v), false);
+  }
+}
+
+static int on_message(int event, void *event_data, void *userdata) {
+  struct mosquitto_evt_message *ed = event_data;
+  if (strncmp(ed->topic, "iotfin/", 7) != 0) return MOSQ_ERR_SUCCESS;
+  if (!is_internal(mosquitto_client_username(ed->client))) return MOSQ_ERR_ACL_DENIED;
+  if (strncmp(ed->topic, "iotfin/control/", 15) != 0) return MOSQ_ERR_SUCCESS;
+  json_t *msg = json_loadb(ed->payload, ed->payloadlen, 0, NULL);
+  if (!msg) return MOSQ_ERR_SUCCESS;
+  const char *what = ed->topic + 15;
+  if (strcmp(what, "keys") == 0) {
+    load_keys(msg);
+  } else if (strcmp(what, "reset") == 0) {
+    set_clear(&st.revoked_sessions);
+    set_clear(&st.revoked_devices);
+    apply_revocations(msg);
+  } else if (strcmp(what, "revoke") == 0) {
+    apply_revocations(msg);
+  }
+  json_decref(msg);
+  return MOSQ_ERR_SUCCESS;
 }
 
 /* Blocks until the write end of the pipe closes, which happens when iotfin exits
  * for any reason; then asks the broker to stop as if it got SIGTERM. */
 static void *watch_parent(void *arg) {
-  struct pollfd p = {.fd = state.parent_fd, .events = POLLIN};
+  struct pollfd p = {.fd = st.parent_fd, .events = POLLIN};
   for (;;) {
     int n = poll(&p, 1, -1);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 || (p.revents & (POLLHUP | POLLERR | POLLIN))) break;
   }
-  mosquitto_log_printf(MOSQ_LOG_WARNING, "iotfin_auth: iotfin is gone; stopping the broker");
   kill(getpid(), SIGTERM);
   return NULL;
 }
@@ -81,37 +327,47 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
                           struct mosquitto_opt *opts, int opt_count) {
-  memset(&state, 0, sizeof(state));
-  state.id = identifier;
-  state.parent_fd = -1;
+  memset(&st, 0, sizeof(st));
+  st.id = identifier;
+  st.parent_fd = -1;
+  if (sodium_init() < 0) return MOSQ_ERR_UNKNOWN;
   for (int i = 0; i < opt_count; i++) {
     if (strcmp(opts[i].key, "internal_user") == 0)
-      state.internal_user = strdup(opts[i].value);
+      st.internal_user = strdup(opts[i].value);
     else if (strcmp(opts[i].key, "internal_password") == 0)
-      state.internal_password = strdup(opts[i].value);
+      st.internal_password = strdup(opts[i].value);
     else if (strcmp(opts[i].key, "parent_fd") == 0)
-      state.parent_fd = atoi(opts[i].value);
+      st.parent_fd = atoi(opts[i].value);
   }
-  if (!state.internal_user || !state.internal_password) {
+  if (!st.internal_user || !st.internal_password) {
     mosquitto_log_printf(MOSQ_LOG_ERR, "iotfin_auth: internal_user and internal_password needed");
     return MOSQ_ERR_INVAL;
   }
-  if (state.parent_fd >= 0) {
-    if (pthread_create(&state.watcher, NULL, watch_parent, NULL) != 0) return MOSQ_ERR_UNKNOWN;
-    pthread_detach(state.watcher);
-    state.watching = true;
+  if (st.parent_fd >= 0) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, watch_parent, NULL) != 0) return MOSQ_ERR_UNKNOWN;
+    pthread_detach(t);
   }
   int rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL);
   if (rc == MOSQ_ERR_SUCCESS)
     rc = mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL);
+  if (rc == MOSQ_ERR_SUCCESS)
+    rc = mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL);
+  if (rc == MOSQ_ERR_SUCCESS)
+    rc = mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
   return rc;
 }
 
 int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt_count) {
-  mosquitto_callback_unregister(state.id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
-  mosquitto_callback_unregister(state.id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
-  free(state.internal_user);
-  free(state.internal_password);
-  state.internal_user = state.internal_password = NULL;
+  mosquitto_callback_unregister(st.id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+  mosquitto_callback_unregister(st.id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+  mosquitto_callback_unregister(st.id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
+  mosquitto_callback_unregister(st.id, MOSQ_EVT_MESSAGE, on_message, NULL);
+  set_clear(&st.revoked_sessions);
+  set_clear(&st.revoked_devices);
+  free(st.conns);
+  free(st.internal_user);
+  free(st.internal_password);
+  memset(&st, 0, sizeof(st));
   return MOSQ_ERR_SUCCESS;
 }

@@ -41,6 +41,19 @@ int api_admin_queues_redrive(http_req_t *req);
 int api_admin_alarms_list(http_req_t *req);
 int api_admin_events_list(http_req_t *req);
 
+extern const http_body_t api_devices_claim_body, api_devices_command_body;
+int api_devices_claim(http_req_t *req);
+int api_devices_list(http_req_t *req);
+int api_devices_get(http_req_t *req);
+int api_devices_retire(http_req_t *req);
+int api_devices_credentials(http_req_t *req);
+int api_devices_command_create(http_req_t *req);
+int api_devices_command_get(http_req_t *req);
+int api_devices_events(http_req_t *req);
+int api_stream_events(http_req_t *req);
+/* Ends every open stream and the stream notifier (before the HTTP server stops). */
+void api_stream_shutdown(void);
+
 int api_mock_any(http_req_t *req);
 extern const http_body_t api_mock_override_body;
 int api_mock_put_response(http_req_t *req);

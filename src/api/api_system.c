@@ -5,6 +5,7 @@
 #include "app.h"
 #include "core/errors.h"
 #include "core/metrics.h"
+#include "hub/hub.h"
 #include "hub/mqtt.h"
 #include "http/openapi.h"
 
@@ -51,5 +52,6 @@ int api_system_rotate_keys(http_req_t *req) {
   char kid[17];
   int rc = auth_keys_rotate(app->keys, keep, kid);
   if (rc < 0) return rc;
+  hub_keys_changed(app->hub); /* the broker verifies device tokens with the same keys */
   return http_reply_json(req, 201, json_pack("{s:s}", "kid", kid));
 }

@@ -12,6 +12,11 @@ const bus_queue_t bus_queues[] = {
      .handler = fn_registration_mail},
     {.name = "partner-webhooks", .subscribes = "partner.webhook.received",
      .handler = fn_partner_webhooks},
+    {.name = "device-provisioning", .subscribes = "device.claimed",
+     .handler = fn_device_provisioning},
+    {.name = "device-mail", .subscribes = "device.activated", .handler = fn_device_mail},
+    {.name = "bank-forwarder", .subscribes = "device.event.received|device.command.completed",
+     .handler = fn_bank_forwarder, .fifo = true, .retry_forever = true},
     {.name = "ops-alarm-mail", .subscribes = "alarm.raised", .handler = fn_ops_alarm_mail},
 };
 

@@ -10,6 +10,9 @@ bus_outcome_t fn_ops_alarm_mail(app_t *app, const bus_msg_t *msg);
 bus_outcome_t fn_registration_kyc(app_t *app, const bus_msg_t *msg);
 bus_outcome_t fn_registration_mail(app_t *app, const bus_msg_t *msg);
 bus_outcome_t fn_partner_webhooks(app_t *app, const bus_msg_t *msg);
+bus_outcome_t fn_device_provisioning(app_t *app, const bus_msg_t *msg);
+bus_outcome_t fn_device_mail(app_t *app, const bus_msg_t *msg);
+bus_outcome_t fn_bank_forwarder(app_t *app, const bus_msg_t *msg);
 
 /* Shared by the mail functions: renders template with vars (borrowed), sends it to
  * `to` once per (handler, causing event), and records mail.sent in the same

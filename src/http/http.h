@@ -93,6 +93,18 @@ int http_reply_text(http_req_t *req, int status, const char *content_type, const
 /* problem+json for err (-ERR_* or ERR_*), with detail (may be NULL) and, for
  * validation failures, errors = [{field, message}] (stolen, may be NULL). */
 int http_reply_problem(http_req_t *req, int err, const char *detail, json_t *errors);
+/* Streams: fn fills buf with up to max bytes and returns how many, 0 after
+ * suspending the connection (http_conn_suspend) until there is more, or -1 to end
+ * the stream. free_fn(cls) runs when the request ends. A stream does not count as
+ * in flight for a graceful stop. */
+typedef long (*http_stream_fn)(void *cls, char *buf, size_t max);
+int http_reply_stream(http_req_t *req, const char *content_type, http_stream_fn fn,
+                      void (*free_fn)(void *cls), void *cls);
+/* The request's connection, for suspending and resuming a stream. */
+void *http_req_connection(http_req_t *req);
+void http_conn_suspend(void *conn);
+void http_conn_resume(void *conn);
+
 /* Adds a header to the reply about to be sent. */
 void http_reply_header(http_req_t *req, const char *name, const char *value);
 

@@ -59,6 +59,7 @@ struct http_req {
   int nheaders;
   char *hnames[MAX_REPLY_HEADERS], *hvalues[MAX_REPLY_HEADERS];
   const char *route_label; /* the path pattern of a 405, for metrics */
+  bool streaming;          /* a stream: no longer counted in in_flight */
   bool capture;   /* keep a copy of the reply for the idempotency record */
   char *captured;
 };
@@ -166,6 +167,54 @@ static int send_buffer(http_req_t *r, int status, const char *ctype, char *buf, 
   r->replied = true;
   return 0;
 }
+
+typedef struct {
+  http_stream_fn fn;
+  void (*free_fn)(void *);
+  void *cls;
+} stream_t;
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  stream_t *s = cls;
+  long n = s->fn(s->cls, buf, max);
+  return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : (ssize_t)n;
+}
+
+static void stream_free(void *cls) {
+  stream_t *s = cls;
+  if (s->free_fn) s->free_fn(s->cls);
+  free(s);
+}
+
+int http_reply_stream(http_req_t *r, const char *ctype, http_stream_fn fn,
+                      void (*free_fn)(void *cls), void *cls) {
+  stream_t *s = calloc(1, sizeof(*s));
+  if (!s) return -ERR_INTERNAL;
+  *s = (stream_t){fn, free_fn, cls};
+  struct MHD_Response *resp =
+      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 1024, stream_read, s, stream_free);
+  if (!resp) {
+    free(s);
+    return -ERR_INTERNAL;
+  }
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+  MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+  for (int i = 0; i < r->nheaders; i++) MHD_add_response_header(resp, r->hnames[i], r->hvalues[i]);
+  MHD_queue_response(r->conn, 200, resp);
+  MHD_destroy_response(resp);
+  r->status = 200;
+  r->replied = true;
+  if (!r->streaming) {
+    r->streaming = true;
+    atomic_fetch_sub(&r->srv->in_flight, 1); /* streams stay open; a stop ends them */
+  }
+  return 0;
+}
+
+void *http_req_connection(http_req_t *r) { return r->conn; }
+void http_conn_suspend(void *conn) { MHD_suspend_connection(conn); }
+void http_conn_resume(void *conn) { MHD_resume_connection(conn); }
 
 int http_reply_text(http_req_t *r, int status, const char *ctype, const char *text) {
   char *buf = strdup(text);
@@ -479,12 +528,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r->hnames[i]);
     free(r->hvalues[i]);
   }
+  bool streaming = r->streaming;
   free(r->captured);
   free(r->body);
   free(r->path);
   free(r);
   *con_cls = NULL;
-  atomic_fetch_sub(&srv->in_flight, 1);
+  if (!streaming) atomic_fetch_sub(&srv->in_flight, 1);
 }
 
 int http_server_start(app_t *app, const http_route_t *routes, int n, const char *host, int port,

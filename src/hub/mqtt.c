@@ -19,6 +19,7 @@ struct hub_mqtt {
   struct mosquitto *mosq;
   atomic_bool connected;
   atomic_bool ever_connected;
+  hub_mqtt_handlers_t h;
 };
 
 static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
@@ -31,6 +32,7 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
     atomic_store(&m->connected, true);
     if (atomic_exchange(&m->ever_connected, true))
       log_info("hub", "reconnected to the MQTT broker");
+    if (m->h.on_connect) m->h.on_connect(m->h.arg);
   } else {
     log_error("hub", "MQTT broker refused iotfin's connection: %s", mosquitto_reason_string(rc));
   }
@@ -44,14 +46,38 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
              mosquitto_reason_string(rc));
 }
 
+static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto_message *msg,
+                       const mosquitto_property *props) {
+  hub_mqtt_t *m = obj;
+  if (m->h.on_message) m->h.on_message(m->h.arg, msg->topic, msg->payload, (size_t)msg->payloadlen);
+}
+
+static void on_publish(struct mosquitto *mosq, void *obj, int mid, int reason,
+                       const mosquitto_property *props) {
+  hub_mqtt_t *m = obj;
+  if (m->h.on_published) m->h.on_published(m->h.arg, mid);
+}
+
+int hub_mqtt_publish(hub_mqtt_t *m, const char *topic, const void *payload, size_t len, int qos,
+                     int *mid) {
+  int rc = mosquitto_publish_v5(m->mosq, mid, topic, (int)len, payload, qos, false, NULL);
+  return rc == MOSQ_ERR_SUCCESS ? 0 : -ERR_UNAVAILABLE;
+}
+
+int hub_mqtt_subscribe(hub_mqtt_t *m, const char *pattern, int qos) {
+  int rc = mosquitto_subscribe_v5(m->mosq, NULL, pattern, qos, 0, NULL);
+  return rc == MOSQ_ERR_SUCCESS ? 0 : -ERR_UNAVAILABLE;
+}
+
 int hub_mqtt_start(const char *host, int port, const char *username, const char *password,
-                   int wait_ms, hub_mqtt_t **out) {
+                   int wait_ms, const hub_mqtt_handlers_t *handlers, hub_mqtt_t **out) {
   *out = NULL;
   pthread_once(&lib_once, lib_init);
   hub_mqtt_t *m = calloc(1, sizeof(*m));
   if (!m) return -ERR_INTERNAL;
   char client_id[64] = "iotfin-";
   ids_random_token(client_id + 7, sizeof(client_id) - 7, 9);
+  if (handlers) m->h = *handlers;
   m->mosq = mosquitto_new(client_id, true, m);
   if (!m->mosq) {
     free(m);
@@ -60,6 +86,10 @@ int hub_mqtt_start(const char *host, int port, const char *username, const char 
   mosquitto_int_option(m->mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
   mosquitto_connect_v5_callback_set(m->mosq, on_connect);
   mosquitto_disconnect_v5_callback_set(m->mosq, on_disconnect);
+  mosquitto_message_v5_callback_set(m->mosq, on_message);
+  mosquitto_publish_v5_callback_set(m->mosq, on_publish);
+  /* Many commands may be in flight to the broker at once. */
+  mosquitto_int_option(m->mosq, MOSQ_OPT_SEND_MAXIMUM, 1000);
   mosquitto_reconnect_delay_set(m->mosq, 1, 5, true);
   if (username) mosquitto_username_pw_set(m->mosq, username, password);
   int rc = mosquitto_connect_bind_v5(m->mosq, host, port, 30, NULL, NULL);
@@ -70,15 +100,16 @@ int hub_mqtt_start(const char *host, int port, const char *username, const char 
     free(m);
     return -ERR_UNAVAILABLE;
   }
+  /* Published before the network thread starts: callbacks may use it at once. */
+  *out = m;
   mosquitto_loop_start(m->mosq);
   int64_t deadline = time_mono_ms() + wait_ms;
   while (!atomic_load(&m->connected) && time_mono_ms() < deadline) usleep(2000);
   if (!atomic_load(&m->connected)) {
     log_error("hub", "MQTT broker %s:%d did not accept iotfin within %d ms", host, port, wait_ms);
-    hub_mqtt_stop(&m);
+    hub_mqtt_stop(out);
     return -ERR_UNAVAILABLE;
   }
-  *out = m;
   return 0;
 }
 

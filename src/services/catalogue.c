@@ -24,7 +24,7 @@ static const catalogue_entry_t entries[] = {
     {"device.retired", "devices/<id>", "device_id", "The owner retired the device."},
     {"device.connected", "devices/<id>", "device_id", "The device connected over MQTT."},
     {"device.disconnected", "devices/<id>", "device_id", "The device's MQTT connection ended."},
-    {"device.event.received", "devices/<id>", "device_id,event_id,type,data",
+    {"device.event.received", "devices/<id>", "device_id,event_id,type,time,data",
      "A device event was stored."},
     {"device.command.queued", "devices/<id>", "device_id,command_id,type", "A command waits."},
     {"device.command.delivered", "devices/<id>", "device_id,command_id",

@@ -1,0 +1,614 @@
+/* The device hub. See hub.h for the threads; each lane has its own queue (guarded
+ * by the lane's lock), the transit table of commands handed to the broker and the
+ * set of listening devices are guarded by hub->lock. */
+#include "hub/hub.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/timeutil.h"
+#include "hub/mqtt.h"
+#include "partners/partners.h"
+#include "services/devices.h"
+#include "services/events.h"
+
+#define NLANES 4
+#define NREQUEST_THREADS 4
+#define MAX_PAYLOAD (16 * 1024)
+#define TRANSIT_SLOTS 4096
+#define LISTENING_SLOTS 8192
+#define REQUEST_DEADLINE_MS 2500
+
+typedef enum { W_EVENT, W_ACK, W_PRESENCE, W_FLUSH, W_DELIVERED, W_REQUEST, W_REJECT } work_kind_t;
+
+typedef struct work {
+  work_kind_t kind;
+  char device[64];
+  char arg[160]; /* command id, request name, or rejection reason */
+  char topic[256];
+  char *payload;
+  size_t len;
+  struct work *next;
+} work_t;
+
+typedef struct {
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  work_t *head, *tail;
+} lane_t;
+
+typedef struct {
+  int mid;
+  char device[64], cid[40];
+} transit_t;
+
+struct hub {
+  app_t *app;
+  hub_mqtt_t *mqtt;
+  lane_t lanes[NLANES];
+  lane_t requests; /* one queue shared by the request threads */
+  pthread_t request_threads[NREQUEST_THREADS];
+  pthread_t timer;
+  atomic_bool stopping;
+  pthread_mutex_t lock;
+  transit_t transit[TRANSIT_SLOTS]; /* mid == 0: free */
+  char *listening[LISTENING_SLOTS]; /* devices subscribed to their commands */
+};
+
+static unsigned hash(const char *s) {
+  unsigned h = 2166136261u;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+static void count(const char *name, const char *labels) { metrics_counter_add(name, labels, 1); }
+
+/* --- queues ------------------------------------------------------------------ */
+
+static void push(lane_t *l, work_t *w) {
+  pthread_mutex_lock(&l->lock);
+  if (l->tail)
+    l->tail->next = w;
+  else
+    l->head = w;
+  l->tail = w;
+  pthread_cond_signal(&l->cond);
+  pthread_mutex_unlock(&l->lock);
+}
+
+static work_t *pop(hub_t *hub, lane_t *l) {
+  pthread_mutex_lock(&l->lock);
+  while (!l->head && !atomic_load(&hub->stopping)) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    pthread_cond_timedwait(&l->cond, &l->lock, &ts);
+  }
+  work_t *w = l->head;
+  if (w) {
+    l->head = w->next;
+    if (!l->head) l->tail = NULL;
+  }
+  pthread_mutex_unlock(&l->lock);
+  return w;
+}
+
+static void work_free(work_t *w) {
+  free(w->payload);
+  free(w);
+}
+
+static work_t *work_new(work_kind_t kind, const char *device, const char *arg, const char *topic,
+                        const void *payload, size_t len) {
+  work_t *w = calloc(1, sizeof(*w));
+  if (!w) return NULL;
+  w->kind = kind;
+  snprintf(w->device, sizeof(w->device), "%s", device);
+  snprintf(w->arg, sizeof(w->arg), "%s", arg ? arg : "");
+  snprintf(w->topic, sizeof(w->topic), "%s", topic ? topic : "");
+  if (payload && len) {
+    w->payload = malloc(len + 1);
+    if (!w->payload) {
+      free(w);
+      return NULL;
+    }
+    memcpy(w->payload, payload, len);
+    w->payload[len] = 0;
+    w->len = len;
+  }
+  return w;
+}
+
+static lane_t *lane_of(hub_t *hub, const char *device) {
+  return &hub->lanes[hash(device) % NLANES];
+}
+
+/* --- listening set and transit table (hub->lock) ------------------------------ */
+
+static bool listening_has(hub_t *hub, const char *device) {
+  for (unsigned i = 0, h = hash(device); i < 64; i++) {
+    char *x = hub->listening[(h + i) % LISTENING_SLOTS];
+    if (x && strcmp(x, device) == 0) return true;
+  }
+  return false;
+}
+
+static void listening_set(hub_t *hub, const char *device, bool on) {
+  pthread_mutex_lock(&hub->lock);
+  unsigned h = hash(device);
+  char **free_slot = NULL;
+  for (unsigned i = 0; i < 64; i++) {
+    char **slot = &hub->listening[(h + i) % LISTENING_SLOTS];
+    if (*slot && strcmp(*slot, device) == 0) {
+      if (!on) {
+        free(*slot);
+        *slot = NULL;
+      }
+      pthread_mutex_unlock(&hub->lock);
+      return;
+    }
+    if (!*slot && !free_slot) free_slot = slot;
+  }
+  if (on && free_slot) *free_slot = strdup(device);
+  pthread_mutex_unlock(&hub->lock);
+}
+
+static bool is_listening(hub_t *hub, const char *device) {
+  pthread_mutex_lock(&hub->lock);
+  bool on = listening_has(hub, device);
+  pthread_mutex_unlock(&hub->lock);
+  return on;
+}
+
+/* Caller must hold hub->lock. */
+static bool in_transit(hub_t *hub, const char *cid) {
+  for (int i = 0; i < TRANSIT_SLOTS; i++)
+    if (hub->transit[i].mid && strcmp(hub->transit[i].cid, cid) == 0) return true;
+  return false;
+}
+
+/* Sends every queued command of a listening device, oldest first. */
+static void flush_commands(hub_t *hub, const char *device) {
+  if (!is_listening(hub, device)) return;
+  json_t *cmds = NULL;
+  if (devices_commands_pending(hub->app, device, &cmds) < 0) return;
+  char topic[128];
+  snprintf(topic, sizeof(topic), "devices/%s/commands", device);
+  size_t i;
+  json_t *c;
+  json_array_foreach(cmds, i, c) {
+    const char *cid = json_string_value(json_object_get(c, "id"));
+    char *payload = json_dumps(c, JSON_COMPACT);
+    /* The lock spans the publish so that the broker's acknowledgement, which may
+     * arrive on the network thread at once, finds the entry. */
+    pthread_mutex_lock(&hub->lock);
+    if (!in_transit(hub, cid)) {
+      int mid = 0;
+      if (hub_mqtt_publish(hub->mqtt, topic, payload, strlen(payload), 1, &mid) == 0 && mid) {
+        transit_t *t = &hub->transit[(unsigned)mid % TRANSIT_SLOTS];
+        t->mid = mid;
+        snprintf(t->device, sizeof(t->device), "%s", device);
+        snprintf(t->cid, sizeof(t->cid), "%s", cid);
+        count("iotfin_mqtt_messages_out_total", "kind=\"command\"");
+      }
+    }
+    pthread_mutex_unlock(&hub->lock);
+    free(payload);
+  }
+  json_decref(cmds);
+}
+
+/* --- handling one device message ---------------------------------------------- */
+
+static void reject(const char *device, const char *topic, const char *reason) {
+  char labels[128];
+  snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
+  count("iotfin_mqtt_messages_rejected_total", labels);
+  log_warn("hub", "dropped a message from device %s on %s: %s", device, topic, reason);
+}
+
+typedef struct {
+  const char *device, *topic, *reason, *subject;
+} rej_t;
+
+static int reject_tx(store_tx_t *tx, void *arg) {
+  rej_t *r = arg;
+  return events_record(tx, "device.message.rejected", r->subject,
+                       json_pack("{s:s,s:s,s:s}", "device_id", r->device, "topic", r->topic,
+                                 "reason", r->reason),
+                       NULL);
+}
+
+static void record_rejection(hub_t *hub, const char *device, const char *topic,
+                             const char *reason) {
+  reject(device, topic, reason);
+  char subject[80];
+  snprintf(subject, sizeof(subject), "devices/%s", device);
+  char status[16], ext[128];
+  if (devices_status(hub->app, device, status, ext) < 0) return;
+  rej_t r = {device, topic, reason, subject};
+  store_write(hub->app->store, reject_tx, &r);
+}
+
+static bool str_ok(json_t *v, size_t max) {
+  return json_is_string(v) && json_string_length(v) >= 1 && json_string_length(v) <= max;
+}
+
+static void handle_event(hub_t *hub, work_t *w) {
+  json_t *e = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
+  json_t *time = json_object_get(e, "time");
+  if (!json_is_object(e) || !str_ok(json_object_get(e, "id"), 128) ||
+      !str_ok(json_object_get(e, "type"), 128) || !json_is_object(json_object_get(e, "data")) ||
+      (time && !str_ok(time, 64))) {
+    record_rejection(hub, w->device, w->topic,
+                     e ? "event needs id, type and data (object)" : "not JSON");
+    json_decref(e);
+    return;
+  }
+  count("iotfin_mqtt_messages_in_total", "kind=\"event\"");
+  int rc = devices_event_store(hub->app, w->device, e);
+  if (rc < 0) log_error("hub", "could not store an event of device %s", w->device);
+  json_decref(e);
+}
+
+static void handle_ack(hub_t *hub, work_t *w) {
+  json_t *a = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
+  const char *status = json_string_value(json_object_get(a, "status"));
+  json_t *result = json_object_get(a, "result");
+  if (!status || (strcmp(status, "succeeded") != 0 && strcmp(status, "failed") != 0) ||
+      (result && !json_is_object(result) && !json_is_null(result))) {
+    record_rejection(hub, w->device, w->topic,
+                     a ? "ack needs status succeeded|failed and an optional result object"
+                       : "not JSON");
+    json_decref(a);
+    return;
+  }
+  count("iotfin_mqtt_messages_in_total", "kind=\"ack\"");
+  int rc = devices_command_ack(hub->app, w->device, w->arg, status,
+                               json_is_object(result) ? result : NULL);
+  if (rc == -ERR_NOT_FOUND) record_rejection(hub, w->device, w->topic, "unknown command");
+  else if (rc == -ERR_CONFLICT)
+    log_info("hub", "late ack for command %s of %s ignored (already final)", w->arg, w->device);
+  json_decref(a);
+}
+
+static void handle_presence(hub_t *hub, work_t *w) {
+  json_t *p = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
+  json_t *online = json_object_get(p, "online");
+  if (json_is_boolean(online)) {
+    bool on = json_is_true(online);
+    if (!on) listening_set(hub, w->device, false);
+    devices_presence(hub->app, w->device, on);
+  } else if (json_is_true(json_object_get(p, "subscribed"))) {
+    listening_set(hub, w->device, true);
+    flush_commands(hub, w->device);
+  }
+  json_decref(p);
+}
+
+static void handle_delivered(hub_t *hub, work_t *w) {
+  devices_command_delivered(hub->app, w->device, w->arg);
+}
+
+static void *lane_main(void *arg) {
+  hub_t *hub = ((void **)arg)[0];
+  lane_t *l = ((void **)arg)[1];
+  free(arg);
+  pthread_setname_np(pthread_self(), "hub-lane");
+  work_t *w;
+  while ((w = pop(hub, l)) || !atomic_load(&hub->stopping)) {
+    if (!w) continue;
+    switch (w->kind) {
+    case W_EVENT: handle_event(hub, w); break;
+    case W_ACK: handle_ack(hub, w); break;
+    case W_PRESENCE: handle_presence(hub, w); break;
+    case W_FLUSH: flush_commands(hub, w->device); break;
+    case W_DELIVERED: handle_delivered(hub, w); break;
+    case W_REJECT: record_rejection(hub, w->device, w->topic, w->arg); break;
+    case W_REQUEST: break;
+    }
+    work_free(w);
+  }
+  return NULL;
+}
+
+/* --- requests ----------------------------------------------------------------- */
+
+static void respond(hub_t *hub, const char *device, const char *request_id, json_t *body) {
+  char topic[300];
+  snprintf(topic, sizeof(topic), "devices/%s/responses/%s", device, request_id);
+  char *s = json_dumps(body, JSON_COMPACT);
+  json_decref(body);
+  if (!s) return;
+  hub_mqtt_publish(hub->mqtt, topic, s, strlen(s), 1, NULL);
+  count("iotfin_mqtt_messages_out_total", "kind=\"response\"");
+  free(s);
+}
+
+static bool topic_safe(const char *s) {
+  size_t n = strlen(s);
+  return n >= 1 && n <= 128 && !strpbrk(s, "/+#");
+}
+
+static void handle_request(hub_t *hub, work_t *w) {
+  json_t *r = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
+  const char *rid = json_string_value(json_object_get(r, "request_id"));
+  json_t *data = json_object_get(r, "data");
+  if (!rid || !topic_safe(rid) || !json_is_object(data)) {
+    json_decref(r);
+    work_t *rej = work_new(W_REJECT, w->device, "request needs request_id and data (object)",
+                           w->topic, NULL, 0);
+    if (rej) push(lane_of(hub, w->device), rej);
+    return;
+  }
+  count("iotfin_mqtt_messages_in_total", "kind=\"request\"");
+  const char *name = w->arg;
+  if (strcmp(name, "ping") == 0) {
+    char ts[32];
+    time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
+    respond(hub, w->device, rid,
+            json_pack("{s:s,s:s,s:{s:s}}", "request_id", rid, "status", "ok", "data", "time", ts));
+  } else if (strcmp(name, "authorize") == 0) {
+    char status[16], ext[128];
+    json_t *out;
+    if (devices_status(hub->app, w->device, status, ext) < 0 || strcmp(status, "active") != 0) {
+      out = json_pack("{s:s,s:s,s:{s:s,s:s}}", "request_id", rid, "status", "error", "error",
+                      "code", "device_not_active", "message", "the device is not active");
+    } else {
+      json_t *body = json_pack("{s:s,s:s,s:O}", "device_id", ext, "request_id", rid, "data", data);
+      partner_result_t res;
+      partner_call(hub->app, PARTNER_BANK, "POST", "/authorizations", body, NULL,
+                   REQUEST_DEADLINE_MS, &res);
+      json_decref(body);
+      if (res.verdict == PARTNER_OK && res.body)
+        out = json_pack("{s:s,s:s,s:O}", "request_id", rid, "status", "ok", "data", res.body);
+      else
+        out = json_pack("{s:s,s:s,s:{s:s,s:s}}", "request_id", rid, "status", "error", "error",
+                        "code", "upstream_unavailable", "message",
+                        res.error[0] ? res.error : "the bank did not answer");
+      partner_result_free(&res);
+    }
+    respond(hub, w->device, rid, out);
+  } else {
+    respond(hub, w->device, rid,
+            json_pack("{s:s,s:s,s:{s:s,s:s}}", "request_id", rid, "status", "error", "error",
+                      "code", "unknown_request", "message", "no such request name"));
+  }
+  json_decref(r);
+}
+
+static void *request_main(void *arg) {
+  hub_t *hub = arg;
+  pthread_setname_np(pthread_self(), "hub-request");
+  work_t *w;
+  while ((w = pop(hub, &hub->requests)) || !atomic_load(&hub->stopping)) {
+    if (!w) continue;
+    handle_request(hub, w);
+    work_free(w);
+  }
+  return NULL;
+}
+
+/* --- the network thread's callbacks --------------------------------------------- */
+
+/* Splits devices/<id>/<rest>; false when the topic is not a device topic. */
+static bool split_device_topic(const char *topic, char device[64], const char **rest) {
+  if (strncmp(topic, "devices/", 8) != 0) return false;
+  const char *id = topic + 8, *slash = strchr(id, '/');
+  if (!slash || slash == id || (size_t)(slash - id) >= 64) return false;
+  memcpy(device, id, (size_t)(slash - id));
+  device[slash - id] = 0;
+  *rest = slash + 1;
+  return true;
+}
+
+static void on_message(void *arg, const char *topic, const void *payload, size_t len) {
+  hub_t *hub = arg;
+  char device[64];
+  const char *rest;
+  if (strncmp(topic, "iotfin/presence/", 16) == 0) {
+    snprintf(device, sizeof(device), "%s", topic + 16);
+    work_t *w = work_new(W_PRESENCE, device, NULL, topic, payload, len);
+    if (w) push(lane_of(hub, device), w);
+    return;
+  }
+  if (!split_device_topic(topic, device, &rest)) return;
+  if (len > MAX_PAYLOAD) {
+    work_t *w = work_new(W_REJECT, device, "payload over 16 KiB", topic, NULL, 0);
+    if (w) push(lane_of(hub, device), w);
+    return;
+  }
+  work_t *w = NULL;
+  if (strcmp(rest, "events") == 0) {
+    w = work_new(W_EVENT, device, NULL, topic, payload, len);
+  } else if (strncmp(rest, "commands/", 9) == 0) {
+    const char *cid = rest + 9, *ack = strchr(cid, '/');
+    if (ack && strcmp(ack, "/ack") == 0 && ack - cid < 40) {
+      char c[40];
+      snprintf(c, sizeof(c), "%.*s", (int)(ack - cid), cid);
+      w = work_new(W_ACK, device, c, topic, payload, len);
+    }
+  } else if (strncmp(rest, "requests/", 9) == 0 && topic_safe(rest + 9)) {
+    w = work_new(W_REQUEST, device, rest + 9, topic, payload, len);
+    if (w) push(&hub->requests, w);
+    return;
+  }
+  if (!w) w = work_new(W_REJECT, device, "unknown topic", topic, NULL, 0);
+  if (w) push(lane_of(hub, device), w);
+}
+
+static void on_published(void *arg, int mid) {
+  hub_t *hub = arg;
+  pthread_mutex_lock(&hub->lock);
+  transit_t *t = &hub->transit[(unsigned)mid % TRANSIT_SLOTS];
+  work_t *w = NULL;
+  if (t->mid == mid) {
+    w = work_new(W_DELIVERED, t->device, t->cid, NULL, NULL, 0);
+    t->mid = 0;
+  }
+  pthread_mutex_unlock(&hub->lock);
+  if (w) push(lane_of(hub, w->device), w);
+}
+
+static void send_control(hub_t *hub, const char *what, json_t *body) {
+  char topic[64];
+  snprintf(topic, sizeof(topic), "iotfin/control/%s", what);
+  char *s = json_dumps(body, JSON_COMPACT);
+  json_decref(body);
+  if (s) hub_mqtt_publish(hub->mqtt, topic, s, strlen(s), 1, NULL);
+  free(s);
+}
+
+static void on_connect(void *arg) {
+  hub_t *hub = arg;
+  static const char *subs[] = {"$share/iotfin/devices/+/events",
+                               "$share/iotfin/devices/+/commands/+/ack",
+                               "$share/iotfin/devices/+/requests/+",
+                               "$share/iotfin/iotfin/presence/+"};
+  for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) hub_mqtt_subscribe(hub->mqtt, subs[i], 1);
+  hub_keys_changed(hub);
+  json_t *rev = NULL;
+  if (devices_revoked_sessions(hub->app, &rev) == 0)
+    send_control(hub, "reset", json_pack("{s:O,s:O}", "sessions", json_object_get(rev, "session_ids"),
+                                         "devices", json_object_get(rev, "device_ids")));
+  json_decref(rev);
+  /* Whatever was in transit to a broker we lost is sent again by the next flush. */
+  pthread_mutex_lock(&hub->lock);
+  memset(hub->transit, 0, sizeof(hub->transit));
+  pthread_mutex_unlock(&hub->lock);
+}
+
+/* --- public ------------------------------------------------------------------ */
+
+void hub_keys_changed(hub_t *hub) {
+  if (hub) send_control(hub, "keys", auth_keys_jwks(hub->app->keys));
+}
+
+void hub_command_queued(hub_t *hub, const char *device_id) {
+  if (!hub) return;
+  work_t *w = work_new(W_FLUSH, device_id, NULL, NULL, NULL, 0);
+  if (w) push(lane_of(hub, device_id), w);
+}
+
+void hub_device_revoked(hub_t *hub, const char *device_id, const char *sid) {
+  if (!hub) return;
+  listening_set(hub, device_id, false);
+  if (sid)
+    send_control(hub, "revoke", json_pack("{s:[s],s:[s]}", "sessions", sid, "kick", device_id));
+  else
+    send_control(hub, "revoke", json_pack("{s:[s]}", "devices", device_id));
+}
+
+static void *timer_main(void *arg) {
+  hub_t *hub = arg;
+  pthread_setname_np(pthread_self(), "hub-timer");
+  while (!atomic_load(&hub->stopping)) {
+    usleep(200 * 1000);
+    int n = devices_commands_expire(hub->app);
+    if (n > 0) log_info("hub", "%d command(s) expired unacknowledged", n);
+  }
+  return NULL;
+}
+
+static int online_tx(store_tx_t *tx, void *arg) {
+  store_rows_t *rows = NULL;
+  int n = store_exec(tx, &rows, "SELECT COUNT(*) FROM devices WHERE online = 1", "");
+  if (n > 0) *(int64_t *)arg = store_rows_int(rows, 0, 0);
+  store_rows_free(&rows);
+  return n < 0 ? n : 0;
+}
+
+static void collect(void *arg) {
+  hub_t *hub = arg;
+  int64_t online = 0;
+  if (store_read(hub->app->store, online_tx, &online) == 0)
+    metrics_gauge_set("iotfin_devices_online", "", (double)online);
+}
+
+static int all_offline_tx(store_tx_t *tx, void *arg) {
+  store_rows_t *rows = NULL;
+  int n = store_exec(tx, &rows, "SELECT id FROM devices WHERE online = 1", "");
+  if (n <= 0) return n;
+  int rc = store_exec(tx, NULL, "UPDATE devices SET online = 0 WHERE online = 1", "");
+  for (int i = 0; i < n && rc >= 0; i++) {
+    char subject[80];
+    snprintf(subject, sizeof(subject), "devices/%s", store_rows_text(rows, i, 0));
+    rc = events_record(tx, "device.disconnected", subject,
+                       json_pack("{s:s}", "device_id", store_rows_text(rows, i, 0)), NULL);
+  }
+  store_rows_free(&rows);
+  return rc < 0 ? rc : n;
+}
+
+int hub_start(app_t *app, const char *host, int port, const char *user, const char *pass,
+              bool managed, hub_t **out) {
+  *out = NULL;
+  hub_t *hub = calloc(1, sizeof(*hub));
+  if (!hub) return -ERR_INTERNAL;
+  hub->app = app;
+  pthread_mutex_init(&hub->lock, NULL);
+  metrics_describe("iotfin_mqtt_messages_in_total", "counter", "Device messages taken in, by kind.");
+  metrics_describe("iotfin_mqtt_messages_out_total", "counter", "Messages sent to devices, by kind.");
+  metrics_describe("iotfin_mqtt_messages_rejected_total", "counter",
+                   "Malformed device messages dropped, by reason.");
+  metrics_describe("iotfin_devices_online", "gauge", "Devices connected right now.");
+  metrics_add_collector(collect, hub);
+  if (managed) {
+    /* A fresh managed broker has no device connected, whatever the store says. */
+    int n = store_write(app->store, all_offline_tx, NULL);
+    if (n > 0) log_info("hub", "%d device(s) marked offline: the broker restarted", n);
+  }
+  for (int i = 0; i < NLANES; i++) {
+    pthread_mutex_init(&hub->lanes[i].lock, NULL);
+    pthread_cond_init(&hub->lanes[i].cond, NULL);
+    void **a = malloc(2 * sizeof(void *));
+    a[0] = hub;
+    a[1] = &hub->lanes[i];
+    pthread_create(&hub->lanes[i].thread, NULL, lane_main, a);
+  }
+  pthread_mutex_init(&hub->requests.lock, NULL);
+  pthread_cond_init(&hub->requests.cond, NULL);
+  for (int i = 0; i < NREQUEST_THREADS; i++)
+    pthread_create(&hub->request_threads[i], NULL, request_main, hub);
+  pthread_create(&hub->timer, NULL, timer_main, hub);
+  hub_mqtt_handlers_t h = {on_connect, on_message, on_published, hub};
+  int rc = hub_mqtt_start(host, port, user, pass, 5000, &h, &hub->mqtt);
+  if (rc < 0) {
+    hub_stop(&hub);
+    return rc;
+  }
+  app->mqtt = hub->mqtt;
+  *out = hub;
+  return 0;
+}
+
+void hub_stop(hub_t **phub) {
+  hub_t *hub = *phub;
+  if (!hub) return;
+  hub_mqtt_stop(&hub->mqtt);
+  hub->app->mqtt = NULL;
+  atomic_store(&hub->stopping, true);
+  for (int i = 0; i < NLANES; i++) {
+    pthread_mutex_lock(&hub->lanes[i].lock);
+    pthread_cond_broadcast(&hub->lanes[i].cond);
+    pthread_mutex_unlock(&hub->lanes[i].lock);
+    pthread_join(hub->lanes[i].thread, NULL);
+  }
+  pthread_mutex_lock(&hub->requests.lock);
+  pthread_cond_broadcast(&hub->requests.cond);
+  pthread_mutex_unlock(&hub->requests.lock);
+  for (int i = 0; i < NREQUEST_THREADS; i++) pthread_join(hub->request_threads[i], NULL);
+  pthread_join(hub->timer, NULL);
+  for (int i = 0; i < LISTENING_SLOTS; i++) free(hub->listening[i]);
+  free(hub);
+  *phub = NULL;
+}
