@@ -15,6 +15,7 @@
 
 #include "api/api.h"
 #include "bus/bus.h"
+#include "cli/cli.h"
 #include "app.h"
 #include "core/config.h"
 #include "core/ids.h"
@@ -34,6 +35,8 @@ static const char *usage_main =
     "\n"
     "Commands:\n"
     "  serve        run the HTTP API, event bus, MQTT bridge and mail in one process\n"
+    "  demo         run the whole user journey against a running server\n"
+    "  device       simulate a device over MQTT (acks commands, sends events, requests)\n"
     "  events-doc   print the event catalogue as Markdown\n"
     "\n"
     "Options:\n"
@@ -264,6 +267,8 @@ int main(int argc, char **argv) {
     }
     return serve();
   }
+  if (strcmp(cmd, "device") == 0) return cli_device_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "demo") == 0) return cli_demo_main(argc - 1, argv + 1);
   if (strcmp(cmd, "events-doc") == 0) {
     if (help) {
       fputs(usage_events_doc, stdout);

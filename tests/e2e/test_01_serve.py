@@ -367,9 +367,6 @@ def test_version(run_iotfin):
     assert any(ch.isdigit() for ch in lines[0]), out
 
 
-# `iotfin demo` and `iotfin device` arrive with the devices issue (#6); strict xfail
-# turns into a failure the day they exist, so this marker cannot be forgotten.
-@pytest.mark.xfail(strict=True, reason="iotfin demo and iotfin device come with issue 6")
 @pytest.mark.parametrize("command", ["demo", "device"])
 def test_other_commands_have_help(run_iotfin, command):
     # CONTRACT section 1: `iotfin <command> --help` works for demo and device too.
