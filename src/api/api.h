@@ -54,6 +54,7 @@ int api_stream_events(http_req_t *req);
 /* Ends every open stream and the stream notifier (before the HTTP server stops). */
 void api_stream_shutdown(void);
 
+bool api_mock_enabled(const struct app *app);
 int api_mock_any(http_req_t *req);
 extern const http_body_t api_mock_override_body;
 int api_mock_put_response(http_req_t *req);

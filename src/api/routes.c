@@ -85,18 +85,18 @@ const http_route_t api_routes[] = {
      .success_status = 202, .summary = "Signed partner callbacks", .tag = "partners"},
 
     /* The partner mock (IOTFIN_MOCK=on); the control routes come before the catch-all. */
-    {.method = "PUT", .path = "/mock/_control/responses", .handler = api_mock_put_response,
+    {.method = "PUT", .path = "/mock/_control/responses", .handler = api_mock_put_response, .enabled = api_mock_enabled,
      .body = &api_mock_override_body, .success_status = 201,
      .summary = "Override the mock's answer to a call", .tag = "mock"},
     {.method = "DELETE", .path = "/mock/_control/responses",
-     .handler = api_mock_delete_responses, .success_status = 204,
+     .handler = api_mock_delete_responses, .enabled = api_mock_enabled, .success_status = 204,
      .summary = "Clear every override", .tag = "mock"},
-    {.method = "GET", .path = "/mock/_control/requests", .handler = api_mock_get_requests,
+    {.method = "GET", .path = "/mock/_control/requests", .handler = api_mock_get_requests, .enabled = api_mock_enabled,
      .success_status = 200, .summary = "Every call the mock received (?partner=)",
      .tag = "mock"},
-    {.method = "DELETE", .path = "/mock/_control/requests", .handler = api_mock_delete_requests,
+    {.method = "DELETE", .path = "/mock/_control/requests", .handler = api_mock_delete_requests, .enabled = api_mock_enabled,
      .success_status = 204, .summary = "Clear the mock's request log", .tag = "mock"},
-    {.method = "*", .path = "/mock/{partner}/{path*}", .handler = api_mock_any,
+    {.method = "*", .path = "/mock/{partner}/{path*}", .handler = api_mock_any, .enabled = api_mock_enabled,
      .success_status = 200, .summary = "Answer as partner would (overrides, files, OpenAPI)",
      .tag = "mock"},
 

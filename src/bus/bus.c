@@ -27,12 +27,23 @@ struct bus {
   app_t *app;
   pthread_t threads[MAX_WORKERS];
   int nthreads;
-  /* lock guards stopping and wake_seq; cond signals both. */
+  pthread_t keeper;
+  /* lock guards stopping, wake_seq and running; cond signals both. */
   pthread_mutex_t lock;
   pthread_cond_t cond;
   bool stopping;
   uint64_t wake_seq;
+  /* The message each worker's handler is running (id 0: none), whose lease the
+   * keeper renews so that a slow handler does not see its message delivered twice. */
+  struct {
+    int64_t id, lease;
+  } running[MAX_WORKERS];
 };
+
+/* Bumped by bus_fanout on the writer thread; a commit wakes the workers only when
+ * it may have added messages, so the workers' own claims do not keep them awake. */
+static _Atomic uint64_t fanned_out;
+static uint64_t fanned_seen; /* writer thread only */
 
 static const bus_queue_t *queues = bus_queues;
 static int nqueues = -1;
@@ -67,6 +78,7 @@ static bool subscribed(const char *list, const char *type) {
 
 int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subject) {
   int64_t now = time_now_ms();
+  atomic_fetch_add(&fanned_out, 1);
   for (int i = 0; i < queue_count(); i++) {
     if (!subscribed(queues[i].subscribes, type)) continue;
     int rc = store_exec(tx, NULL,
@@ -133,7 +145,7 @@ int bus_mark_done(store_tx_t *tx, const char *handler, const char *event_id) {
                       "INSERT INTO handler_done (handler, event_id, done_at) VALUES (?, ?, ?) "
                       "ON CONFLICT (handler, event_id) DO NOTHING",
                       "sss", handler, event_id, ts);
-  return rc < 0 ? rc : 0;
+  return rc < 0 ? rc : rc > 0;
 }
 
 /* --- claiming and settling ------------------------------------------------ */
@@ -144,12 +156,15 @@ typedef struct {
   const bus_queue_t *queue;
   json_t *event;
   bus_outcome_t outcome;
+  bool ran;     /* the handler answered; settle it */
+  bool settled; /* written back */
 } claimed_t;
 
 typedef struct {
   app_t *app;
   claimed_t items[CLAIM_BATCH];
   int n;
+  int64_t claimed_ms; /* when the leases of the unsettled items started */
 } batch_t;
 
 /* When a lease was last checked for expiry; any worker may do the next check. */
@@ -206,6 +221,7 @@ static int claim_tx(store_tx_t *tx, void *arg) {
       return rc;
     }
     claimed_t *c = &b->items[b->n++];
+    c->ran = c->settled = false;
     c->id = id;
     c->queue = q;
     c->receives = (int)store_rows_int(rows, i, 2) + 1;
@@ -220,6 +236,7 @@ static int claim_tx(store_tx_t *tx, void *arg) {
                          data ? data : json_object());
   }
   store_rows_free(&rows);
+  b->claimed_ms = time_mono_ms();
   return b->n;
 }
 
@@ -265,11 +282,21 @@ static int alarm_update(store_tx_t *tx, const char *queue) {
   return 0;
 }
 
+/* Settles the items whose handler ran, and renews the leases of those still
+ * waiting in the batch so that they do not time out behind slow predecessors. */
 static int settle_tx(store_tx_t *tx, void *arg) {
   batch_t *b = arg;
   int64_t now = time_now_ms();
   for (int i = 0; i < b->n; i++) {
     claimed_t *c = &b->items[i];
+    if (c->settled) continue;
+    if (!c->ran) {
+      int rc = store_exec(tx, NULL,
+                          "UPDATE queue_messages SET visible_at_ms = ? WHERE id = ? AND lease = ?",
+                          "iii", now + b->app->cfg->visibility_timeout_ms, c->id, c->lease);
+      if (rc < 0) return rc;
+      continue;
+    }
     bus_policy_t p = {b->app->cfg->retry_base_ms, b->app->cfg->retry_max_ms,
                       c->queue->retry_forever ? 0 : (int)b->app->cfg->max_receives,
                       c->queue->not_ready_max_ms ? c->queue->not_ready_max_ms
@@ -319,6 +346,21 @@ static int settle_tx(store_tx_t *tx, void *arg) {
   return 0;
 }
 
+/* Marks what settle_tx wrote; called after it committed. */
+static void settled(batch_t *b) {
+  for (int i = 0; i < b->n; i++)
+    if (b->items[i].ran) b->items[i].settled = true;
+  b->claimed_ms = time_mono_ms();
+}
+
+/* Whether any message may be claimable now: a cheap read before a write. */
+static int visible_tx(store_tx_t *tx, void *arg) {
+  return store_exec(tx, NULL,
+                    "SELECT 1 FROM queue_messages WHERE state = 'ready' AND visible_at_ms <= ? "
+                    "LIMIT 1",
+                    "i", time_now_ms());
+}
+
 static const char *result_name(bus_result_t r) {
   static const char *n[] = {"done", "not_ready", "failed", "failed_permanent"};
   return n[r];
@@ -349,8 +391,57 @@ static void run_one(app_t *app, claimed_t *c) {
              c->outcome.reason);
 }
 
-static void *worker_main(void *arg) {
+typedef struct {
+  bus_t *bus;
+  int slot;
+} worker_arg_t;
+
+static int renew_tx(store_tx_t *tx, void *arg) {
   bus_t *bus = arg;
+  int64_t until = time_now_ms() + bus->app->cfg->visibility_timeout_ms;
+  for (int i = 0; i < bus->nthreads; i++) {
+    pthread_mutex_lock(&bus->lock);
+    int64_t id = bus->running[i].id, lease = bus->running[i].lease;
+    pthread_mutex_unlock(&bus->lock);
+    if (!id) continue;
+    int rc = store_exec(tx, NULL,
+                        "UPDATE queue_messages SET visible_at_ms = ? WHERE id = ? AND lease = ? "
+                        "AND state = 'in_flight'",
+                        "iii", until, id, lease);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+/* Renews the leases of running handlers every third of the visibility timeout. */
+static void *keeper_main(void *arg) {
+  bus_t *bus = arg;
+  pthread_setname_np(pthread_self(), "bus-keeper");
+  int64_t every = bus->app->cfg->visibility_timeout_ms / 3;
+  if (every < 20) every = 20;
+  for (;;) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += every / 1000;
+    ts.tv_nsec += (every % 1000) * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&bus->lock);
+    if (!bus->stopping) pthread_cond_timedwait(&bus->cond, &bus->lock, &ts);
+    bool stop = bus->stopping, busy = false;
+    for (int i = 0; i < bus->nthreads; i++) busy |= bus->running[i].id != 0;
+    pthread_mutex_unlock(&bus->lock);
+    if (stop) break;
+    if (busy) store_write(bus->app->store, renew_tx, bus);
+  }
+  return NULL;
+}
+
+static void *worker_main(void *arg) {
+  worker_arg_t *wa = arg;
+  bus_t *bus = wa->bus;
+  int slot = wa->slot;
+  free(wa);
   char name[16];
   snprintf(name, sizeof(name), "bus-worker");
   pthread_setname_np(pthread_self(), name);
@@ -364,9 +455,28 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&bus->lock);
     if (stop) break;
 
-    int n = store_write(bus->app->store, claim_tx, &b);
+    int64_t now = time_now_ms();
+    bool sweep_due = now - atomic_load(&last_reclaim_ms) >= RECLAIM_EVERY_MS;
+    int n = (sweep_due || store_read(bus->app->store, visible_tx, NULL) > 0)
+                ? store_write(bus->app->store, claim_tx, &b)
+                : 0;
     if (n > 0) {
-      for (int i = 0; i < b.n; i++) run_one(bus->app, &b.items[i]);
+      int64_t vt = bus->app->cfg->visibility_timeout_ms;
+      for (int i = 0; i < b.n; i++) {
+        pthread_mutex_lock(&bus->lock);
+        bus->running[slot].id = b.items[i].id;
+        bus->running[slot].lease = b.items[i].lease;
+        pthread_mutex_unlock(&bus->lock);
+        run_one(bus->app, &b.items[i]);
+        pthread_mutex_lock(&bus->lock);
+        bus->running[slot].id = 0;
+        pthread_mutex_unlock(&bus->lock);
+        b.items[i].ran = true;
+        /* A slow batch settles early: the rest must not outlive their leases. */
+        if (i + 1 < b.n && time_mono_ms() - b.claimed_ms >= vt / 4) {
+          if (store_write(bus->app->store, settle_tx, &b) == 0) settled(&b);
+        }
+      }
       int rc = store_write(bus->app->store, settle_tx, &b);
       if (rc < 0)
         log_error("bus", "could not settle %d message(s); they reappear after the "
@@ -397,7 +507,12 @@ void bus_notify(bus_t *bus) {
   pthread_mutex_unlock(&bus->lock);
 }
 
-static void on_commit(void *arg) { bus_notify(arg); }
+static void on_commit(void *arg) {
+  uint64_t f = atomic_load(&fanned_out);
+  if (f == fanned_seen) return;
+  fanned_seen = f;
+  bus_notify(arg);
+}
 
 static int reclaim_tx(store_tx_t *tx, void *arg) {
   return store_exec(tx, NULL,
@@ -431,9 +546,16 @@ int bus_start(app_t *app, int nworkers, bus_t **out) {
   store_set_commit_hook(app->store, on_commit, bus);
   if (nworkers > MAX_WORKERS) nworkers = MAX_WORKERS;
   for (int i = 0; i < nworkers; i++) {
-    if (pthread_create(&bus->threads[i], NULL, worker_main, bus) != 0) break;
+    worker_arg_t *wa = malloc(sizeof(*wa));
+    if (!wa) break;
+    *wa = (worker_arg_t){bus, i};
+    if (pthread_create(&bus->threads[i], NULL, worker_main, wa) != 0) {
+      free(wa);
+      break;
+    }
     bus->nthreads++;
   }
+  pthread_create(&bus->keeper, NULL, keeper_main, bus);
   *out = bus;
   return bus->nthreads > 0 ? 0 : -ERR_INTERNAL;
 }
@@ -447,6 +569,7 @@ void bus_stop(bus_t **pbus, int timeout_ms) {
   pthread_cond_broadcast(&bus->cond);
   pthread_mutex_unlock(&bus->lock);
   for (int i = 0; i < bus->nthreads; i++) pthread_join(bus->threads[i], NULL);
+  pthread_join(bus->keeper, NULL);
   store_set_commit_hook(bus->app->store, NULL, NULL);
   pthread_mutex_destroy(&bus->lock);
   pthread_cond_destroy(&bus->cond);

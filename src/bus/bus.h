@@ -68,7 +68,8 @@ bus_outcome_t bus_failed_permanent(const char *fmt, ...) __attribute__((format(p
 
 /* Effectively-once bookkeeping: 1 if (handler, event_id) is recorded as done,
  * 0 if not, or a store error. bus_mark_done records it (inside the transaction of
- * the side effect's state change where there is one). */
+ * the side effect's state change where there is one) and returns 1 when this call
+ * recorded it, 0 when it was recorded already. */
 int bus_is_done(store_t *store, const char *handler, const char *event_id);
 int bus_mark_done(store_tx_t *tx, const char *handler, const char *event_id);
 

@@ -17,7 +17,7 @@ typedef struct {
 static int record_sent(store_tx_t *tx, void *arg) {
   sent_t *s = arg;
   int rc = bus_mark_done(tx, s->handler, s->event_id);
-  if (rc < 0) return rc;
+  if (rc <= 0) return rc; /* another delivery of this message recorded it first */
   char subject[80];
   snprintf(subject, sizeof(subject), "mails/%s", s->mail_id);
   return events_record(tx, "mail.sent", subject,

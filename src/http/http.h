@@ -62,6 +62,9 @@ typedef struct {
   /* Runs before the body is parsed, on the raw body (webhook signatures); replies
    * and returns < 0 to stop the request. NULL: none. */
   int (*guard)(http_req_t *req);
+  /* When it returns false the route does not exist (404), before anything else is
+   * checked: the partner mock's routes while IOTFIN_MOCK=off. NULL: always. */
+  bool (*enabled)(const struct app *app);
 } http_route_t;
 
 /* Request accessors. Strings are owned by the request and live until it ends. */

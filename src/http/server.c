@@ -471,6 +471,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       http_reply_problem(r, ERR_NOT_FOUND, "no such route", NULL);
       return MHD_YES;
     }
+    if (srv->routes[idx].enabled && !srv->routes[idx].enabled(srv->app)) {
+      http_reply_problem(r, ERR_NOT_FOUND, "no such route", NULL);
+      return MHD_YES;
+    }
     r->route = &srv->routes[idx];
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_LENGTH);

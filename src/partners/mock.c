@@ -397,6 +397,8 @@ void partner_mock_stop(partner_mock_t **pmk) {
 
 /* --- routes ----------------------------------------------------------------- */
 
+bool api_mock_enabled(const app_t *app) { return app->cfg->mock && the_mock != NULL; }
+
 static int mock_off(http_req_t *req) {
   return http_reply_problem(req, ERR_NOT_FOUND, "the partner mock is off (IOTFIN_MOCK=off)",
                             NULL);

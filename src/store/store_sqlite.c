@@ -159,7 +159,9 @@ static int sq_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
   if (rows && ncols > 0) out = store__rows_new(ncols);
   const char **cells = out ? malloc(sizeof(char *) * (size_t)ncols) : NULL;
   if (out && !cells) rc = -ERR_INTERNAL;
+  int nrows = 0;
   while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
+    nrows++;
     if (!out) continue;
     for (int i = 0; i < ncols; i++) cells[i] = (const char *)sqlite3_column_text(st, i);
     if (store__rows_add(out, ncols, cells) < 0) {
@@ -177,7 +179,9 @@ static int sq_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
       rc = -ERR_INTERNAL;
     }
   }
-  if (rc == 0) rc = ncols > 0 ? (out ? out->nrows : 0) : sqlite3_changes(tx->conn->db);
+  /* A query answers how many rows it produced, kept or not; a change, how many rows
+   * it changed. RETURNING statements are queries. */
+  if (rc == 0) rc = ncols > 0 ? nrows : sqlite3_changes(tx->conn->db);
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   if (rc < 0 || !rows)
