@@ -31,7 +31,7 @@ unit-asan: test-deps
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS)
 
 e2e: build test-deps
-	IOTFIN_BIN=$(CURDIR)/$(BUILD)/iotfin /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
+	IOTFIN_BIN=$(CURDIR)/$(BUILD)/iotfin /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 tests/e2e
 
 test: test-deps build unit unit-asan e2e
 

@@ -479,11 +479,13 @@ def test_metrics_has_bus_series(start_iotfin, kyc):
     srv = start_iotfin(env=bus_env(kyc))
     reg, token = register(srv)
     assert poll(lambda: reg_status(srv, reg, token) == "approved")
+    # The outcome is counted when the handler returns, a moment after its effect
+    # (the approval) committed: poll rather than read once.
+    assert poll(lambda: "\niotfin_bus_handler_outcomes_total{" in srv.get("/metrics").text)
     r = srv.get("/metrics")
     assert r.status_code == 200, r.text
     lines = r.text.splitlines()
     assert any(l.startswith("iotfin_queue_messages{") for l in lines), r.text
-    assert any(l.startswith("iotfin_bus_handler_outcomes_total{") for l in lines), r.text
     v = poll(lambda: metric_value(srv.get("/metrics").text, "iotfin_bus_handler_outcomes_total",
                                    {"queue": QUEUE, "outcome": "done"}))
     assert v == 1, srv.get("/metrics").text
