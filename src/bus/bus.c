@@ -156,6 +156,7 @@ typedef struct {
   const bus_queue_t *queue;
   json_t *event;
   bus_outcome_t outcome;
+  int row;      /* its row in batch_t.rows */
   bool ran;     /* the handler answered; settle it */
   bool settled; /* written back */
 } claimed_t;
@@ -165,6 +166,7 @@ typedef struct {
   claimed_t items[CLAIM_BATCH];
   int n;
   int64_t claimed_ms; /* when the leases of the unsettled items started */
+  store_rows_t *rows; /* the claimed rows, until the batch is done */
 } batch_t;
 
 /* When a lease was last checked for expiry; any worker may do the next check. */
@@ -173,6 +175,7 @@ static _Atomic int64_t last_reclaim_ms;
 static int claim_tx(store_tx_t *tx, void *arg) {
   batch_t *b = arg;
   b->n = 0;
+  b->rows = NULL;
   int64_t now = time_now_ms();
   int64_t last = atomic_load(&last_reclaim_ms);
   if (now - last >= RECLAIM_EVERY_MS && atomic_compare_exchange_strong(&last_reclaim_ms, &last, now)) {
@@ -227,15 +230,10 @@ static int claim_tx(store_tx_t *tx, void *arg) {
     c->receives = (int)store_rows_int(rows, i, 2) + 1;
     c->created_ms = store_rows_int(rows, i, 3);
     c->lease = store_rows_int(rows, i, 4) + 1;
-    json_t *data = json_loads(store_rows_text(rows, i, 11), 0, NULL);
-    c->event = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
-                         store_rows_text(rows, i, 6), "source", store_rows_text(rows, i, 8),
-                         "type", store_rows_text(rows, i, 7), "time",
-                         store_rows_text(rows, i, 10), "subject", store_rows_text(rows, i, 9),
-                         "datacontenttype", "application/json", "data",
-                         data ? data : json_object());
+    c->row = i;
+    c->event = NULL; /* built by the worker after the commit: the writer's time is precious */
   }
-  store_rows_free(&rows);
+  b->rows = rows;
   b->claimed_ms = time_mono_ms();
   return b->n;
 }
@@ -461,6 +459,18 @@ static void *worker_main(void *arg) {
                 ? store_write(bus->app->store, claim_tx, &b)
                 : 0;
     if (n > 0) {
+      for (int i = 0; i < b.n; i++) {
+        const store_rows_t *rows = b.rows;
+        int r = b.items[i].row;
+        json_t *data = json_loads(store_rows_text(rows, r, 11), 0, NULL);
+        b.items[i].event = json_pack(
+            "{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
+            store_rows_text(rows, r, 6), "source", store_rows_text(rows, r, 8), "type",
+            store_rows_text(rows, r, 7), "time", store_rows_text(rows, r, 10), "subject",
+            store_rows_text(rows, r, 9), "datacontenttype", "application/json", "data",
+            data ? data : json_object());
+      }
+      store_rows_free(&b.rows);
       int64_t vt = bus->app->cfg->visibility_timeout_ms;
       for (int i = 0; i < b.n; i++) {
         pthread_mutex_lock(&bus->lock);
@@ -485,6 +495,8 @@ static void *worker_main(void *arg) {
       b.n = 0;
       continue;
     }
+    store_rows_free(&b.rows); /* a claim that found nothing, or whose commit failed */
+    b.n = 0;
     if (n < 0) log_error("bus", "claiming messages failed; retrying");
     /* Nothing visible: sleep until a commit wakes us or a delay may have passed. */
     struct timespec ts;

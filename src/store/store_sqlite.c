@@ -2,6 +2,7 @@
  * the write connection and commits every callback waiting at that moment in one
  * transaction, each in its own savepoint; readers use a connection per thread. */
 #include <pthread.h>
+#include <semaphore.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -36,7 +37,7 @@ typedef struct job {
   store_tx_fn fn;
   void *arg;
   int rc;
-  bool done;
+  sem_t done; /* posted by the writer: each caller wakes alone, no thundering herd */
   struct job *next;
 } job_t;
 
@@ -45,9 +46,11 @@ typedef struct {
   char *path;
   conn_t *writer;
   pthread_t writer_thread;
-  /* lock guards queue_head/tail, stopping, all_conns and each job's rc/done. */
+  /* lock guards queue_head/tail, stopping and all_conns. A job's rc is written by
+   * the writer before it posts the job's semaphore. */
   pthread_mutex_t lock;
-  pthread_cond_t work_cond, done_cond;
+  pthread_cond_t work_cond;
+  sqlite3_stmt *sp_begin, *sp_release, *sp_rollback; /* the writer's savepoint statements */
   job_t *queue_head, *queue_tail;
   bool stopping;
   conn_t *all_conns;
@@ -191,6 +194,11 @@ static int sq_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
   return rc;
 }
 
+static void step_reset(sqlite3_stmt *st) {
+  sqlite3_step(st);
+  sqlite3_reset(st);
+}
+
 /* The writer: takes every waiting job, runs each in a savepoint of one transaction,
  * commits once, then wakes the callers. */
 static void *writer_main(void *p) {
@@ -221,10 +229,10 @@ static void *writer_main(void *p) {
         j->rc = -ERR_UNAVAILABLE;
         continue;
       }
-      plain_exec(s->writer, "SAVEPOINT job");
+      step_reset(s->sp_begin);
       j->rc = j->fn(&tx, j->arg);
-      if (j->rc < 0) plain_exec(s->writer, "ROLLBACK TO job");
-      plain_exec(s->writer, "RELEASE job");
+      if (j->rc < 0) step_reset(s->sp_rollback);
+      step_reset(s->sp_release);
     }
     if (brc == 0 && plain_exec(s->writer, "COMMIT") < 0) {
       plain_exec(s->writer, "ROLLBACK");
@@ -233,20 +241,22 @@ static void *writer_main(void *p) {
     }
     if (brc == 0 && s->hook) s->hook(s->hook_arg);
 
-    pthread_mutex_lock(&s->lock);
-    for (job_t *j = batch; j; j = j->next) j->done = true;
-    pthread_cond_broadcast(&s->done_cond);
-    pthread_mutex_unlock(&s->lock);
+    for (job_t *j = batch, *next; j; j = next) {
+      next = j->next; /* the job lives on its caller's stack: read before posting */
+      sem_post(&j->done);
+    }
   }
   return NULL;
 }
 
 static int sq_write(store_t *base, store_tx_fn fn, void *arg) {
   sqlite_store_t *s = (sqlite_store_t *)base;
-  job_t job = {fn, arg, 0, false, NULL};
+  job_t job = {.fn = fn, .arg = arg};
+  sem_init(&job.done, 0, 0);
   pthread_mutex_lock(&s->lock);
   if (s->stopping) {
     pthread_mutex_unlock(&s->lock);
+    sem_destroy(&job.done);
     return -ERR_UNAVAILABLE;
   }
   if (s->queue_tail)
@@ -255,8 +265,10 @@ static int sq_write(store_t *base, store_tx_fn fn, void *arg) {
     s->queue_head = &job;
   s->queue_tail = &job;
   pthread_cond_signal(&s->work_cond);
-  while (!job.done) pthread_cond_wait(&s->done_cond, &s->lock);
   pthread_mutex_unlock(&s->lock);
+  while (sem_wait(&job.done) != 0) {
+  }
+  sem_destroy(&job.done);
   return job.rc;
 }
 
@@ -330,10 +342,16 @@ static int sq_open(const char *path, store_t **out) {
   s->path = strdup(path);
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->work_cond, NULL);
-  pthread_cond_init(&s->done_cond, NULL);
+
   pthread_key_create(&s->reader_key, NULL);
   int rc = conn_open(path, &s->writer);
   if (rc == 0) rc = migrate(s->writer);
+  if (rc == 0 &&
+      (sqlite3_prepare_v2(s->writer->db, "SAVEPOINT job", -1, &s->sp_begin, NULL) != SQLITE_OK ||
+       sqlite3_prepare_v2(s->writer->db, "RELEASE job", -1, &s->sp_release, NULL) != SQLITE_OK ||
+       sqlite3_prepare_v2(s->writer->db, "ROLLBACK TO job", -1, &s->sp_rollback, NULL) !=
+           SQLITE_OK))
+    rc = -ERR_UNAVAILABLE;
   if (rc == 0 && pthread_create(&s->writer_thread, NULL, writer_main, s) != 0)
     rc = -ERR_INTERNAL;
   if (rc < 0) {
@@ -354,6 +372,9 @@ static void sq_close(store_t *base) {
   pthread_cond_signal(&s->work_cond);
   pthread_mutex_unlock(&s->lock);
   pthread_join(s->writer_thread, NULL);
+  sqlite3_finalize(s->sp_begin);
+  sqlite3_finalize(s->sp_release);
+  sqlite3_finalize(s->sp_rollback);
   conn_close(s->writer);
   for (conn_t *c = s->all_conns, *next; c; c = next) {
     next = c->next;
@@ -362,7 +383,7 @@ static void sq_close(store_t *base) {
   pthread_key_delete(s->reader_key);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->work_cond);
-  pthread_cond_destroy(&s->done_cond);
+
   free(s->path);
   free(s);
 }
