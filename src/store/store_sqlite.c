@@ -241,10 +241,9 @@ static void *writer_main(void *p) {
     }
     if (brc == 0 && s->hook) s->hook(s->hook_arg);
 
-    for (job_t *j = batch, *next; j; j = next) {
-      next = j->next; /* the job lives on its caller's stack: read before posting */
-      sem_post(&j->done);
-    }
+    /* Wake only the first caller; each woken caller wakes the next (see
+     * sq_write), so the writer spends one futex call per batch, not one per job. */
+    sem_post(&batch->done);
   }
   return NULL;
 }
@@ -268,6 +267,9 @@ static int sq_write(store_t *base, store_tx_fn fn, void *arg) {
   pthread_mutex_unlock(&s->lock);
   while (sem_wait(&job.done) != 0) {
   }
+  /* The writer is done with the whole batch; pass the wake-up along the chain. The
+   * next job is still blocked on its semaphore, so its memory is alive. */
+  if (job.next) sem_post(&job.next->done);
   sem_destroy(&job.done);
   return job.rc;
 }
