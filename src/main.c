@@ -157,6 +157,9 @@ static int serve(void) {
     return 2;
   }
   curl_global_init(CURL_GLOBAL_DEFAULT);
+  /* libsodium's userspace ChaCha20 generator, seeded from the kernel: request ids
+   * and UUIDs then cost no getrandom(2) call each. */
+  randombytes_set_implementation(&randombytes_internal_implementation);
   if (sodium_init() < 0) {
     fprintf(stderr, "iotfin: libsodium failed to initialise\n");
     return 1;

@@ -31,8 +31,23 @@ typedef struct {
 } key_t_;
 
 /* lock guards keys, n and current: readers sign and verify, a rotation writes. */
+/* Tokens already verified, keyed by a BLAKE2b hash of the whole token: an app sends
+ * the same token with every request, and an Ed25519 verification costs far more
+ * than the rest of a read. A hit is as good as a verification because the hash
+ * commits to every byte of the token; expiry is still checked on every use. */
+#define VERIFIED_SLOTS 4096
+
+typedef struct {
+  unsigned char hash[32];
+  bool used;
+  auth_claims_t claims;
+} verified_t;
+
 struct auth_keys {
   pthread_rwlock_t lock;
+  /* cache_lock guards cache (separate from lock: hits must not wait for a rotation). */
+  pthread_rwlock_t cache_lock;
+  verified_t cache[VERIFIED_SLOTS];
   char dir[1024];
   key_t_ keys[MAX_KEYS];
   int n;
@@ -105,6 +120,7 @@ int auth_keys_load(const char *dir, auth_keys_t **out) {
   if (!k) return -ERR_INTERNAL;
   memset(k, 0, sizeof(*k));
   pthread_rwlock_init(&k->lock, NULL);
+  pthread_rwlock_init(&k->cache_lock, NULL);
   snprintf(k->dir, sizeof(k->dir), "%s", dir);
   if (read_keys(dir, k) < 0 && (write_new_key(dir) < 0 || read_keys(dir, k) < 0)) {
     log_error("auth", "no usable signing key in %s", dir);
@@ -141,12 +157,17 @@ int auth_keys_rotate(auth_keys_t *k, int64_t keep_s, char kid_out[17]) {
     if (rc == 0) snprintf(kid_out, 17, "%s", k->keys[k->current].kid);
   }
   pthread_rwlock_unlock(&k->lock);
+  /* A retired key must not live on in verified tokens. */
+  pthread_rwlock_wrlock(&k->cache_lock);
+  for (int i = 0; i < VERIFIED_SLOTS; i++) k->cache[i].used = false;
+  pthread_rwlock_unlock(&k->cache_lock);
   return rc;
 }
 
 void auth_keys_free(auth_keys_t **keys) {
   if (!*keys) return;
   pthread_rwlock_destroy(&(*keys)->lock);
+  pthread_rwlock_destroy(&(*keys)->cache_lock);
   sodium_free(*keys);
   *keys = NULL;
 }
@@ -236,10 +257,38 @@ static int copy_claim(json_t *pl, const char *name, char *dst, size_t cap) {
   return 0;
 }
 
-int auth_token_verify(const auth_keys_t *keys, const char *jwt, int64_t now_s,
+static int verify_full(const auth_keys_t *keys, const char *jwt, int64_t now_s, auth_claims_t *c);
+
+int auth_token_verify(const auth_keys_t *ckeys, const char *jwt, int64_t now_s,
                       auth_claims_t *c) {
   memset(c, 0, sizeof(*c));
   if (!jwt || strlen(jwt) > 4096) return -ERR_UNAUTHENTICATED;
+  auth_keys_t *keys = (auth_keys_t *)ckeys;
+  unsigned char h[32];
+  crypto_generichash(h, sizeof(h), (const unsigned char *)jwt, strlen(jwt), NULL, 0);
+  unsigned slot = ((unsigned)h[0] | (unsigned)h[1] << 8) % VERIFIED_SLOTS;
+  pthread_rwlock_rdlock(&keys->cache_lock);
+  verified_t *v = &keys->cache[slot];
+  bool hit = v->used && sodium_memcmp(v->hash, h, sizeof(h)) == 0;
+  if (hit) *c = v->claims;
+  pthread_rwlock_unlock(&keys->cache_lock);
+  if (hit) {
+    if (c->exp > now_s) return 0;
+    memset(c, 0, sizeof(*c));
+    return -ERR_UNAUTHENTICATED;
+  }
+  int rc = verify_full(keys, jwt, now_s, c);
+  if (rc == 0) {
+    pthread_rwlock_wrlock(&keys->cache_lock);
+    memcpy(v->hash, h, sizeof(h));
+    v->claims = *c;
+    v->used = true;
+    pthread_rwlock_unlock(&keys->cache_lock);
+  }
+  return rc;
+}
+
+static int verify_full(const auth_keys_t *keys, const char *jwt, int64_t now_s, auth_claims_t *c) {
   const char *d1 = strchr(jwt, '.');
   const char *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
   if (!d1 || !d2 || strchr(d2 + 1, '.')) return -ERR_UNAUTHENTICATED;

@@ -15,6 +15,13 @@ static const char *level_names[] = {"debug", "info", "warn", "error"};
 
 void log_set_level(log_level_t level) { min_level = level; }
 
+bool log_enabled(log_level_t level) { return level >= min_level; }
+
+void log_raw(const char *line, size_t len) {
+  ssize_t w = write(STDERR_FILENO, line, len);
+  (void)w;
+}
+
 void log_write(log_level_t level, const char *module, json_t *fields, const char *fmt, ...) {
   if (level < min_level) return;
   char msg[1024];

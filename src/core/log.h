@@ -4,6 +4,8 @@
 #define IOTFIN_CORE_LOG_H
 
 #include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 typedef enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR } log_level_t;
 
@@ -14,6 +16,11 @@ void log_set_level(log_level_t level);
  * borrowed, not stolen. Safe from any thread. */
 void log_write(log_level_t level, const char *module, json_t *fields, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* True when lines of this level are written. */
+bool log_enabled(log_level_t level);
+/* Writes an already formatted line (ending in a newline) with one write(2). */
+void log_raw(const char *line, size_t len);
 
 #define log_info(mod, ...) log_write(LOG_INFO, mod, NULL, __VA_ARGS__)
 #define log_warn(mod, ...) log_write(LOG_WARN, mod, NULL, __VA_ARGS__)

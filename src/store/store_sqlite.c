@@ -287,9 +287,17 @@ static int sq_read(store_t *base, store_tx_fn fn, void *arg) {
     pthread_mutex_unlock(&s->lock);
   }
   store_tx_t tx = {base->ops, c};
-  if (plain_exec(c, "BEGIN") < 0) return -ERR_UNAVAILABLE;
+  /* Through the statement cache: a read is often one small query, and parsing
+   * BEGIN and COMMIT each time would cost more than it. */
+  sqlite3_stmt *begin = conn_prepare(c, "BEGIN"), *commit = conn_prepare(c, "COMMIT");
+  if (!begin || !commit || sqlite3_step(begin) != SQLITE_DONE) {
+    if (begin) sqlite3_reset(begin);
+    return -ERR_UNAVAILABLE;
+  }
+  sqlite3_reset(begin);
   int rc = fn(&tx, arg);
-  plain_exec(c, "COMMIT");
+  sqlite3_step(commit);
+  sqlite3_reset(commit);
   return rc;
 }
 
