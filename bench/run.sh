@@ -1,55 +1,54 @@
 #!/bin/sh
-# `make bench`: runs the benchmarks on this machine and writes docs/BENCHMARKS.md.
-# Every figure in that file comes from this run; nothing is written by hand.
+# `make bench`: runs every benchmark on this machine, side by side with its
+# baseline, and writes docs/BENCHMARKS.md. Every figure in that file comes from
+# this run; nothing is written by hand. Not part of `make test`.
+#   RUNS=N        runs per measurement (default 3); QUICK=1 for a smoke run
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 RUNS=${RUNS:-3}
 OUT=docs/BENCHMARKS.md
-tmp=$(mktemp)
+RES=bench/results
+mkdir -p "$RES"
+quick=""
+[ "${QUICK:-0}" = 1 ] && quick="--quick" && RUNS=1
 
-echo "bench: bus, $RUNS runs" >&2
+echo "bench: bus ($RUNS runs)" >&2
+: > "$RES/bus.jsonl"
 i=0
 while [ $i -lt "$RUNS" ]; do
-  ./$BUILD/bench_bus 20000 32 2 >> "$tmp"
+  ./$BUILD/bench_bus 20000 32 2 >> "$RES/bus.jsonl"
   i=$((i + 1))
 done
+/usr/bin/python3 bench/bus_report.py "$RES/bus.jsonl" > "$RES/bus.md"
 
-/usr/bin/python3 - "$tmp" "$OUT" <<'PY'
-import json, platform, statistics, subprocess, sys
-runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def med(k): return statistics.median(r[k] for r in runs)
-def ver(cmd):
-    try: return subprocess.run(cmd, capture_output=True, text=True, shell=True).stdout.strip().splitlines()[0]
-    except Exception: return "?"
-cpu = ver("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
-ratio = med("end_to_end_per_s") / med("raw_sqlite_commits_per_s")
-with open(sys.argv[2], "w") as f:
-    f.write(f"""# Benchmarks
+echo "bench: HTTP API (iotfin, Express baseline, nginx ceiling)" >&2
+/usr/bin/python3 bench/http_bench.py $quick --runs "$RUNS" --iotfin-bin "./$BUILD/iotfin" \
+  --out "$RES/http.json" --markdown "$RES/http.md" >/dev/null
 
-Written by `make bench` (bench/run.sh); do not edit by hand. Each figure is the
-median of {len(runs)} runs made one after another on the same machine.
+if [ -f bench/device_bench.py ]; then
+  echo "bench: devices (command round trip, events in, start/stop, memory)" >&2
+  /usr/bin/python3 bench/device_bench.py $quick --runs "$RUNS" --iotfin-bin "./$BUILD/iotfin" \
+    --out "$RES/devices.json" --markdown "$RES/devices.md" >/dev/null
+fi
 
-Machine: {cpu.strip()}, {ver('nproc')} cores, {platform.system()} {platform.release()};
-SQLite {ver("/usr/bin/python3 -c 'import sqlite3; print(sqlite3.sqlite_version)'")} (WAL, synchronous=FULL).
+echo "bench: profile" >&2
+/usr/bin/python3 bench/profile.py > "$RES/profile.md" 2>/dev/null || echo "## Profile\n\nThe profile run failed." > "$RES/profile.md"
 
-## Bus: publish → handler done, durable
-
-Command: `build/bench_bus 20000 32 2` (20,000 events, 32 publishing threads, each event
-its own durable transaction; 2 bus workers; a handler that does nothing).
-
-| measure | iotfin bus | raw SQLite, one-row commits | ratio |
-|---|---|---|---|
-| events (commits) per second | {med('end_to_end_per_s'):.0f} | {med('raw_sqlite_commits_per_s'):.0f} | {ratio:.1f}× |
-| latency p50 (ms) | {med('p50_ms'):.2f} | | |
-| latency p99 (ms) | {med('p99_ms'):.2f} | | |
-
-Each bus event costs three transactions (publish with fan-out, claim, settle), yet the
-bus outruns one-row commits because the store's writer commits every transaction that
-is waiting at once (group commit): one fsync serves many events. The DESIGN.md target
-is 20,000 events/s on 2 cores; where this run falls short, the limit is CPU in the
-single writer thread (JSON and SQL work per event), not fsync.
-""")
-PY
-rm -f "$tmp"
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%dT%H:%MZ); do not edit by hand."
+  echo "Each section names its machine state, versions, settings and exact commands."
+  echo
+  cat "$RES/bus.md"
+  echo
+  cat "$RES/http.md"
+  if [ -f "$RES/devices.md" ]; then
+    echo
+    cat "$RES/devices.md"
+  fi
+  echo
+  cat "$RES/profile.md"
+} > "$OUT"
 echo "bench: wrote $OUT" >&2
