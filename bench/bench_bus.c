@@ -76,8 +76,9 @@ static int cmp64(const void *a, const void *b) {
 static double raw_sqlite_commits(const char *path, int n) {
   sqlite3 *db;
   sqlite3_open(path, &db);
-  sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                   "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);",
+  sqlite3_exec(db,
+               "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+               "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);",
                NULL, NULL, NULL);
   sqlite3_stmt *st;
   sqlite3_prepare_v2(db, "INSERT INTO t (v) VALUES ('x')", -1, &st, NULL);
@@ -131,9 +132,11 @@ int main(int argc, char **argv) {
     p[i] = (pub_t){&app, n * i / threads, n * (i + 1) / threads};
     pthread_create(&t[i], NULL, publisher, &p[i]);
   }
-  for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+  for (int i = 0; i < threads; i++)
+    pthread_join(t[i], NULL);
   int64_t published = now_us();
-  while (atomic_load(&handled) < n && now_us() - t0 < 120 * 1000000LL) usleep(1000);
+  while (atomic_load(&handled) < n && now_us() - t0 < 120 * 1000000LL)
+    usleep(1000);
   int64_t done = now_us();
   bus_stop(&bus, 1000);
   store_close(&app.store);

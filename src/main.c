@@ -14,9 +14,9 @@
 #include <curl/curl.h>
 
 #include "api/api.h"
+#include "app.h"
 #include "bus/bus.h"
 #include "cli/cli.h"
-#include "app.h"
 #include "core/config.h"
 #include "core/ids.h"
 #include "core/log.h"
@@ -142,11 +142,15 @@ static int serve(void) {
   int64_t t0 = time_mono_ms();
   const char *lvl = getenv("IOTFIN_LOG_LEVEL");
   if (lvl) {
-    if (strcmp(lvl, "debug") == 0) log_set_level(LOG_DEBUG);
-    else if (strcmp(lvl, "warn") == 0) log_set_level(LOG_WARN);
-    else if (strcmp(lvl, "error") == 0) log_set_level(LOG_ERROR);
+    if (strcmp(lvl, "debug") == 0)
+      log_set_level(LOG_DEBUG);
+    else if (strcmp(lvl, "warn") == 0)
+      log_set_level(LOG_WARN);
+    else if (strcmp(lvl, "error") == 0)
+      log_set_level(LOG_ERROR);
     else if (strcmp(lvl, "info") != 0) {
-      fprintf(stderr, "iotfin: invalid setting IOTFIN_LOG_LEVEL: expected debug, info, warn or error\n");
+      fprintf(stderr,
+              "iotfin: invalid setting IOTFIN_LOG_LEVEL: expected debug, info, warn or error\n");
       return 2;
     }
   }
@@ -177,8 +181,8 @@ static int serve(void) {
   app.started_ms = time_now_ms();
   int status = 1;
   if (mkdir_p(cfg.data_dir) < 0) {
-    fprintf(stderr, "iotfin: invalid setting IOTFIN_DATA_DIR: cannot create %s: %s\n",
-            cfg.data_dir, strerror(errno));
+    fprintf(stderr, "iotfin: invalid setting IOTFIN_DATA_DIR: cannot create %s: %s\n", cfg.data_dir,
+            strerror(errno));
     return 2;
   }
   char keydir[1200];

@@ -76,7 +76,8 @@ static plugin_state_t st;
 
 static unsigned hash(const char *s) {
   unsigned h = 2166136261u;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 16777619u;
   return h;
 }
 
@@ -191,8 +192,7 @@ static int device_conn_count(const char *device) {
 static int on_basic_auth(int event, void *event_data, void *userdata) {
   struct mosquitto_evt_basic_auth *ed = event_data;
   if (is_internal(ed->username))
-    return ed->password && st.internal_password &&
-                   secret_equal(ed->password, st.internal_password)
+    return ed->password && st.internal_password && secret_equal(ed->password, st.internal_password)
                ? MOSQ_ERR_SUCCESS
                : MOSQ_ERR_AUTH;
   const char *cid = mosquitto_client_id(ed->client);

@@ -25,9 +25,9 @@ static int64_t parse_cursor(const char *c) {
 }
 
 static int bad_cursor(http_req_t *req) {
-  return http_reply_problem(req, ERR_VALIDATION_FAILED, "cursor is not one this API issued",
-                            json_pack("[{s:s,s:s}]", "field", "cursor", "message",
-                                      "unknown cursor"));
+  return http_reply_problem(
+      req, ERR_VALIDATION_FAILED, "cursor is not one this API issued",
+      json_pack("[{s:s,s:s}]", "field", "cursor", "message", "unknown cursor"));
 }
 
 int api_admin_queues_dead_letters(http_req_t *req) {
@@ -44,13 +44,16 @@ int api_admin_queues_dead_letters(http_req_t *req) {
   if (rc < 0) return rc;
   char nc[32];
   snprintf(nc, sizeof(nc), "%lld", (long long)next);
-  return http_reply_json(req, 200,
-                         json_pack("{s:o,s:o}", "items", items, "next_cursor",
-                                   next ? json_string(nc) : json_null()));
+  return http_reply_json(
+      req, 200,
+      json_pack("{s:o,s:o}", "items", items, "next_cursor", next ? json_string(nc) : json_null()));
 }
 
 static const http_field_t redrive_fields[] = {
-    {.name = "ids", .type = HTTP_T_ARRAY, .min = 1, .max = 1000,
+    {.name = "ids",
+     .type = HTTP_T_ARRAY,
+     .min = 1,
+     .max = 1000,
      .description = "Dead-letter ids to redrive; all of the queue's when left out."},
     {0},
 };
@@ -64,9 +67,9 @@ int api_admin_queues_redrive(http_req_t *req) {
   json_t *v;
   json_array_foreach(ids, i, v) {
     if (!json_is_string(v) && !json_is_integer(v))
-      return http_reply_problem(req, ERR_VALIDATION_FAILED, "ids must be dead-letter ids",
-                                json_pack("[{s:s,s:s}]", "field", "ids", "message",
-                                          "each id must be a string"));
+      return http_reply_problem(
+          req, ERR_VALIDATION_FAILED, "ids must be dead-letter ids",
+          json_pack("[{s:s,s:s}]", "field", "ids", "message", "each id must be a string"));
   }
   int n = 0;
   int rc = bus_redrive(http_req_app(req), name, ids, &n);
@@ -126,15 +129,21 @@ int api_admin_events_list(http_req_t *req) {
   if (http_req_page(req, &limit, &cursor) < 0) return 0;
   int64_t after = parse_cursor(cursor);
   if (after < 0) return bad_cursor(req);
-  events_q_t q = {http_req_query(req, "type"), http_req_query(req, "subject"),
-                  http_req_query(req, "after"), after, limit, json_array(), 0, false};
+  events_q_t q = {http_req_query(req, "type"),
+                  http_req_query(req, "subject"),
+                  http_req_query(req, "after"),
+                  after,
+                  limit,
+                  json_array(),
+                  0,
+                  false};
   int rc = store_read(http_req_app(req)->store, events_tx, &q);
   if (rc < 0 || q.unknown_after) {
     json_decref(q.items);
     if (rc < 0) return rc;
-    return http_reply_problem(req, ERR_VALIDATION_FAILED, "after names no known event",
-                              json_pack("[{s:s,s:s}]", "field", "after", "message",
-                                        "unknown event id"));
+    return http_reply_problem(
+        req, ERR_VALIDATION_FAILED, "after names no known event",
+        json_pack("[{s:s,s:s}]", "field", "after", "message", "unknown event id"));
   }
   char nc[32];
   snprintf(nc, sizeof(nc), "%lld", (long long)q.next);

@@ -9,14 +9,21 @@
 #include "services/devices.h"
 
 static const http_field_t device_item_fields[] = {
-    {.name = "serial", .type = HTTP_T_STRING, .required = true, .min = 4, .max = 64,
+    {.name = "serial",
+     .type = HTTP_T_STRING,
+     .required = true,
+     .min = 4,
+     .max = 64,
      .pattern = "^[A-Za-z0-9-]{4,64}$"},
     {.name = "model", .type = HTTP_T_STRING, .min = 0, .max = 64},
     {0},
 };
 
 static const http_field_t import_fields[] = {
-    {.name = "devices", .type = HTTP_T_ARRAY, .required = true, .items = device_item_fields,
+    {.name = "devices",
+     .type = HTTP_T_ARRAY,
+     .required = true,
+     .items = device_item_fields,
      .description = "Serials from the supplier manifest."},
     {0},
 };
@@ -109,6 +116,6 @@ int api_admin_devices_import(http_req_t *req) {
     return rc;
   }
   return http_reply_json(req, 200,
-                         json_pack("{s:i,s:i,s:o}", "imported", imported, "duplicates",
-                                   duplicates, "invalid", invalid));
+                         json_pack("{s:i,s:i,s:o}", "imported", imported, "duplicates", duplicates,
+                                   "invalid", invalid));
 }

@@ -19,15 +19,25 @@ static bool command_type_valid(const char *s) {
 }
 
 static const http_field_t claim_fields[] = {
-    {.name = "serial", .type = HTTP_T_STRING, .required = true, .min = 4, .max = 64,
-     .pattern = "^[A-Za-z0-9-]{4,64}$", .check = devices_serial_valid},
+    {.name = "serial",
+     .type = HTTP_T_STRING,
+     .required = true,
+     .min = 4,
+     .max = 64,
+     .pattern = "^[A-Za-z0-9-]{4,64}$",
+     .check = devices_serial_valid},
     {0},
 };
 const http_body_t api_devices_claim_body = {claim_fields, false, false};
 
 static const http_field_t command_fields[] = {
-    {.name = "type", .type = HTTP_T_STRING, .required = true, .min = 1, .max = 64,
-     .pattern = "^[a-z0-9._-]{1,64}$", .check = command_type_valid},
+    {.name = "type",
+     .type = HTTP_T_STRING,
+     .required = true,
+     .min = 1,
+     .max = 64,
+     .pattern = "^[a-z0-9._-]{1,64}$",
+     .check = command_type_valid},
     {.name = "payload", .type = HTTP_T_OBJECT, .required = true, .max = 8192},
     {.name = "ttl_seconds", .type = HTTP_T_INT, .min = 1, .max = 86400},
     {0},
@@ -49,8 +59,8 @@ int api_devices_claim(http_req_t *req) {
 }
 
 static int reply_page(http_req_t *req, json_t *items, char *next) {
-  json_t *body = json_pack("{s:o,s:o}", "items", items, "next_cursor",
-                           next ? json_string(next) : json_null());
+  json_t *body =
+      json_pack("{s:o,s:o}", "items", items, "next_cursor", next ? json_string(next) : json_null());
   free(next);
   return http_reply_json(req, 200, body);
 }

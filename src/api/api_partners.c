@@ -66,10 +66,10 @@ static int hook_tx(store_tx_t *tx, void *arg) {
 
 int api_partners_webhook(http_req_t *req) {
   json_t *body = http_req_json(req);
-  hook_t h = {config_partner_name((partner_id_t)config_partner_by_name(http_req_param(req, "name"))),
-              json_string_value(json_object_get(body, "id")),
-              json_string_value(json_object_get(body, "type")), json_object_get(body, "data"),
-              false};
+  hook_t h = {
+      config_partner_name((partner_id_t)config_partner_by_name(http_req_param(req, "name"))),
+      json_string_value(json_object_get(body, "id")),
+      json_string_value(json_object_get(body, "type")), json_object_get(body, "data"), false};
   int rc = store_write(http_req_app(req)->store, hook_tx, &h);
   if (rc < 0) return rc;
   if (h.duplicate)

@@ -92,7 +92,8 @@ static void refill(stream_t *s) {
     s->last_seq = f.max_seq;
   }
   json_decref(f.items);
-  if (!s->pending_len && time_mono_ms() - s->last_write_ms >= HEARTBEAT_MS) append(s, ": heartbeat\n\n");
+  if (!s->pending_len && time_mono_ms() - s->last_write_ms >= HEARTBEAT_MS)
+    append(s, ": heartbeat\n\n");
 }
 
 static long stream_fill(void *cls, char *buf, size_t max) {

@@ -5,9 +5,9 @@
 #include "app.h"
 #include "core/errors.h"
 #include "core/metrics.h"
+#include "http/openapi.h"
 #include "hub/hub.h"
 #include "hub/mqtt.h"
-#include "http/openapi.h"
 
 int api_system_healthz(http_req_t *req) {
   return http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
@@ -17,15 +17,14 @@ int api_system_readyz(http_req_t *req) {
   app_t *app = http_req_app(req);
   bool store_ok = store_ping(app->store) == 0;
   bool broker_ok = app->mqtt && hub_mqtt_connected(app->mqtt);
-  json_t *body = json_pack("{s:s,s:{s:s,s:s}}", "status", store_ok && broker_ok ? "ready" : "unavailable",
-                           "checks", "store", store_ok ? "ok" : "down", "broker",
-                           broker_ok ? "ok" : "down");
+  json_t *body =
+      json_pack("{s:s,s:{s:s,s:s}}", "status", store_ok && broker_ok ? "ready" : "unavailable",
+                "checks", "store", store_ok ? "ok" : "down", "broker", broker_ok ? "ok" : "down");
   if (store_ok && broker_ok) return http_reply_json(req, 200, body);
   json_decref(body);
-  return http_reply_problem(req, ERR_UNAVAILABLE,
-                            !store_ok ? "the store is not reachable"
-                                      : "the MQTT broker is not reachable",
-                            NULL);
+  return http_reply_problem(
+      req, ERR_UNAVAILABLE,
+      !store_ok ? "the store is not reachable" : "the MQTT broker is not reachable", NULL);
 }
 
 int api_system_metrics(http_req_t *req) {

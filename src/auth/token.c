@@ -5,15 +5,15 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <pthread.h>
-#include <stdbool.h>
-#include <time.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sodium.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/errors.h"
@@ -159,7 +159,8 @@ int auth_keys_rotate(auth_keys_t *k, int64_t keep_s, char kid_out[17]) {
   pthread_rwlock_unlock(&k->lock);
   /* A retired key must not live on in verified tokens. */
   pthread_rwlock_wrlock(&k->cache_lock);
-  for (int i = 0; i < VERIFIED_SLOTS; i++) k->cache[i].used = false;
+  for (int i = 0; i < VERIFIED_SLOTS; i++)
+    k->cache[i].used = false;
   pthread_rwlock_unlock(&k->cache_lock);
   return rc;
 }
@@ -259,8 +260,7 @@ static int copy_claim(json_t *pl, const char *name, char *dst, size_t cap) {
 
 static int verify_full(const auth_keys_t *keys, const char *jwt, int64_t now_s, auth_claims_t *c);
 
-int auth_token_verify(const auth_keys_t *ckeys, const char *jwt, int64_t now_s,
-                      auth_claims_t *c) {
+int auth_token_verify(const auth_keys_t *ckeys, const char *jwt, int64_t now_s, auth_claims_t *c) {
   memset(c, 0, sizeof(*c));
   if (!jwt || strlen(jwt) > 4096) return -ERR_UNAUTHENTICATED;
   auth_keys_t *keys = (auth_keys_t *)ckeys;

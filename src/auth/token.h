@@ -10,8 +10,8 @@
 typedef struct auth_keys auth_keys_t;
 
 typedef struct {
-  char sub[64]; /* user id, device id, or session id for anonymous sessions */
-  char sid[64]; /* session id */
+  char sub[64];  /* user id, device id, or session id for anonymous sessions */
+  char sid[64];  /* session id */
   char tier[16]; /* anonymous, registration, user, device */
   char jti[64];
   int64_t iat, exp; /* seconds since the epoch */

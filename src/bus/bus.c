@@ -4,9 +4,9 @@
 #include "bus/bus.h"
 
 #include <pthread.h>
-#include <stdatomic.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,8 +128,8 @@ typedef struct {
 
 static int is_done_tx(store_tx_t *tx, void *arg) {
   done_key_t *k = arg;
-  return store_exec(tx, NULL, "SELECT 1 FROM handler_done WHERE handler = ? AND event_id = ?",
-                    "ss", k->handler, k->event_id);
+  return store_exec(tx, NULL, "SELECT 1 FROM handler_done WHERE handler = ? AND event_id = ?", "ss",
+                    k->handler, k->event_id);
 }
 
 int bus_is_done(store_t *store, const char *handler, const char *event_id) {
@@ -178,7 +178,8 @@ static int claim_tx(store_tx_t *tx, void *arg) {
   b->rows = NULL;
   int64_t now = time_now_ms();
   int64_t last = atomic_load(&last_reclaim_ms);
-  if (now - last >= RECLAIM_EVERY_MS && atomic_compare_exchange_strong(&last_reclaim_ms, &last, now)) {
+  if (now - last >= RECLAIM_EVERY_MS &&
+      atomic_compare_exchange_strong(&last_reclaim_ms, &last, now)) {
     /* The visibility timeout: leases that ran out make their messages ready again. */
     int rc = store_exec(tx, NULL,
                         "UPDATE queue_messages SET state = 'ready' WHERE state = 'in_flight' "
@@ -261,10 +262,9 @@ static int alarm_update(store_tx_t *tx, const char *queue) {
                     "ssis", name, queue, count, ts);
     if (rc < 0) return rc;
     log_warn("bus", "alarm %s raised: %lld dead letter(s)", name, (long long)count);
-    return events_record(tx, "alarm.raised", subject,
-                         json_pack("{s:s,s:s,s:I}", "name", name, "queue", queue, "count",
-                                   (json_int_t)count),
-                         NULL);
+    return events_record(
+        tx, "alarm.raised", subject,
+        json_pack("{s:s,s:s,s:I}", "name", name, "queue", queue, "count", (json_int_t)count), NULL);
   }
   if (count == 0 && raised) {
     rc = store_exec(tx, NULL,
@@ -297,8 +297,7 @@ static int settle_tx(store_tx_t *tx, void *arg) {
     }
     bus_policy_t p = {b->app->cfg->retry_base_ms, b->app->cfg->retry_max_ms,
                       c->queue->retry_forever ? 0 : (int)b->app->cfg->max_receives,
-                      c->queue->not_ready_max_ms ? c->queue->not_ready_max_ms
-                                                 : 7LL * 86400 * 1000};
+                      c->queue->not_ready_max_ms ? c->queue->not_ready_max_ms : 7LL * 86400 * 1000};
     double rnd = (double)randombytes_uniform(1000000) / 1e6;
     bus_next_t next = bus_policy_next(&p, &c->outcome, c->receives, c->created_ms, now, rnd);
     int rc = 0;
@@ -330,9 +329,9 @@ static int settle_tx(store_tx_t *tx, void *arg) {
         snprintf(subject, sizeof(subject), "queues/%s", c->queue->name);
         const char *eid = json_string_value(json_object_get(c->event, "id"));
         rc = events_record(tx, "queue.message.dead_lettered", subject,
-                           json_pack("{s:s,s:I,s:s,s:s,s:i}", "queue", c->queue->name,
-                                     "message_id", (json_int_t)c->id, "event_id", eid,
-                                     "last_error", why, "receive_count", c->receives),
+                           json_pack("{s:s,s:I,s:s,s:s,s:i}", "queue", c->queue->name, "message_id",
+                                     (json_int_t)c->id, "event_id", eid, "last_error", why,
+                                     "receive_count", c->receives),
                            NULL);
         if (rc == 0) rc = alarm_update(tx, c->queue->name);
       }
@@ -427,7 +426,8 @@ static void *keeper_main(void *arg) {
     pthread_mutex_lock(&bus->lock);
     if (!bus->stopping) pthread_cond_timedwait(&bus->cond, &bus->lock, &ts);
     bool stop = bus->stopping, busy = false;
-    for (int i = 0; i < bus->nthreads; i++) busy |= bus->running[i].id != 0;
+    for (int i = 0; i < bus->nthreads; i++)
+      busy |= bus->running[i].id != 0;
     pthread_mutex_unlock(&bus->lock);
     if (stop) break;
     if (busy) store_write(bus->app->store, renew_tx, bus);
@@ -463,12 +463,12 @@ static void *worker_main(void *arg) {
         const store_rows_t *rows = b.rows;
         int r = b.items[i].row;
         json_t *data = json_loads(store_rows_text(rows, r, 11), 0, NULL);
-        b.items[i].event = json_pack(
-            "{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
-            store_rows_text(rows, r, 6), "source", store_rows_text(rows, r, 8), "type",
-            store_rows_text(rows, r, 7), "time", store_rows_text(rows, r, 10), "subject",
-            store_rows_text(rows, r, 9), "datacontenttype", "application/json", "data",
-            data ? data : json_object());
+        b.items[i].event =
+            json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
+                      store_rows_text(rows, r, 6), "source", store_rows_text(rows, r, 8), "type",
+                      store_rows_text(rows, r, 7), "time", store_rows_text(rows, r, 10), "subject",
+                      store_rows_text(rows, r, 9), "datacontenttype", "application/json", "data",
+                      data ? data : json_object());
       }
       store_rows_free(&b.rows);
       int64_t vt = bus->app->cfg->visibility_timeout_ms;
@@ -489,9 +489,12 @@ static void *worker_main(void *arg) {
       }
       int rc = store_write(bus->app->store, settle_tx, &b);
       if (rc < 0)
-        log_error("bus", "could not settle %d message(s); they reappear after the "
-                         "visibility timeout", b.n);
-      for (int i = 0; i < b.n; i++) json_decref(b.items[i].event);
+        log_error("bus",
+                  "could not settle %d message(s); they reappear after the "
+                  "visibility timeout",
+                  b.n);
+      for (int i = 0; i < b.n; i++)
+        json_decref(b.items[i].event);
       b.n = 0;
       continue;
     }
@@ -580,7 +583,8 @@ void bus_stop(bus_t **pbus, int timeout_ms) {
   bus->stopping = true;
   pthread_cond_broadcast(&bus->cond);
   pthread_mutex_unlock(&bus->lock);
-  for (int i = 0; i < bus->nthreads; i++) pthread_join(bus->threads[i], NULL);
+  for (int i = 0; i < bus->nthreads; i++)
+    pthread_join(bus->threads[i], NULL);
   pthread_join(bus->keeper, NULL);
   store_set_commit_hook(bus->app->store, NULL, NULL);
   pthread_mutex_destroy(&bus->lock);
@@ -595,16 +599,15 @@ static int stats_tx(store_tx_t *tx, void *arg) {
   json_t *items = arg;
   int64_t now = time_now_ms();
   store_rows_t *rows = NULL;
-  int n = store_exec(
-      tx, &rows,
-      "SELECT queue, "
-      "SUM(CASE WHEN state = 'ready' AND visible_at_ms <= ? THEN 1 ELSE 0 END), "
-      "SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END), "
-      "SUM(CASE WHEN state = 'ready' AND visible_at_ms > ? THEN 1 ELSE 0 END), "
-      "SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), "
-      "MIN(CASE WHEN state != 'dead' THEN created_at_ms END) "
-      "FROM queue_messages GROUP BY queue",
-      "ii", now, now);
+  int n = store_exec(tx, &rows,
+                     "SELECT queue, "
+                     "SUM(CASE WHEN state = 'ready' AND visible_at_ms <= ? THEN 1 ELSE 0 END), "
+                     "SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END), "
+                     "SUM(CASE WHEN state = 'ready' AND visible_at_ms > ? THEN 1 ELSE 0 END), "
+                     "SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), "
+                     "MIN(CASE WHEN state != 'dead' THEN created_at_ms END) "
+                     "FROM queue_messages GROUP BY queue",
+                     "ii", now, now);
   if (n < 0) return n;
   for (int q = 0; q < queue_count(); q++) {
     int64_t ready = 0, in_flight = 0, delayed = 0, dead = 0, oldest = 0;
@@ -616,11 +619,11 @@ static int stats_tx(store_tx_t *tx, void *arg) {
       dead = store_rows_int(rows, i, 4);
       if (!store_rows_is_null(rows, i, 5)) oldest = now - store_rows_int(rows, i, 5);
     }
-    json_array_append_new(items, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "name", queues[q].name,
-                                           "ready", (json_int_t)ready, "in_flight",
-                                           (json_int_t)in_flight, "delayed", (json_int_t)delayed,
-                                           "dead", (json_int_t)dead, "oldest_age_ms",
-                                           (json_int_t)oldest));
+    json_array_append_new(items,
+                          json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "name", queues[q].name, "ready",
+                                    (json_int_t)ready, "in_flight", (json_int_t)in_flight,
+                                    "delayed", (json_int_t)delayed, "dead", (json_int_t)dead,
+                                    "oldest_age_ms", (json_int_t)oldest));
   }
   store_rows_free(&rows);
   return 0;
@@ -682,10 +685,9 @@ static int dead_tx(store_tx_t *tx, void *arg) {
     json_t *data = json_loads(store_rows_text(rows, i, 10), 0, NULL);
     json_t *ev = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
                            store_rows_text(rows, i, 5), "source", store_rows_text(rows, i, 7),
-                           "type", store_rows_text(rows, i, 6), "time",
-                           store_rows_text(rows, i, 9), "subject", store_rows_text(rows, i, 8),
-                           "datacontenttype", "application/json", "data",
-                           data ? data : json_object());
+                           "type", store_rows_text(rows, i, 6), "time", store_rows_text(rows, i, 9),
+                           "subject", store_rows_text(rows, i, 8), "datacontenttype",
+                           "application/json", "data", data ? data : json_object());
     char id[32];
     snprintf(id, sizeof(id), "%s", store_rows_text(rows, i, 0));
     json_array_append_new(
@@ -758,12 +760,11 @@ static int alarms_tx(store_tx_t *tx, void *arg) {
   int n = store_exec(tx, &rows,
                      "SELECT name, state, queue, count, raised_at FROM alarms ORDER BY name", "");
   for (int i = 0; i < n; i++)
-    json_array_append_new(items, json_pack("{s:s,s:s,s:s,s:I,s:s?}", "name",
-                                           store_rows_text(rows, i, 0), "state",
-                                           store_rows_text(rows, i, 1), "queue",
-                                           store_rows_text(rows, i, 2), "count",
-                                           (json_int_t)store_rows_int(rows, i, 3), "raised_at",
-                                           store_rows_text(rows, i, 4)));
+    json_array_append_new(
+        items, json_pack("{s:s,s:s,s:s,s:I,s:s?}", "name", store_rows_text(rows, i, 0), "state",
+                         store_rows_text(rows, i, 1), "queue", store_rows_text(rows, i, 2), "count",
+                         (json_int_t)store_rows_int(rows, i, 3), "raised_at",
+                         store_rows_text(rows, i, 4)));
   store_rows_free(&rows);
   return n < 0 ? n : 0;
 }

@@ -22,13 +22,13 @@ typedef struct bus bus_t;
 
 /* One message as a handler sees it. Everything is borrowed for the call. */
 typedef struct {
-  int64_t id;          /* message id within its queue */
+  int64_t id; /* message id within its queue */
   const char *queue;
-  json_t *event;       /* the CloudEvent */
+  json_t *event; /* the CloudEvent */
   const char *event_id, *type, *subject;
-  json_t *data;        /* event["data"] */
-  int receives;        /* this receive included */
-  int64_t created_ms;  /* when the message was enqueued */
+  json_t *data;       /* event["data"] */
+  int receives;       /* this receive included */
+  int64_t created_ms; /* when the message was enqueued */
 } bus_msg_t;
 
 typedef bus_outcome_t (*bus_handler_fn)(app_t *app, const bus_msg_t *msg);
@@ -38,8 +38,8 @@ typedef struct {
   const char *name;
   const char *subscribes; /* event types separated by |; "x.*" matches a prefix */
   bus_handler_fn handler;
-  bool fifo;              /* one message per subject in flight, in order */
-  bool retry_forever;     /* transient failures never dead-letter */
+  bool fifo;                /* one message per subject in flight, in order */
+  bool retry_forever;       /* transient failures never dead-letter */
   int64_t not_ready_max_ms; /* 0: 7 days */
 } bus_queue_t;
 

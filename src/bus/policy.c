@@ -6,7 +6,8 @@
 int64_t bus_policy_backoff(const bus_policy_t *p, int receives, double rnd) {
   if (receives < 1) receives = 1;
   int64_t d = p->retry_base_ms;
-  for (int i = 1; i < receives && d < p->retry_max_ms; i++) d *= 2;
+  for (int i = 1; i < receives && d < p->retry_max_ms; i++)
+    d *= 2;
   if (d > p->retry_max_ms) d = p->retry_max_ms;
   int64_t half = d / 2;
   return d - half + (int64_t)(rnd * (double)(half + 1));

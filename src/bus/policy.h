@@ -9,21 +9,21 @@
 
 /* What a handler says about one message. */
 typedef enum {
-  BUS_DONE,           /* finished: the message is deleted */
-  BUS_NOT_READY,      /* come back after delay_ms; not a failure */
-  BUS_FAILED,         /* retried with backoff; dead-lettered after max receives */
+  BUS_DONE,            /* finished: the message is deleted */
+  BUS_NOT_READY,       /* come back after delay_ms; not a failure */
+  BUS_FAILED,          /* retried with backoff; dead-lettered after max receives */
   BUS_FAILED_PERMANENT /* dead-lettered at once */
 } bus_result_t;
 
 typedef struct {
   bus_result_t result;
-  int64_t delay_ms;  /* BUS_NOT_READY: when to look again */
-  char reason[256];  /* BUS_FAILED*: why, kept as last_error */
+  int64_t delay_ms; /* BUS_NOT_READY: when to look again */
+  char reason[256]; /* BUS_FAILED*: why, kept as last_error */
 } bus_outcome_t;
 
 typedef struct {
   int64_t retry_base_ms, retry_max_ms;
-  int max_receives;      /* <= 0: never dead-letter transient failures */
+  int max_receives;         /* <= 0: never dead-letter transient failures */
   int64_t not_ready_max_ms; /* how long a message may stay not ready */
 } bus_policy_t;
 
@@ -31,9 +31,9 @@ typedef enum { BUS_NEXT_DELETE, BUS_NEXT_RETRY, BUS_NEXT_DEAD } bus_next_kind_t;
 
 typedef struct {
   bus_next_kind_t kind;
-  int64_t visible_at_ms;  /* BUS_NEXT_RETRY */
-  bool count_receive;     /* false: the receive is given back (not ready) */
-  const char *why;        /* BUS_NEXT_DEAD: reason when the policy (not the handler) decided */
+  int64_t visible_at_ms; /* BUS_NEXT_RETRY */
+  bool count_receive;    /* false: the receive is given back (not ready) */
+  const char *why;       /* BUS_NEXT_DEAD: reason when the policy (not the handler) decided */
 } bus_next_t;
 
 /* Delay before retry number `receives` (1 = after the first failed receive):

@@ -5,18 +5,24 @@
 #include "functions/functions.h"
 
 const bus_queue_t bus_queues[] = {
-    {.name = "registration-kyc", .subscribes = "user.registration.requested",
+    {.name = "registration-kyc",
+     .subscribes = "user.registration.requested",
      .handler = fn_registration_kyc},
     {.name = "registration-mail",
      .subscribes = "user.registration.approved|user.registration.rejected",
      .handler = fn_registration_mail},
-    {.name = "partner-webhooks", .subscribes = "partner.webhook.received",
+    {.name = "partner-webhooks",
+     .subscribes = "partner.webhook.received",
      .handler = fn_partner_webhooks},
-    {.name = "device-provisioning", .subscribes = "device.claimed",
+    {.name = "device-provisioning",
+     .subscribes = "device.claimed",
      .handler = fn_device_provisioning},
     {.name = "device-mail", .subscribes = "device.activated", .handler = fn_device_mail},
-    {.name = "bank-forwarder", .subscribes = "device.event.received|device.command.completed",
-     .handler = fn_bank_forwarder, .fifo = true, .retry_forever = true},
+    {.name = "bank-forwarder",
+     .subscribes = "device.event.received|device.command.completed",
+     .handler = fn_bank_forwarder,
+     .fifo = true,
+     .retry_forever = true},
     {.name = "ops-alarm-mail", .subscribes = "alarm.raised", .handler = fn_ops_alarm_mail},
 };
 

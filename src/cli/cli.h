@@ -14,8 +14,7 @@ int cli_demo_main(int argc, char **argv);
 
 /* One HTTP call with an optional bearer token and JSON body (borrowed). Returns
  * the status (0 when no answer came) and the parsed answer in *out (may be NULL). */
-long cli_http(const char *method, const char *url, const char *token, json_t *body,
-              json_t **out);
+long cli_http(const char *method, const char *url, const char *token, json_t *body, json_t **out);
 
 /* Splits mqtt://host:port; false when malformed. */
 bool cli_parse_mqtt_url(const char *url, char *host, size_t cap, int *port);

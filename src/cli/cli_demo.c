@@ -75,7 +75,9 @@ static long call(const char *method, const char *path, const char *token, json_t
   return st;
 }
 
-static const char *str(json_t *o, const char *k) { return json_string_value(json_object_get(o, k)); }
+static const char *str(json_t *o, const char *k) {
+  return json_string_value(json_object_get(o, k));
+}
 
 /* Polls GET path until field equals want (or timeout_ms). */
 static bool wait_field(const char *path, const char *token, const char *field, const char *want,
@@ -86,13 +88,17 @@ static bool wait_field(const char *path, const char *token, const char *field, c
     call("GET", path, token, NULL, &o);
     const char *v = str(o, field);
     if (v && strcmp(v, want) == 0) {
-      if (last) *last = o;
-      else json_decref(o);
+      if (last)
+        *last = o;
+      else
+        json_decref(o);
       return true;
     }
     if (time_mono_ms() > end) {
-      if (last) *last = o;
-      else json_decref(o);
+      if (last)
+        *last = o;
+      else
+        json_decref(o);
       return false;
     }
     json_decref(o);
@@ -174,7 +180,8 @@ typedef struct {
   pthread_mutex_t lock;
 } device_t;
 
-static void dev_connect(struct mosquitto *m, void *obj, int rc, int f, const mosquitto_property *p) {
+static void dev_connect(struct mosquitto *m, void *obj, int rc, int f,
+                        const mosquitto_property *p) {
   device_t *d = obj;
   if (rc != 0) {
     atomic_store(&d->ready, -1);
@@ -290,7 +297,9 @@ static bool ops_mailed(void *arg) {
   return found;
 }
 
-static bool alarm_is(void *want) { return strcmp(alarm_state("dead-letters:bank-forwarder"), want) == 0; }
+static bool alarm_is(void *want) {
+  return strcmp(alarm_state("dead-letters:bank-forwarder"), want) == 0;
+}
 static bool bank_at_least(void *n) { return bank_notifications() >= *(int *)n; }
 
 static int run(void) {
@@ -307,8 +316,9 @@ static int run(void) {
   if (!done(call("GET", "/readyz", NULL, NULL, NULL) == 200, NULL)) return 1;
 
   step("1. admin imports supplier serial %s", serial);
-  long st = call("POST", "/v1/admin/devices/import", admin,
-                 json_pack("{s:[{s:s,s:s}]}", "devices", "serial", serial, "model", "demo-pos"), &o);
+  long st =
+      call("POST", "/v1/admin/devices/import", admin,
+           json_pack("{s:[{s:s,s:s}]}", "devices", "serial", serial, "model", "demo-pos"), &o);
   if (!done(st == 200 && json_integer_value(json_object_get(o, "imported")) == 1, "HTTP %ld", st))
     return 1;
   json_decref(o);
@@ -418,7 +428,8 @@ static int run(void) {
   bool mock = call("GET", "/mock/_control/requests?partner=bank", NULL, NULL, NULL) == 200;
   int before = mock ? bank_notifications() : 0;
   step("6. the device raises 3 events");
-  for (int i = 1; i <= 3; i++) publish_event(m, &dev, "payment.completed", i * 10);
+  for (int i = 1; i <= 3; i++)
+    publish_event(m, &dev, "payment.completed", i * 10);
   snprintf(path, sizeof(path), "/v1/devices/%s/events", did);
   end = time_mono_ms() + 5000;
   size_t nev = 0;
@@ -445,7 +456,8 @@ static int run(void) {
     snprintf(rq, sizeof(rq), "{\"request_id\":\"demo-1\",\"data\":{\"amount\":42}}");
     mosquitto_publish_v5(m, NULL, t, (int)strlen(rq), rq, 1, false, NULL);
     end = time_mono_ms() + 3500;
-    while (atomic_load(&dev.responses) < 1 && time_mono_ms() < end) usleep(10000);
+    while (atomic_load(&dev.responses) < 1 && time_mono_ms() < end)
+      usleep(10000);
     pthread_mutex_lock(&dev.lock);
     bool ok = atomic_load(&dev.responses) >= 1 && strstr(dev.last_response, "\"status\":\"ok\"");
     done(ok, "=%s", dev.last_response);
@@ -467,7 +479,8 @@ static int run(void) {
        NULL);
   publish_event(m, &dev, "payment.poisoned", 1);
   end = time_mono_ms() + 10000;
-  while (queue_dead("bank-forwarder") <= dead_before && time_mono_ms() < end) usleep(50000);
+  while (queue_dead("bank-forwarder") <= dead_before && time_mono_ms() < end)
+    usleep(50000);
   if (!done(queue_dead("bank-forwarder") > dead_before, NULL)) goto out;
 
   step("7. the alarm dead-letters:bank-forwarder is raised and ops are mailed");
@@ -507,8 +520,10 @@ int cli_demo_main(int argc, char **argv) {
       fprintf(stderr, "iotfin demo: %s needs a value (see --help)\n", argv[i]);
       return 2;
     }
-    if (strcmp(argv[i], "--url") == 0) url = argv[++i];
-    else if (strcmp(argv[i], "--admin-token") == 0) tok = argv[++i];
+    if (strcmp(argv[i], "--url") == 0)
+      url = argv[++i];
+    else if (strcmp(argv[i], "--admin-token") == 0)
+      tok = argv[++i];
     else {
       fprintf(stderr, "iotfin demo: unknown option %s (see --help)\n", argv[i]);
       return 2;

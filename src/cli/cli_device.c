@@ -26,7 +26,8 @@ static const char *usage =
     "  --mqtt URL             broker (default mqtt://127.0.0.1:1883)\n"
     "  --event TYPE[=JSON]    publish an event of TYPE with data JSON (repeatable)\n"
     "  --request NAME[=JSON]  send request NAME with data JSON and print the answer\n"
-    "                         (repeatable; e.g. --request ping, --request authorize={\"amount\":5})\n"
+    "                         (repeatable; e.g. --request ping, --request "
+    "authorize={\"amount\":5})\n"
     "  --duration SECONDS     exit after this long (default: run until SIGINT/SIGTERM;\n"
     "                         with events or requests only: exit once all are answered)\n"
     "  --keepalive SECONDS    MQTT keepalive (default 30)\n"
@@ -122,13 +123,20 @@ int cli_device_main(int argc, char **argv) {
       fprintf(stderr, "iotfin device: %s needs a value (see --help)\n", a);
       return 2;
     }
-    if (strcmp(a, "--id") == 0) id = v;
-    else if (strcmp(a, "--password") == 0) password = v;
-    else if (strcmp(a, "--mqtt") == 0) url = v;
-    else if (strcmp(a, "--event") == 0 && nevents < 64) events[nevents++] = v;
-    else if (strcmp(a, "--request") == 0 && nrequests < 64) requests[nrequests++] = v;
-    else if (strcmp(a, "--duration") == 0) duration = atof(v);
-    else if (strcmp(a, "--keepalive") == 0) keepalive = atoi(v);
+    if (strcmp(a, "--id") == 0)
+      id = v;
+    else if (strcmp(a, "--password") == 0)
+      password = v;
+    else if (strcmp(a, "--mqtt") == 0)
+      url = v;
+    else if (strcmp(a, "--event") == 0 && nevents < 64)
+      events[nevents++] = v;
+    else if (strcmp(a, "--request") == 0 && nrequests < 64)
+      requests[nrequests++] = v;
+    else if (strcmp(a, "--duration") == 0)
+      duration = atof(v);
+    else if (strcmp(a, "--keepalive") == 0)
+      keepalive = atoi(v);
     else {
       fprintf(stderr, "iotfin device: unknown option %s (see --help)\n", a);
       return 2;
@@ -163,12 +171,14 @@ int cli_device_main(int argc, char **argv) {
   }
   mosquitto_loop_start(m);
   int64_t t0 = time_mono_ms();
-  while (atomic_load(&d.connected) == 0 && time_mono_ms() - t0 < 5000) usleep(5000);
+  while (atomic_load(&d.connected) == 0 && time_mono_ms() - t0 < 5000)
+    usleep(5000);
   if (atomic_load(&d.connected) != 1) {
     status = 1;
     goto stop;
   }
-  while (atomic_load(&d.subscribed) < 2 && time_mono_ms() - t0 < 5000) usleep(5000);
+  while (atomic_load(&d.subscribed) < 2 && time_mono_ms() - t0 < 5000)
+    usleep(5000);
   for (int i = 0; i < nevents; i++) {
     char type[128], eid[IDS_UUID_LEN], topic[160], ts[32];
     json_t *data = split_arg(events[i], type, sizeof(type));
@@ -191,8 +201,7 @@ int cli_device_main(int argc, char **argv) {
     char name[128], rid[IDS_UUID_LEN], topic[200];
     json_t *data = split_arg(requests[i], name, sizeof(name));
     if (!data) {
-      fprintf(stderr, "iotfin device: --request %s: the data must be a JSON object\n",
-              requests[i]);
+      fprintf(stderr, "iotfin device: --request %s: the data must be a JSON object\n", requests[i]);
       continue;
     }
     ids_uuid7(rid);

@@ -22,8 +22,7 @@ static size_t collect(char *p, size_t size, size_t n, void *arg) {
   return size * n;
 }
 
-long cli_http(const char *method, const char *url, const char *token, json_t *body,
-              json_t **out) {
+long cli_http(const char *method, const char *url, const char *token, json_t *body, json_t **out) {
   if (out) *out = NULL;
   CURL *c = curl_easy_init();
   if (!c) return 0;

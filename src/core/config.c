@@ -76,8 +76,7 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
   v = get("IOTFIN_DATA_DIR");
   if (!v) v = "./iotfin-data";
   if (!*v) return fail(err, errlen, "IOTFIN_DATA_DIR", "must not be empty");
-  if (copy_str(cfg->data_dir, sizeof(cfg->data_dir), v, "IOTFIN_DATA_DIR", err, errlen))
-    return -1;
+  if (copy_str(cfg->data_dir, sizeof(cfg->data_dir), v, "IOTFIN_DATA_DIR", err, errlen)) return -1;
 
   v = get("IOTFIN_DB");
   if (v) {
@@ -115,8 +114,7 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
   v = get("IOTFIN_ADMIN_TOKEN");
   if (v) {
     if (strlen(v) < 16) return fail(err, errlen, "IOTFIN_ADMIN_TOKEN", "at least 16 characters");
-    if (copy_str(cfg->admin_token, sizeof(cfg->admin_token), v, "IOTFIN_ADMIN_TOKEN", err,
-                 errlen))
+    if (copy_str(cfg->admin_token, sizeof(cfg->admin_token), v, "IOTFIN_ADMIN_TOKEN", err, errlen))
       return -1;
   }
 
@@ -150,8 +148,7 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
 
   v = get("IOTFIN_MOCK_DIR");
   if (!v) v = "./mocks";
-  if (copy_str(cfg->mock_dir, sizeof(cfg->mock_dir), v, "IOTFIN_MOCK_DIR", err, errlen))
-    return -1;
+  if (copy_str(cfg->mock_dir, sizeof(cfg->mock_dir), v, "IOTFIN_MOCK_DIR", err, errlen)) return -1;
 
   for (int i = 0; i < CONFIG_PARTNER_COUNT; i++) {
     char name[64];

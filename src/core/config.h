@@ -14,7 +14,7 @@
 typedef enum { PARTNER_KYC, PARTNER_IDENTITY, PARTNER_SUPPLIER, PARTNER_BANK } partner_id_t;
 
 typedef struct {
-  char url[512];   /* empty: the mock (when on) */
+  char url[512]; /* empty: the mock (when on) */
   char secret[256];
   char proxy[512]; /* empty: no proxy */
   long timeout_ms;
@@ -28,7 +28,7 @@ typedef struct {
   bool broker_managed;
   char broker_url[512]; /* when not managed: mqtt://[user:pass@]host:port */
   char mqtt_host[256];
-  int mqtt_port; /* 0: pick a free port */
+  int mqtt_port;         /* 0: pick a free port */
   char admin_token[256]; /* empty: generated into <data_dir>/admin-token */
   char smtp_url[512];    /* empty: write .eml files */
   char mail_from[256];

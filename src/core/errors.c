@@ -6,10 +6,9 @@ typedef struct {
   const char *code, *title;
 } err_info_t;
 
-static const err_info_t infos[ERR__COUNT] = {
-    [ERR_NONE] = {200, "ok", "OK"},
+static const err_info_t infos[ERR__COUNT] = {[ERR_NONE] = {200, "ok", "OK"},
 #define ERRORS_INFO(name, st, cd, tt) [ERR_##name] = {st, cd, tt},
-    ERRORS_TABLE(ERRORS_INFO)
+                                             ERRORS_TABLE(ERRORS_INFO)
 #undef ERRORS_INFO
 };
 

@@ -32,7 +32,8 @@ void ids_uuid7(char out[IDS_UUID_LEN]) {
   }
   uint32_t s = seq;
   pthread_mutex_unlock(&ids_lock);
-  for (int i = 0; i < 6; i++) b[i] = (uint8_t)(ms >> (40 - 8 * i));
+  for (int i = 0; i < 6; i++)
+    b[i] = (uint8_t)(ms >> (40 - 8 * i));
   b[6] = (uint8_t)(0x70 | ((s >> 8) & 0x0f));
   b[7] = (uint8_t)(s & 0xff);
   b[8] = (uint8_t)(0x80 | (b[8] & 0x3f));

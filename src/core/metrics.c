@@ -41,9 +41,11 @@ static int ncollectors;
 
 static unsigned hash(const char *a, const char *b) {
   unsigned h = 2166136261u;
-  for (; *a; a++) h = (h ^ (unsigned char)*a) * 16777619u;
+  for (; *a; a++)
+    h = (h ^ (unsigned char)*a) * 16777619u;
   h = (h ^ '{') * 16777619u;
-  for (; *b; b++) h = (h ^ (unsigned char)*b) * 16777619u;
+  for (; *b; b++)
+    h = (h ^ (unsigned char)*b) * 16777619u;
   return h;
 }
 
@@ -155,7 +157,8 @@ char *metrics_render(void) {
   typeof(collectors[0]) cs[MAX_COLLECTORS];
   memcpy(cs, collectors, sizeof(cs));
   pthread_mutex_unlock(&lock);
-  for (int i = 0; i < nc; i++) cs[i].fn(cs[i].arg); /* outside the lock: they set gauges */
+  for (int i = 0; i < nc; i++)
+    cs[i].fn(cs[i].arg); /* outside the lock: they set gauges */
 
   sbuf_t b = {malloc(4096), 0, 4096};
   if (!b.buf) return NULL;

@@ -17,7 +17,8 @@ int64_t time_mono_ms(void) {
 }
 
 static void digits(char *p, int v, int n) {
-  for (int i = n - 1; i >= 0; i--, v /= 10) p[i] = (char)('0' + v % 10);
+  for (int i = n - 1; i >= 0; i--, v /= 10)
+    p[i] = (char)('0' + v % 10);
 }
 
 char *time_format_rfc3339(int64_t ms, char *buf, size_t cap) {

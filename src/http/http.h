@@ -32,11 +32,11 @@ typedef struct http_field {
   const char *name;
   http_type_t type;
   bool required;
-  long min, max;             /* string length, integer value or array size; 0,0 = unbounded */
-  const char *pattern;       /* documented regex; checked by check below */
+  long min, max;       /* string length, integer value or array size; 0,0 = unbounded */
+  const char *pattern; /* documented regex; checked by check below */
   bool (*check)(const char *value); /* extra check for strings; NULL = none */
-  const char *enum_values;   /* "a|b|c" for strings; NULL = any */
-  const struct http_field *items; /* for arrays of objects: the item fields */
+  const char *enum_values;          /* "a|b|c" for strings; NULL = any */
+  const struct http_field *items;   /* for arrays of objects: the item fields */
   const char *description;
 } http_field_t;
 
@@ -57,7 +57,7 @@ typedef struct {
   int success_status;
   const char *summary;
   const char *tag;
-  bool idempotent_key; /* honours Idempotency-Key */
+  bool idempotent_key;    /* honours Idempotency-Key */
   bool auth_rate_limited; /* IOTFIN_AUTH_RATE per client address */
   /* Runs before the body is parsed, on the raw body (webhook signatures); replies
    * and returns < 0 to stop the request. NULL: none. */

@@ -82,9 +82,8 @@ static json_t *problem_schema(void) {
       "s:{s:s}}}}}}",
       "type", "object", "required", "type", "title", "status", "detail", "code", "properties",
       "type", "type", "string", "title", "type", "string", "status", "type", "integer", "detail",
-      "type", "string", "code", "type", "string", "enum", codes, "errors", "type", "array",
-      "items", "type", "object", "properties", "field", "type", "string", "message", "type",
-      "string");
+      "type", "string", "code", "type", "string", "enum", codes, "errors", "type", "array", "items",
+      "type", "object", "properties", "field", "type", "string", "message", "type", "string");
 }
 
 json_t *http_openapi_paths(const http_route_t *routes, int n) {
@@ -118,7 +117,7 @@ json_t *http_openapi_paths(const http_route_t *routes, int n) {
     }
     char method[16], opid[160];
     size_t k;
-    for (k = 0; rt->method[k] && k < sizeof(method) - 1; k++)
+    for (k = 0; k < sizeof(method) - 1 && rt->method[k]; k++)
       method[k] = (char)tolower((unsigned char)rt->method[k]);
     method[k] = 0;
     snprintf(opid, sizeof(opid), "%s", method);
@@ -127,31 +126,31 @@ json_t *http_openapi_paths(const http_route_t *routes, int n) {
       opid[ol++] = isalnum((unsigned char)*p) ? *p : '_';
     opid[ol] = 0;
 
-    json_t *op = json_pack("{s:s,s:s,s:[s]}", "operationId", opid, "summary", rt->summary,
-                           "tags", rt->tag);
+    json_t *op =
+        json_pack("{s:s,s:s,s:[s]}", "operationId", opid, "summary", rt->summary, "tags", rt->tag);
     json_t *params = json_array();
     for (const char *p = strchr(rt->path, '{'); p; p = strchr(p + 1, '{')) {
       const char *e = strchr(p, '}');
       if (!e) break;
-      json_array_append_new(params, json_pack("{s:s%,s:s,s:b,s:{s:s}}", "name", p + 1,
-                                              (size_t)(e - p - 1), "in", "path", "required", 1,
-                                              "schema", "type", "string"));
+      json_array_append_new(params,
+                            json_pack("{s:s%,s:s,s:b,s:{s:s}}", "name", p + 1, (size_t)(e - p - 1),
+                                      "in", "path", "required", 1, "schema", "type", "string"));
     }
     if (rt->idempotent_key)
-      json_array_append_new(params, json_pack("{s:s,s:s,s:b,s:{s:s},s:s}", "name",
-                                              "Idempotency-Key", "in", "header", "required", 0,
-                                              "schema", "type", "string", "description",
-                                              "Replays the first answer for 24 h."));
+      json_array_append_new(params,
+                            json_pack("{s:s,s:s,s:b,s:{s:s},s:s}", "name", "Idempotency-Key", "in",
+                                      "header", "required", 0, "schema", "type", "string",
+                                      "description", "Replays the first answer for 24 h."));
     if (json_array_size(params))
       json_object_set_new(op, "parameters", params);
     else
       json_decref(params);
     if (rt->auth) {
       json_t *sec = json_array();
-      json_array_append_new(sec, json_pack("{s:[]}", (rt->auth & HTTP_AUTH_ADMIN) &&
-                                                             rt->auth == HTTP_AUTH_ADMIN
-                                                         ? "adminToken"
-                                                         : "bearer"));
+      json_array_append_new(
+          sec, json_pack("{s:[]}", (rt->auth & HTTP_AUTH_ADMIN) && rt->auth == HTTP_AUTH_ADMIN
+                                       ? "adminToken"
+                                       : "bearer"));
       json_object_set_new(op, "security", sec);
       json_t *tiers = json_array();
       const char *names[] = {"anonymous", "registration", "user", "device", "admin"};
@@ -163,18 +162,18 @@ json_t *http_openapi_paths(const http_route_t *routes, int n) {
       json_t *content = json_pack("{s:{s:o}}", "application/json", "schema",
                                   object_schema(rt->body->fields, rt->body->open));
       if (rt->body->allow_csv)
-        json_object_set_new(content, "text/csv", json_pack("{s:{s:s}}", "schema", "type", "string"));
-      json_object_set_new(op, "requestBody", json_pack("{s:b,s:o}", "required", 1, "content",
-                                                       content));
+        json_object_set_new(content, "text/csv",
+                            json_pack("{s:{s:s}}", "schema", "type", "string"));
+      json_object_set_new(op, "requestBody",
+                          json_pack("{s:b,s:o}", "required", 1, "content", content));
     }
     char st[8];
     snprintf(st, sizeof(st), "%d", rt->success_status);
-    json_object_set_new(
-        op, "responses",
-        json_pack("{s:{s:s},s:{s:s,s:{s:{s:{s:s}}}}}", st, "description", "Success", "default",
-                  "description", "Error (RFC 9457 problem)", "content",
-                  "application/problem+json", "schema", "$ref",
-                  "#/components/schemas/Problem"));
+    json_object_set_new(op, "responses",
+                        json_pack("{s:{s:s},s:{s:s,s:{s:{s:{s:s}}}}}", st, "description", "Success",
+                                  "default", "description", "Error (RFC 9457 problem)", "content",
+                                  "application/problem+json", "schema", "$ref",
+                                  "#/components/schemas/Problem"));
     json_object_set_new(item, method, op);
   }
   return paths;
@@ -185,8 +184,8 @@ json_t *http_openapi(const http_route_t *routes, int n) {
   return json_pack(
       "{s:s,s:{s:s,s:s,s:s},s:o,s:{s:{s:o},s:{s:{s:s,s:s,s:s},s:{s:s,s:s,s:s}}}}", "openapi",
       "3.1.0", "info", "title", "iotfin", "version", IOTFIN_VERSION, "description",
-      "Event-driven backend for financial IoT devices. Generated from the route table.",
-      "paths", paths, "components", "schemas", "Problem", problem_schema(), "securitySchemes",
-      "bearer", "type", "http", "scheme", "bearer", "bearerFormat", "JWT", "adminToken", "type",
-      "http", "scheme", "bearer", "description", "The admin token of the instance.");
+      "Event-driven backend for financial IoT devices. Generated from the route table.", "paths",
+      paths, "components", "schemas", "Problem", problem_schema(), "securitySchemes", "bearer",
+      "type", "http", "scheme", "bearer", "bearerFormat", "JWT", "adminToken", "type", "http",
+      "scheme", "bearer", "description", "The admin token of the instance.");
 }

@@ -12,7 +12,7 @@ typedef struct {
   int nparams;
   char names[HTTP_MAX_PARAMS][32];
   char values[HTTP_MAX_PARAMS][HTTP_PARAM_MAX];
-  char allow[128]; /* on 405: the methods the path does allow, "GET, POST" */
+  char allow[128];     /* on 405: the methods the path does allow, "GET, POST" */
   const char *pattern; /* on 405: the first route pattern that matched the path */
 } http_match_t;
 

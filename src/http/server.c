@@ -60,7 +60,7 @@ struct http_req {
   char *hnames[MAX_REPLY_HEADERS], *hvalues[MAX_REPLY_HEADERS];
   const char *route_label; /* the path pattern of a 405, for metrics */
   bool streaming;          /* a stream: no longer counted in in_flight */
-  bool capture;   /* keep a copy of the reply for the idempotency record */
+  bool capture;            /* keep a copy of the reply for the idempotency record */
   char *captured;
 };
 
@@ -70,7 +70,9 @@ static int64_t now_us(void) {
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-struct app *http_req_app(const http_req_t *r) { return r->srv->app; }
+struct app *http_req_app(const http_req_t *r) {
+  return r->srv->app;
+}
 const char *http_req_method(const http_req_t *r) { return r->method; }
 const char *http_req_path(const http_req_t *r) { return r->path; }
 const char *http_req_id(const http_req_t *r) { return r->request_id; }
@@ -130,9 +132,9 @@ int http_req_page(http_req_t *r, int *limit, const char **cursor) {
   char *end;
   long n = strtol(l, &end, 10);
   if (!*l || *end || n < 1) {
-    http_reply_problem(r, ERR_VALIDATION_FAILED, "limit must be a positive integer",
-                       json_pack("[{s:s,s:s}]", "field", "limit", "message",
-                                 "must be a positive integer"));
+    http_reply_problem(
+        r, ERR_VALIDATION_FAILED, "limit must be a positive integer",
+        json_pack("[{s:s,s:s}]", "field", "limit", "message", "must be a positive integer"));
     return -1;
   }
   *limit = n > 200 ? 200 : (int)n;
@@ -160,7 +162,8 @@ static int send_buffer(http_req_t *r, int status, const char *ctype, char *buf, 
   }
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
   MHD_add_response_header(resp, "X-Request-Id", r->request_id);
-  for (int i = 0; i < r->nheaders; i++) MHD_add_response_header(resp, r->hnames[i], r->hvalues[i]);
+  for (int i = 0; i < r->nheaders; i++)
+    MHD_add_response_header(resp, r->hnames[i], r->hvalues[i]);
   MHD_queue_response(r->conn, (unsigned)status, resp);
   MHD_destroy_response(resp);
   r->status = status;
@@ -200,7 +203,8 @@ int http_reply_stream(http_req_t *r, const char *ctype, http_stream_fn fn,
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
   MHD_add_response_header(resp, "X-Request-Id", r->request_id);
-  for (int i = 0; i < r->nheaders; i++) MHD_add_response_header(resp, r->hnames[i], r->hvalues[i]);
+  for (int i = 0; i < r->nheaders; i++)
+    MHD_add_response_header(resp, r->hnames[i], r->hvalues[i]);
   MHD_queue_response(r->conn, 200, resp);
   MHD_destroy_response(resp);
   r->status = 200;
@@ -258,8 +262,7 @@ static int authenticate(http_req_t *r) {
       /* A valid user token on an admin route is the wrong principal, not a bad one. */
       auth_claims_t c;
       if (auth_token_verify(app->keys, tok, time_now_ms() / 1000, &c) == 0)
-        return http_reply_problem(r, ERR_FORBIDDEN, "this route needs the admin token", NULL),
-               -1;
+        return http_reply_problem(r, ERR_FORBIDDEN, "this route needs the admin token", NULL), -1;
       return http_reply_problem(r, ERR_UNAUTHENTICATED, "invalid admin token", NULL), -1;
     }
   }
@@ -379,8 +382,7 @@ static void dispatch(http_req_t *r) {
                          JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!r->json) {
       char detail[200];
-      snprintf(detail, sizeof(detail), "line %d, column %d: %s", jerr.line, jerr.column,
-               jerr.text);
+      snprintf(detail, sizeof(detail), "line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
       http_reply_problem(r, ERR_INVALID_JSON, detail, NULL);
       return;
     }
@@ -438,8 +440,7 @@ static http_req_t *req_new(http_server_t *srv, struct MHD_Connection *conn, cons
   if (ci && ci->client_addr) {
     const struct sockaddr *sa = ci->client_addr;
     if (sa->sa_family == AF_INET)
-      inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, r->client,
-                sizeof(r->client));
+      inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, r->client, sizeof(r->client));
     else if (sa->sa_family == AF_INET6)
       inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, r->client,
                 sizeof(r->client));
@@ -449,8 +450,8 @@ static http_req_t *req_new(http_server_t *srv, struct MHD_Connection *conn, cons
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **con_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls) {
   http_server_t *srv = cls;
   http_req_t *r = *con_cls;
   if (!r) {
@@ -476,8 +477,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       return MHD_YES;
     }
     r->route = &srv->routes[idx];
-    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl && strtoll(cl, NULL, 10) > HTTP_MAX_BODY) {
       http_reply_problem(r, ERR_PAYLOAD_TOO_LARGE, "the body is larger than 64 KiB", NULL);
       return MHD_YES;
@@ -575,8 +576,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 int http_server_start(app_t *app, const http_route_t *routes, int n, const char *host, int port,
                       http_server_t **out) {
   *out = NULL;
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                           .ai_flags = AI_NUMERICSERV};
+  struct addrinfo hints = {
+      .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
   struct addrinfo *ai = NULL;
   char portstr[16];
   snprintf(portstr, sizeof(portstr), "%d", port);
@@ -593,11 +594,11 @@ int http_server_start(app_t *app, const http_route_t *routes, int n, const char 
                    "HTTP request latency by route.");
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
   if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-  srv->daemon = MHD_start_daemon(
-      flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_CONNECTION_LIMIT, (unsigned)10000,
-      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-      srv, MHD_OPTION_END);
+  srv->daemon =
+      MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_CONNECTION_LIMIT,
+                       (unsigned)10000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!srv->daemon) {
     log_error("http", "cannot listen on %s:%d (address in use or not local?)", host, port);
@@ -618,7 +619,8 @@ void http_server_stop(http_server_t **psrv, int timeout_ms) {
   MHD_socket s = MHD_quiesce_daemon(srv->daemon);
   if (s != MHD_INVALID_SOCKET) close(s);
   int64_t deadline = time_mono_ms() + timeout_ms;
-  while (atomic_load(&srv->in_flight) > 0 && time_mono_ms() < deadline) usleep(10000);
+  while (atomic_load(&srv->in_flight) > 0 && time_mono_ms() < deadline)
+    usleep(10000);
   MHD_stop_daemon(srv->daemon);
   free(srv);
   *psrv = NULL;

@@ -124,9 +124,9 @@ json_t *http_validate(const http_body_t *spec, json_t *body) {
 json_t *http_problem_new(int err, const char *detail, json_t *errors, const char *instance) {
   char type[128];
   snprintf(type, sizeof(type), "https://iotfin.dev/problems/%s", errors_code(err));
-  json_t *p = json_pack("{s:s,s:s,s:i,s:s,s:s}", "type", type, "title", errors_title(err),
-                        "status", errors_status(err), "detail",
-                        detail ? detail : errors_title(err), "code", errors_code(err));
+  json_t *p = json_pack("{s:s,s:s,s:i,s:s,s:s}", "type", type, "title", errors_title(err), "status",
+                        errors_status(err), "detail", detail ? detail : errors_title(err), "code",
+                        errors_code(err));
   if (instance) json_object_set_new(p, "instance", json_string(instance));
   if (errors) json_object_set_new(p, "errors", errors);
   return p;

@@ -227,8 +227,8 @@ static void *supervise(void *arg) {
       log_error("broker", "managed broker (pid %d) was killed by signal %d; devices are cut off",
                 pid, WTERMSIG(status));
     else
-      log_error("broker", "managed broker (pid %d) exited with status %d; devices are cut off",
-                pid, WEXITSTATUS(status));
+      log_error("broker", "managed broker (pid %d) exited with status %d; devices are cut off", pid,
+                WEXITSTATUS(status));
   }
   return NULL;
 }
@@ -302,7 +302,8 @@ void hub_broker_stop(hub_broker_t **pb) {
   if (pid > 0) {
     kill(pid, SIGTERM);
     int64_t deadline = time_mono_ms() + 3000;
-    while (atomic_load(&b->pid) > 0 && time_mono_ms() < deadline) usleep(5000);
+    while (atomic_load(&b->pid) > 0 && time_mono_ms() < deadline)
+      usleep(5000);
     if (atomic_load(&b->pid) > 0) kill(pid, SIGKILL);
   }
   pthread_join(b->supervisor, NULL);

@@ -66,7 +66,8 @@ struct hub {
 
 static unsigned hash(const char *s) {
   unsigned h = 2166136261u;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 16777619u;
   return h;
 }
 
@@ -222,10 +223,10 @@ typedef struct {
 
 static int reject_tx(store_tx_t *tx, void *arg) {
   rej_t *r = arg;
-  return events_record(tx, "device.message.rejected", r->subject,
-                       json_pack("{s:s,s:s,s:s}", "device_id", r->device, "topic", r->topic,
-                                 "reason", r->reason),
-                       NULL);
+  return events_record(
+      tx, "device.message.rejected", r->subject,
+      json_pack("{s:s,s:s,s:s}", "device_id", r->device, "topic", r->topic, "reason", r->reason),
+      NULL);
 }
 
 static void record_rejection(hub_t *hub, const char *device, const char *topic,
@@ -275,7 +276,8 @@ static void handle_ack(hub_t *hub, work_t *w) {
   count("iotfin_mqtt_messages_in_total", "kind=\"ack\"");
   int rc = devices_command_ack(hub->app, w->device, w->arg, status,
                                json_is_object(result) ? result : NULL);
-  if (rc == -ERR_NOT_FOUND) record_rejection(hub, w->device, w->topic, "unknown command");
+  if (rc == -ERR_NOT_FOUND)
+    record_rejection(hub, w->device, w->topic, "unknown command");
   else if (rc == -ERR_CONFLICT)
     log_info("hub", "late ack for command %s of %s ignored (already final)", w->arg, w->device);
   json_decref(a);
@@ -308,13 +310,26 @@ static void *lane_main(void *arg) {
   while ((w = pop(hub, l)) || !atomic_load(&hub->stopping)) {
     if (!w) continue;
     switch (w->kind) {
-    case W_EVENT: handle_event(hub, w); break;
-    case W_ACK: handle_ack(hub, w); break;
-    case W_PRESENCE: handle_presence(hub, w); break;
-    case W_FLUSH: flush_commands(hub, w->device); break;
-    case W_DELIVERED: handle_delivered(hub, w); break;
-    case W_REJECT: record_rejection(hub, w->device, w->topic, w->arg); break;
-    case W_REQUEST: break;
+    case W_EVENT:
+      handle_event(hub, w);
+      break;
+    case W_ACK:
+      handle_ack(hub, w);
+      break;
+    case W_PRESENCE:
+      handle_presence(hub, w);
+      break;
+    case W_FLUSH:
+      flush_commands(hub, w->device);
+      break;
+    case W_DELIVERED:
+      handle_delivered(hub, w);
+      break;
+    case W_REJECT:
+      record_rejection(hub, w->device, w->topic, w->arg);
+      break;
+    case W_REQUEST:
+      break;
     }
     work_free(w);
   }
@@ -470,16 +485,17 @@ static void send_control(hub_t *hub, const char *what, json_t *body) {
 
 static void on_connect(void *arg) {
   hub_t *hub = arg;
-  static const char *subs[] = {"$share/iotfin/devices/+/events",
-                               "$share/iotfin/devices/+/commands/+/ack",
-                               "$share/iotfin/devices/+/requests/+",
-                               "$share/iotfin/iotfin/presence/+"};
-  for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) hub_mqtt_subscribe(hub->mqtt, subs[i], 1);
+  static const char *subs[] = {
+      "$share/iotfin/devices/+/events", "$share/iotfin/devices/+/commands/+/ack",
+      "$share/iotfin/devices/+/requests/+", "$share/iotfin/iotfin/presence/+"};
+  for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
+    hub_mqtt_subscribe(hub->mqtt, subs[i], 1);
   hub_keys_changed(hub);
   json_t *rev = NULL;
   if (devices_revoked_sessions(hub->app, &rev) == 0)
-    send_control(hub, "reset", json_pack("{s:O,s:O}", "sessions", json_object_get(rev, "session_ids"),
-                                         "devices", json_object_get(rev, "device_ids")));
+    send_control(hub, "reset",
+                 json_pack("{s:O,s:O}", "sessions", json_object_get(rev, "session_ids"), "devices",
+                           json_object_get(rev, "device_ids")));
   json_decref(rev);
   /* Whatever was in transit to a broker we lost is sent again by the next flush. */
   pthread_mutex_lock(&hub->lock);
@@ -556,8 +572,10 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
   if (!hub) return -ERR_INTERNAL;
   hub->app = app;
   pthread_mutex_init(&hub->lock, NULL);
-  metrics_describe("iotfin_mqtt_messages_in_total", "counter", "Device messages taken in, by kind.");
-  metrics_describe("iotfin_mqtt_messages_out_total", "counter", "Messages sent to devices, by kind.");
+  metrics_describe("iotfin_mqtt_messages_in_total", "counter",
+                   "Device messages taken in, by kind.");
+  metrics_describe("iotfin_mqtt_messages_out_total", "counter",
+                   "Messages sent to devices, by kind.");
   metrics_describe("iotfin_mqtt_messages_rejected_total", "counter",
                    "Malformed device messages dropped, by reason.");
   metrics_describe("iotfin_devices_online", "gauge", "Devices connected right now.");
@@ -606,9 +624,11 @@ void hub_stop(hub_t **phub) {
   pthread_mutex_lock(&hub->requests.lock);
   pthread_cond_broadcast(&hub->requests.cond);
   pthread_mutex_unlock(&hub->requests.lock);
-  for (int i = 0; i < NREQUEST_THREADS; i++) pthread_join(hub->request_threads[i], NULL);
+  for (int i = 0; i < NREQUEST_THREADS; i++)
+    pthread_join(hub->request_threads[i], NULL);
   pthread_join(hub->timer, NULL);
-  for (int i = 0; i < LISTENING_SLOTS; i++) free(hub->listening[i]);
+  for (int i = 0; i < LISTENING_SLOTS; i++)
+    free(hub->listening[i]);
   free(hub);
   *phub = NULL;
 }

@@ -94,8 +94,7 @@ int hub_mqtt_start(const char *host, int port, const char *username, const char 
   if (username) mosquitto_username_pw_set(m->mosq, username, password);
   int rc = mosquitto_connect_bind_v5(m->mosq, host, port, 30, NULL, NULL);
   if (rc != MOSQ_ERR_SUCCESS) {
-    log_error("hub", "cannot connect to MQTT broker %s:%d: %s", host, port,
-              mosquitto_strerror(rc));
+    log_error("hub", "cannot connect to MQTT broker %s:%d: %s", host, port, mosquitto_strerror(rc));
     mosquitto_destroy(m->mosq);
     free(m);
     return -ERR_UNAVAILABLE;
@@ -104,7 +103,8 @@ int hub_mqtt_start(const char *host, int port, const char *username, const char 
   *out = m;
   mosquitto_loop_start(m->mosq);
   int64_t deadline = time_mono_ms() + wait_ms;
-  while (!atomic_load(&m->connected) && time_mono_ms() < deadline) usleep(2000);
+  while (!atomic_load(&m->connected) && time_mono_ms() < deadline)
+    usleep(2000);
   if (!atomic_load(&m->connected)) {
     log_error("hub", "MQTT broker %s:%d did not accept iotfin within %d ms", host, port, wait_ms);
     hub_mqtt_stop(out);

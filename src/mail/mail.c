@@ -115,8 +115,7 @@ static char *compose(const config_t *cfg, const char *to, const char *subject, c
   strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
   size_t cap = strlen(body) + 1024;
   char *msg = malloc(cap);
-  if (!msg)
-    return NULL;
+  if (!msg) return NULL;
   snprintf(msg, cap,
            "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s@iotfin>\r\n"
            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"

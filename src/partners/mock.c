@@ -81,8 +81,7 @@ static json_t *lookup(const char *expr, json_t *request, json_t *response) {
 static json_t *fill_string(const char *s, json_t *request, json_t *response) {
   size_t n = strlen(s);
   /* A string that is one placeholder takes the value itself, numbers included. */
-  if (n > 4 && strncmp(s, "{{", 2) == 0 && strcmp(s + n - 2, "}}") == 0 &&
-      !strstr(s + 2, "{{")) {
+  if (n > 4 && strncmp(s, "{{", 2) == 0 && strcmp(s + n - 2, "}}") == 0 && !strstr(s + 2, "{{")) {
     char expr[256];
     snprintf(expr, sizeof(expr), "%.*s", (int)(n - 4), s + 2);
     if (strcmp(expr, "uuid") == 0) {
@@ -160,7 +159,8 @@ static json_t *find_in(const char *dir, char **segs, int i, int n, const char *m
   if (i == n) {
     char up[16];
     size_t k;
-    for (k = 0; method[k] && k < sizeof(up) - 1; k++) up[k] = (char)toupper((unsigned char)method[k]);
+    for (k = 0; k < sizeof(up) - 1 && method[k]; k++)
+      up[k] = (char)toupper((unsigned char)method[k]);
     up[k] = 0;
     snprintf(path, sizeof(path), "%s/%s.json", dir, up);
     if (access(path, R_OK) != 0) return NULL;
@@ -212,7 +212,8 @@ json_t *partner_mock_openapi_example(json_t *openapi, const char *path, const ch
   json_t *item;
   char m[16];
   size_t k;
-  for (k = 0; method[k] && k < sizeof(m) - 1; k++) m[k] = (char)tolower((unsigned char)method[k]);
+  for (k = 0; k < sizeof(m) - 1 && method[k]; k++)
+    m[k] = (char)tolower((unsigned char)method[k]);
   m[k] = 0;
   json_object_foreach(paths, tpl, item) {
     if (!template_matches(tpl, path)) continue;
@@ -254,9 +255,9 @@ static json_t *take_override(partner_mock_t *mk, const char *partner, const char
   override_t **pp = &mk->overrides;
   for (override_t *o = *pp; o; pp = &o->next, o = o->next) {
     if (!override_matches(o, partner, method, path)) continue;
-    json_t *ans = json_pack("{s:i,s:O?,s:O?,s:I,s:O?}", "status", o->status, "headers",
-                            o->headers, "body", o->body, "delay_ms", (json_int_t)o->delay_ms,
-                            "callback", o->callback);
+    json_t *ans =
+        json_pack("{s:i,s:O?,s:O?,s:I,s:O?}", "status", o->status, "headers", o->headers, "body",
+                  o->body, "delay_ms", (json_int_t)o->delay_ms, "callback", o->callback);
     if (o->times > 0 && --o->times == 0) {
       *pp = o->next;
       json_decref(o->headers);
@@ -280,7 +281,8 @@ static void schedule(partner_mock_t *mk, const char *partner, const char *path, 
   c->body = json_dumps(body, JSON_COMPACT);
   pthread_mutex_lock(&mk->lock);
   callback_t **pp = &mk->callbacks;
-  while (*pp && (*pp)->due_ms <= c->due_ms) pp = &(*pp)->next;
+  while (*pp && (*pp)->due_ms <= c->due_ms)
+    pp = &(*pp)->next;
   c->next = *pp;
   *pp = c;
   pthread_cond_signal(&mk->cond);
@@ -400,8 +402,7 @@ void partner_mock_stop(partner_mock_t **pmk) {
 bool api_mock_enabled(const app_t *app) { return app->cfg->mock && the_mock != NULL; }
 
 static int mock_off(http_req_t *req) {
-  return http_reply_problem(req, ERR_NOT_FOUND, "the partner mock is off (IOTFIN_MOCK=off)",
-                            NULL);
+  return http_reply_problem(req, ERR_NOT_FOUND, "the partner mock is off (IOTFIN_MOCK=off)", NULL);
 }
 
 int api_mock_any(http_req_t *req) {
@@ -473,18 +474,29 @@ int api_mock_any(http_req_t *req) {
 }
 
 static const http_field_t override_fields[] = {
-    {.name = "partner", .type = HTTP_T_STRING, .required = true,
+    {.name = "partner",
+     .type = HTTP_T_STRING,
+     .required = true,
      .enum_values = "kyc|identity|supplier|bank"},
-    {.name = "method", .type = HTTP_T_STRING, .required = true,
+    {.name = "method",
+     .type = HTTP_T_STRING,
+     .required = true,
      .enum_values = "GET|POST|PUT|PATCH|DELETE"},
-    {.name = "path", .type = HTTP_T_STRING, .required = true, .min = 1, .max = 500,
+    {.name = "path",
+     .type = HTTP_T_STRING,
+     .required = true,
+     .min = 1,
+     .max = 500,
      .description = "with a leading slash; {param} segments match any value"},
     {.name = "status", .type = HTTP_T_INT, .required = true, .min = 100, .max = 599},
     {.name = "headers", .type = HTTP_T_OBJECT},
     {.name = "body", .type = HTTP_T_OBJECT, .description = "JSON answer body"},
     {.name = "delay_ms", .type = HTTP_T_INT, .min = 0, .max = MAX_DELAY_MS},
     {.name = "callback", .type = HTTP_T_OBJECT, .description = "{delay_ms, path, body}"},
-    {.name = "times", .type = HTTP_T_INT, .min = 1, .max = 1000000,
+    {.name = "times",
+     .type = HTTP_T_INT,
+     .min = 1,
+     .max = 1000000,
      .description = "answer this many calls, then fall back; unlimited when left out"},
     {0},
 };
@@ -496,9 +508,9 @@ int api_mock_put_response(http_req_t *req) {
   json_t *b = http_req_json(req);
   const char *path = json_string_value(json_object_get(b, "path"));
   if (path[0] != '/')
-    return http_reply_problem(req, ERR_VALIDATION_FAILED, "path needs a leading slash",
-                              json_pack("[{s:s,s:s}]", "field", "path", "message",
-                                        "must start with /"));
+    return http_reply_problem(
+        req, ERR_VALIDATION_FAILED, "path needs a leading slash",
+        json_pack("[{s:s,s:s}]", "field", "path", "message", "must start with /"));
   override_t *o = calloc(1, sizeof(*o));
   snprintf(o->partner, sizeof(o->partner), "%s", json_string_value(json_object_get(b, "partner")));
   snprintf(o->method, sizeof(o->method), "%s", json_string_value(json_object_get(b, "method")));
@@ -508,7 +520,8 @@ int api_mock_put_response(http_req_t *req) {
   o->body = json_incref(json_object_get(b, "body"));
   o->callback = json_incref(json_object_get(b, "callback"));
   o->delay_ms = (long)json_integer_value(json_object_get(b, "delay_ms"));
-  o->times = json_object_get(b, "times") ? (int)json_integer_value(json_object_get(b, "times")) : -1;
+  o->times =
+      json_object_get(b, "times") ? (int)json_integer_value(json_object_get(b, "times")) : -1;
   pthread_mutex_lock(&mk->lock);
   o->next = mk->overrides;
   mk->overrides = o;

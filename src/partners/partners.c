@@ -49,8 +49,7 @@ static void describe(void) {
 }
 
 int partner_call(const app_t *app, partner_id_t p, const char *method, const char *path,
-                 json_t *body, const char *content_type, long timeout_ms,
-                 partner_result_t *out) {
+                 json_t *body, const char *content_type, long timeout_ms, partner_result_t *out) {
   pthread_once(&describe_once, describe);
   memset(out, 0, sizeof(*out));
   const config_partner_t *cp = &app->cfg->partners[p];
@@ -59,8 +58,8 @@ int partner_call(const app_t *app, partner_id_t p, const char *method, const cha
   partner_base_url(app, p, base, sizeof(base));
   if (!base[0]) {
     out->verdict = PARTNER_TRANSIENT;
-    snprintf(out->error, sizeof(out->error), "%s: no URL configured (IOTFIN_PARTNER_%s_URL)",
-             pname, config_partner_env_name(p));
+    snprintf(out->error, sizeof(out->error), "%s: no URL configured (IOTFIN_PARTNER_%s_URL)", pname,
+             config_partner_env_name(p));
     return 0;
   }
   size_t bl = strlen(base);
@@ -104,8 +103,7 @@ int partner_call(const app_t *app, partner_id_t p, const char *method, const cha
     if (out->status >= 200 && out->status < 300) {
       out->verdict = PARTNER_OK;
     } else {
-      out->verdict =
-          out->status >= 400 && out->status < 500 ? PARTNER_REFUSED : PARTNER_TRANSIENT;
+      out->verdict = out->status >= 400 && out->status < 500 ? PARTNER_REFUSED : PARTNER_TRANSIENT;
       snprintf(out->error, sizeof(out->error), "%s %s %s answered %ld", pname, method, path,
                out->status);
     }
@@ -129,8 +127,7 @@ void partner_result_free(partner_result_t *r) {
   r->body = NULL;
 }
 
-static void hmac_hex(const char *secret, long long t, const char *body, size_t len,
-                     char hex[65]) {
+static void hmac_hex(const char *secret, long long t, const char *body, size_t len, char hex[65]) {
   crypto_auth_hmacsha256_state st;
   unsigned char mac[crypto_auth_hmacsha256_BYTES];
   char ts[32];
@@ -149,14 +146,15 @@ void partner_signature_make(const char *secret, const char *body, size_t len, lo
   snprintf(out, cap, "t=%lld,v1=%s", t, hex);
 }
 
-bool partner_signature_valid(const char *secret, const char *header, const char *body,
-                             size_t len, long long now_s) {
+bool partner_signature_valid(const char *secret, const char *header, const char *body, size_t len,
+                             long long now_s) {
   if (!secret || !secret[0] || !header) return false;
   long long t = -1;
   const char *v1 = NULL;
   size_t v1len = 0;
   for (const char *p = header; p && *p;) {
-    while (*p == ' ') p++;
+    while (*p == ' ')
+      p++;
     const char *comma = strchr(p, ',');
     size_t l = comma ? (size_t)(comma - p) : strlen(p);
     if (l > 2 && strncmp(p, "t=", 2) == 0) {

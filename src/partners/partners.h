@@ -11,9 +11,9 @@
 #include "core/config.h"
 
 typedef enum {
-  PARTNER_OK,        /* 2xx */
-  PARTNER_REFUSED,   /* 4xx: permanent, do not retry the same call */
-  PARTNER_TRANSIENT  /* 5xx, timeout, refused connection: try again later */
+  PARTNER_OK,       /* 2xx */
+  PARTNER_REFUSED,  /* 4xx: permanent, do not retry the same call */
+  PARTNER_TRANSIENT /* 5xx, timeout, refused connection: try again later */
 } partner_verdict_t;
 
 typedef struct {
@@ -27,8 +27,7 @@ typedef struct {
  * (borrowed, may be NULL) as content_type (NULL: application/json). timeout_ms <= 0
  * uses the partner's setting. Always fills *out; returns 0. Any thread. */
 int partner_call(const app_t *app, partner_id_t p, const char *method, const char *path,
-                 json_t *body, const char *content_type, long timeout_ms,
-                 partner_result_t *out);
+                 json_t *body, const char *content_type, long timeout_ms, partner_result_t *out);
 void partner_result_free(partner_result_t *r);
 
 /* The partner's base URL: its setting, else the built-in mock while it is on. */
@@ -36,8 +35,8 @@ void partner_base_url(const app_t *app, partner_id_t p, char *out, size_t cap);
 
 /* Checks `Iotfin-Signature: t=<unix>,v1=<hex>` over "<t>.<body>" with secret,
  * accepting |now - t| <= 300 s. Returns true when valid. */
-bool partner_signature_valid(const char *secret, const char *header, const char *body,
-                             size_t len, long long now_s);
+bool partner_signature_valid(const char *secret, const char *header, const char *body, size_t len,
+                             long long now_s);
 /* Writes the header value for body at time t into out (for the mock's callbacks). */
 void partner_signature_make(const char *secret, const char *body, size_t len, long long t,
                             char *out, size_t cap);

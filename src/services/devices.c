@@ -13,17 +13,17 @@
 #include "services/events.h"
 #include "services/sessions.h"
 
-#define DEVICE_COLUMNS                                                                         \
-  "id, serial, model, status, external_id, online, last_seen_at, created_at, activated_at, " \
+#define DEVICE_COLUMNS                                                                             \
+  "id, serial, model, status, external_id, online, last_seen_at, created_at, activated_at, "       \
   "owner_id"
 
 static json_t *device_json(const store_rows_t *r, int i) {
   return json_pack("{s:s,s:s,s:s?,s:s,s:s?,s:b,s:s?,s:s,s:s?}", "id", store_rows_text(r, i, 0),
-                   "serial", store_rows_text(r, i, 1), "model", store_rows_text(r, i, 2),
-                   "status", store_rows_text(r, i, 3), "external_id", store_rows_text(r, i, 4),
-                   "online", store_rows_int(r, i, 5) != 0, "last_seen_at",
-                   store_rows_text(r, i, 6), "created_at", store_rows_text(r, i, 7),
-                   "activated_at", store_rows_text(r, i, 8));
+                   "serial", store_rows_text(r, i, 1), "model", store_rows_text(r, i, 2), "status",
+                   store_rows_text(r, i, 3), "external_id", store_rows_text(r, i, 4), "online",
+                   store_rows_int(r, i, 5) != 0, "last_seen_at", store_rows_text(r, i, 6),
+                   "created_at", store_rows_text(r, i, 7), "activated_at",
+                   store_rows_text(r, i, 8));
 }
 
 static void now_ts(char ts[32]) { time_format_rfc3339(time_now_ms(), ts, 32); }
@@ -48,7 +48,8 @@ const char *devices_item_problem(json_t *it) {
     return "serial must be 4-64 characters of A-Z, a-z, 0-9 and -";
   if (model && !json_is_null(model) && (!json_is_string(model) || json_string_length(model) > 64))
     return "model must be a string of at most 64 characters";
-  if (json_object_size(it) > (size_t)(1 + (model ? 1 : 0))) return "only serial and model are allowed";
+  if (json_object_size(it) > (size_t)(1 + (model ? 1 : 0)))
+    return "only serial and model are allowed";
   return NULL;
 }
 
@@ -167,7 +168,8 @@ static int load_device(store_tx_t *tx, const char *where, const char *arg, json_
   int n = store_exec(tx, &rows, sql, "s", arg);
   if (n <= 0) return n < 0 ? n : -ERR_NOT_FOUND;
   *out = device_json(rows, 0);
-  if (owner) snprintf(owner, 80, "%s", store_rows_text(rows, 0, 9) ? store_rows_text(rows, 0, 9) : "");
+  if (owner)
+    snprintf(owner, 80, "%s", store_rows_text(rows, 0, 9) ? store_rows_text(rows, 0, 9) : "");
   store_rows_free(&rows);
   return 0;
 }
@@ -226,8 +228,7 @@ static int activate_tx(store_tx_t *tx, void *arg) {
   if (rc < 0) return rc;
   json_t *data = json_pack("{s:s,s:s,s:s?,s:s?,s:s?}", "device_id", w->id, "external_id",
                            w->external_id, "serial", store_rows_text(rows, 0, 0), "owner_id",
-                           store_rows_text(rows, 0, 1), "owner_email",
-                           store_rows_text(rows, 0, 2));
+                           store_rows_text(rows, 0, 1), "owner_email", store_rows_text(rows, 0, 2));
   store_rows_free(&rows);
   return events_record(tx, "device.activated", subject, data, NULL);
 }
@@ -242,9 +243,9 @@ int devices_activate(app_t *app, const char *id, const char *external_id) {
 static int fail_tx(store_tx_t *tx, void *arg) {
   w_t *w = arg;
   char subject[80];
-  int rc = store_exec(tx, NULL,
-                      "UPDATE devices SET status = 'failed' WHERE id = ? AND status = 'provisioning'",
-                      "s", w->id);
+  int rc = store_exec(
+      tx, NULL, "UPDATE devices SET status = 'failed' WHERE id = ? AND status = 'provisioning'",
+      "s", w->id);
   if (rc <= 0) return rc;
   subject_of(w->id, subject);
   return events_record(tx, "device.provisioning.failed", subject,
@@ -274,17 +275,16 @@ static int retire_tx(store_tx_t *tx, void *arg) {
   int rc = owned(tx, w->user_id, w->id, status);
   if (rc < 0) return rc;
   if (strcmp(status, "retired") != 0) {
-    rc = store_exec(tx, NULL, "UPDATE devices SET status = 'retired', online = 0 WHERE id = ?",
-                    "s", w->id);
+    rc = store_exec(tx, NULL, "UPDATE devices SET status = 'retired', online = 0 WHERE id = ?", "s",
+                    w->id);
     if (rc < 0) return rc;
     subject_of(w->id, subject);
-    rc = events_record(tx, "device.retired", subject, json_pack("{s:s}", "device_id", w->id),
-                       NULL);
+    rc = events_record(tx, "device.retired", subject, json_pack("{s:s}", "device_id", w->id), NULL);
     if (rc < 0) return rc;
     store_rows_t *rows = NULL;
-    int n = store_exec(tx, &rows,
-                       "SELECT id FROM sessions WHERE device_id = ? AND revoked_at IS NULL", "s",
-                       w->id);
+    int n =
+        store_exec(tx, &rows, "SELECT id FROM sessions WHERE device_id = ? AND revoked_at IS NULL",
+                   "s", w->id);
     for (int i = 0; i < n; i++) {
       rc = sessions__revoke(tx, store_rows_text(rows, i, 0), "device_retired");
       if (rc < 0) break;
@@ -342,8 +342,8 @@ int devices_credentials(app_t *app, const char *user_id, const char *id, json_t 
 
 /* --- commands --------------------------------------------------------------- */
 
-#define COMMAND_COLUMNS                                                                        \
-  "id, type, payload, status, result, created_at, delivered_at, completed_at, expires_at, "   \
+#define COMMAND_COLUMNS                                                                            \
+  "id, type, payload, status, result, created_at, delivered_at, completed_at, expires_at, "        \
   "device_id"
 
 static json_t *command_json(const store_rows_t *r, int i) {
@@ -352,9 +352,9 @@ static json_t *command_json(const store_rows_t *r, int i) {
   return json_pack("{s:s,s:s,s:o,s:s,s:o,s:s,s:s?,s:s?,s:s}", "id", store_rows_text(r, i, 0),
                    "type", store_rows_text(r, i, 1), "payload", payload ? payload : json_object(),
                    "status", store_rows_text(r, i, 3), "result", result ? result : json_null(),
-                   "created_at", store_rows_text(r, i, 5), "delivered_at",
-                   store_rows_text(r, i, 6), "completed_at", store_rows_text(r, i, 7),
-                   "expires_at", store_rows_text(r, i, 8));
+                   "created_at", store_rows_text(r, i, 5), "delivered_at", store_rows_text(r, i, 6),
+                   "completed_at", store_rows_text(r, i, 7), "expires_at",
+                   store_rows_text(r, i, 8));
 }
 
 typedef struct {
@@ -391,10 +391,9 @@ static int command_create_tx(store_tx_t *tx, void *arg) {
   free(payload);
   if (rc < 0) return rc;
   subject_of(c->id, subject);
-  rc = events_record(tx, "device.command.queued", subject,
-                     json_pack("{s:s,s:s,s:s}", "device_id", c->id, "command_id", c->cid, "type",
-                               c->type),
-                     NULL);
+  rc = events_record(
+      tx, "device.command.queued", subject,
+      json_pack("{s:s,s:s,s:s}", "device_id", c->id, "command_id", c->cid, "type", c->type), NULL);
   if (rc < 0) return rc;
   return load_command(tx, c->id, c->cid, &c->out);
 }
@@ -442,12 +441,11 @@ static int pending_tx(store_tx_t *tx, void *arg) {
   c->out = json_array();
   for (int i = 0; i < n; i++) {
     json_t *payload = json_loads(store_rows_text(rows, i, 2), 0, NULL);
-    json_array_append_new(c->out, json_pack("{s:s,s:s,s:o,s:s,s:s}", "id",
-                                            store_rows_text(rows, i, 0), "type",
-                                            store_rows_text(rows, i, 1), "payload",
-                                            payload ? payload : json_object(), "issued_at",
-                                            store_rows_text(rows, i, 3), "expires_at",
-                                            store_rows_text(rows, i, 4)));
+    json_array_append_new(
+        c->out, json_pack("{s:s,s:s,s:o,s:s,s:s}", "id", store_rows_text(rows, i, 0), "type",
+                          store_rows_text(rows, i, 1), "payload", payload ? payload : json_object(),
+                          "issued_at", store_rows_text(rows, i, 3), "expires_at",
+                          store_rows_text(rows, i, 4)));
   }
   store_rows_free(&rows);
   return 0;
@@ -600,21 +598,19 @@ static int events_list_tx(store_tx_t *tx, void *arg) {
   int rc = owned(tx, q->user_id, q->id, NULL);
   if (rc < 0) return rc;
   store_rows_t *rows = NULL;
-  int n = store_exec(tx, &rows,
-                     "SELECT seq, event_id, type, time, data, received_at FROM device_events "
-                     "WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                     "sii", q->id, q->cursor ? strtoll(q->cursor, NULL, 10) : 0,
-                     (int64_t)q->limit + 1);
+  int n =
+      store_exec(tx, &rows,
+                 "SELECT seq, event_id, type, time, data, received_at FROM device_events "
+                 "WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                 "sii", q->id, q->cursor ? strtoll(q->cursor, NULL, 10) : 0, (int64_t)q->limit + 1);
   if (n < 0) return n;
   q->out = json_array();
   for (int i = 0; i < n && i < q->limit; i++) {
     json_t *data = json_loads(store_rows_text(rows, i, 4), 0, NULL);
-    json_array_append_new(q->out, json_pack("{s:s,s:s,s:s,s:o,s:s}", "id",
-                                            store_rows_text(rows, i, 1), "type",
-                                            store_rows_text(rows, i, 2), "time",
-                                            store_rows_text(rows, i, 3), "data",
-                                            data ? data : json_object(), "received_at",
-                                            store_rows_text(rows, i, 5)));
+    json_array_append_new(
+        q->out, json_pack("{s:s,s:s,s:s,s:o,s:s}", "id", store_rows_text(rows, i, 1), "type",
+                          store_rows_text(rows, i, 2), "time", store_rows_text(rows, i, 3), "data",
+                          data ? data : json_object(), "received_at", store_rows_text(rows, i, 5)));
     if (i == q->limit - 1 && n > q->limit) q->next = strdup(store_rows_text(rows, i, 0));
   }
   store_rows_free(&rows);
@@ -639,9 +635,9 @@ static int presence_tx(store_tx_t *tx, void *arg) {
   presence_t *p = arg;
   char ts[32], subject[80];
   now_ts(ts);
-  int rc = store_exec(tx, NULL,
-                      "UPDATE devices SET online = ?, last_seen_at = ? WHERE id = ? AND online != ?",
-                      "issi", (int64_t)p->online, ts, p->id, (int64_t)p->online);
+  int rc = store_exec(
+      tx, NULL, "UPDATE devices SET online = ?, last_seen_at = ? WHERE id = ? AND online != ?",
+      "issi", (int64_t)p->online, ts, p->id, (int64_t)p->online);
   if (rc <= 0) return rc;
   subject_of(p->id, subject);
   return events_record(tx, p->online ? "device.connected" : "device.disconnected", subject,
@@ -665,7 +661,8 @@ static int status_tx(store_tx_t *tx, void *arg) {
   int n = store_exec(tx, &rows, "SELECT status, external_id FROM devices WHERE id = ?", "s", s->id);
   if (n <= 0) return n < 0 ? n : -ERR_NOT_FOUND;
   snprintf(s->status, 16, "%s", store_rows_text(rows, 0, 0));
-  snprintf(s->external_id, 128, "%s", store_rows_text(rows, 0, 1) ? store_rows_text(rows, 0, 1) : "");
+  snprintf(s->external_id, 128, "%s",
+           store_rows_text(rows, 0, 1) ? store_rows_text(rows, 0, 1) : "");
   store_rows_free(&rows);
   return 0;
 }
@@ -684,12 +681,14 @@ static int revoked_tx(store_tx_t *tx, void *arg) {
                      "i", time_now_ms());
   if (n < 0) return n;
   json_t *sids = json_object_get(out, "session_ids");
-  for (int i = 0; i < n; i++) json_array_append_new(sids, json_string(store_rows_text(rows, i, 0)));
+  for (int i = 0; i < n; i++)
+    json_array_append_new(sids, json_string(store_rows_text(rows, i, 0)));
   store_rows_free(&rows);
   n = store_exec(tx, &rows, "SELECT id FROM devices WHERE status = 'retired'", "");
   if (n < 0) return n;
   json_t *dids = json_object_get(out, "device_ids");
-  for (int i = 0; i < n; i++) json_array_append_new(dids, json_string(store_rows_text(rows, i, 0)));
+  for (int i = 0; i < n; i++)
+    json_array_append_new(dids, json_string(store_rows_text(rows, i, 0)));
   store_rows_free(&rows);
   return 0;
 }

@@ -41,9 +41,8 @@ int events_record(store_tx_t *tx, const char *type, const char *subject, json_t 
 json_t *events_row_to_json(const store_rows_t *rows, int row) {
   json_t *data = json_loads(store_rows_text(rows, row, 6), 0, NULL);
   return json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
-                   store_rows_text(rows, row, 1), "source", store_rows_text(rows, row, 3),
-                   "type", store_rows_text(rows, row, 2), "time",
-                   store_rows_text(rows, row, 5), "subject", store_rows_text(rows, row, 4),
-                   "datacontenttype", "application/json", "data",
+                   store_rows_text(rows, row, 1), "source", store_rows_text(rows, row, 3), "type",
+                   store_rows_text(rows, row, 2), "time", store_rows_text(rows, row, 5), "subject",
+                   store_rows_text(rows, row, 4), "datacontenttype", "application/json", "data",
                    data ? data : json_object());
 }

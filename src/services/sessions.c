@@ -37,7 +37,8 @@ static uint64_t revoke_gen;
 
 static unsigned slot_of(const char *sid) {
   unsigned h = 2166136261u;
-  for (; *sid; sid++) h = (h ^ (unsigned char)*sid) * 16777619u;
+  for (; *sid; sid++)
+    h = (h ^ (unsigned char)*sid) * 16777619u;
   return h % CACHE_SLOTS;
 }
 
@@ -114,9 +115,9 @@ int sessions__new_refresh(store_tx_t *tx, const char *sid, char out[SESSIONS_REF
   ids_random_token(out, SESSIONS_REFRESH_LEN, 32);
   char hex[65];
   refresh_hash(out, hex);
-  int rc = store_exec(tx, NULL,
-                      "INSERT INTO refresh_tokens (hash, session_id, expires_at_ms) VALUES (?, ?, ?)",
-                      "ssi", hex, sid, time_now_ms() + SESSIONS_REFRESH_TTL_S * 1000);
+  int rc = store_exec(
+      tx, NULL, "INSERT INTO refresh_tokens (hash, session_id, expires_at_ms) VALUES (?, ?, ?)",
+      "ssi", hex, sid, time_now_ms() + SESSIONS_REFRESH_TTL_S * 1000);
   return rc < 0 ? rc : 0;
 }
 
@@ -124,9 +125,9 @@ int sessions__revoke(store_tx_t *tx, const char *sid, const char *reason) {
   char ts[32], subject[80];
   cache_revoke(sid);
   time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
-  int rc = store_exec(tx, NULL,
-                      "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", "ss",
-                      ts, sid);
+  int rc =
+      store_exec(tx, NULL, "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                 "ss", ts, sid);
   if (rc <= 0) return rc;
   snprintf(subject, sizeof(subject), "sessions/%s", sid);
   return events_record(tx, "session.revoked", subject,
@@ -169,8 +170,8 @@ int sessions_create_anonymous(app_t *app, json_t **out) {
   char *tok;
   rc = sessions_sign(app, sid, sid, "anonymous", ttl, &tok);
   if (rc < 0) return rc;
-  *out = json_pack("{s:s,s:s,s:I,s:s}", "access_token", tok, "token_type", "Bearer",
-                   "expires_in", (json_int_t)ttl, "tier", "anonymous");
+  *out = json_pack("{s:s,s:s,s:I,s:s}", "access_token", tok, "token_type", "Bearer", "expires_in",
+                   (json_int_t)ttl, "tier", "anonymous");
   free(tok);
   return 0;
 }

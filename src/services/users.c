@@ -74,9 +74,8 @@ static int register_tx(store_tx_t *tx, void *arg) {
   if (rc < 0) return rc;
   snprintf(subject, sizeof(subject), "users/%s", r->user_id);
   return events_record(tx, "user.registration.requested", subject,
-                       json_pack("{s:s,s:s,s:s,s:s?,s:s}", "registration_id", r->reg_id,
-                                 "user_id", r->user_id, "type", r->type, "email", r->email,
-                                 "name", r->name),
+                       json_pack("{s:s,s:s,s:s,s:s?,s:s}", "registration_id", r->reg_id, "user_id",
+                                 r->user_id, "type", r->type, "email", r->email, "name", r->name),
                        NULL);
 }
 
@@ -110,10 +109,14 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
   const char *username = json_string_value(json_object_get(body, "username"));
   bool local = strcmp(type, "local") == 0;
   if (local) {
-    if (!email) add_err(errors, "email", "is required for a local registration");
-    else if (!email_valid(email)) add_err(errors, "email", "is not a valid email address");
-    if (!password) add_err(errors, "password", "is required");
-    else if (strlen(password) < 10) add_err(errors, "password", "must be at least 10 characters");
+    if (!email)
+      add_err(errors, "email", "is required for a local registration");
+    else if (!email_valid(email))
+      add_err(errors, "email", "is not a valid email address");
+    if (!password)
+      add_err(errors, "password", "is required");
+    else if (strlen(password) < 10)
+      add_err(errors, "password", "must be at least 10 characters");
     if (!name) add_err(errors, "name", "is required for a local registration");
     if (username) add_err(errors, "username", "is only for partner registrations");
   } else {
@@ -133,7 +136,8 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
   reg_t r = {user_id, reg_id, sid, type, NULL, NULL, NULL, NULL, name, 0, ""};
   if (local) {
     snprintf(lower, sizeof(lower), "%s", email);
-    for (char *c = lower; *c; c++) *c = (char)tolower((unsigned char)*c);
+    for (char *c = lower; *c; c++)
+      *c = (char)tolower((unsigned char)*c);
     r.email = lower;
     if (crypto_pwhash_str(hash, password, strlen(password), crypto_pwhash_OPSLIMIT_INTERACTIVE,
                           crypto_pwhash_MEMLIMIT_INTERACTIVE) != 0)
@@ -147,7 +151,8 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
     const char *pe = json_string_value(json_object_get(who, "email"));
     if (pe) {
       snprintf(lower, sizeof(lower), "%s", pe);
-      for (char *c = lower; *c; c++) *c = (char)tolower((unsigned char)*c);
+      for (char *c = lower; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
       r.email = lower;
     }
     r.name = json_string_value(json_object_get(who, "name"));
@@ -166,10 +171,9 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
   if (rc < 0) return rc;
   const char *ts = r.created_at;
   log_info("users", "registration %s requested (%s user %s)", reg_id, type, user_id);
-  *out = json_pack("{s:{s:s,s:s,s:s,s:s},s:s,s:s,s:I,s:s}", "registration", "id", reg_id,
-                   "status", "pending", "user_id", user_id, "created_at", ts, "access_token",
-                   tok, "token_type", "Bearer", "expires_in", (json_int_t)ttl, "tier",
-                   "registration");
+  *out = json_pack("{s:{s:s,s:s,s:s,s:s},s:s,s:s,s:I,s:s}", "registration", "id", reg_id, "status",
+                   "pending", "user_id", user_id, "created_at", ts, "access_token", tok,
+                   "token_type", "Bearer", "expires_in", (json_int_t)ttl, "tier", "registration");
   free(tok);
   return 0;
 }
@@ -189,12 +193,11 @@ static int reg_get_tx(store_tx_t *tx, void *arg) {
                      "WHERE r.id = ? AND (? IS NULL OR r.user_id = ?)",
                      "sss", q->id, q->user_id, q->user_id);
   if (n <= 0) return n < 0 ? n : -ERR_NOT_FOUND;
-  q->row = json_pack("{s:s,s:s,s:s,s:s,s:s?,s:s?,s:s?,s:s?,s:s}", "id",
-                     store_rows_text(rows, 0, 0), "status", store_rows_text(rows, 0, 1),
-                     "user_id", store_rows_text(rows, 0, 2), "created_at",
-                     store_rows_text(rows, 0, 3), "decided_at", store_rows_text(rows, 0, 4),
-                     "kyc_id", store_rows_text(rows, 0, 5), "email", store_rows_text(rows, 0, 6),
-                     "name", store_rows_text(rows, 0, 7), "session_id",
+  q->row = json_pack("{s:s,s:s,s:s,s:s,s:s?,s:s?,s:s?,s:s?,s:s}", "id", store_rows_text(rows, 0, 0),
+                     "status", store_rows_text(rows, 0, 1), "user_id", store_rows_text(rows, 0, 2),
+                     "created_at", store_rows_text(rows, 0, 3), "decided_at",
+                     store_rows_text(rows, 0, 4), "kyc_id", store_rows_text(rows, 0, 5), "email",
+                     store_rows_text(rows, 0, 6), "name", store_rows_text(rows, 0, 7), "session_id",
                      store_rows_text(rows, 0, 8));
   store_rows_free(&rows);
   return 0;
@@ -207,17 +210,16 @@ int users_registration_load(app_t *app, const char *registration_id, json_t **ou
   return rc;
 }
 
-int users_registration_get(app_t *app, const auth_claims_t *claims, const char *id,
-                           json_t **out) {
+int users_registration_get(app_t *app, const auth_claims_t *claims, const char *id, json_t **out) {
   reg_q_t q = {id, claims->sub, NULL};
   int rc = store_read(app->store, reg_get_tx, &q);
   if (rc < 0) return rc;
   json_t *r = q.row;
-  *out = json_pack("{s:O,s:O,s:O,s:O,s:O}", "id", json_object_get(r, "id"), "status",
-                   json_object_get(r, "status"), "user_id", json_object_get(r, "user_id"),
-                   "created_at", json_object_get(r, "created_at"), "decided_at",
-                   json_object_get(r, "decided_at") ? json_object_get(r, "decided_at")
-                                                    : json_null());
+  *out =
+      json_pack("{s:O,s:O,s:O,s:O,s:O}", "id", json_object_get(r, "id"), "status",
+                json_object_get(r, "status"), "user_id", json_object_get(r, "user_id"),
+                "created_at", json_object_get(r, "created_at"), "decided_at",
+                json_object_get(r, "decided_at") ? json_object_get(r, "decided_at") : json_null());
   json_decref(r);
   return 0;
 }
@@ -292,7 +294,8 @@ int users_login(app_t *app, json_t *body, json_t **out, json_t **errors) {
     q.username = username;
   } else {
     snprintf(lower, sizeof(lower), "%s", email);
-    for (char *c = lower; *c; c++) *c = (char)tolower((unsigned char)*c);
+    for (char *c = lower; *c; c++)
+      *c = (char)tolower((unsigned char)*c);
     q.email = lower;
   }
   int rc = store_read(app->store, login_tx, &q);
@@ -352,16 +355,15 @@ static int apply_tx(store_tx_t *tx, void *arg) {
                      "JOIN users u ON u.id = r.user_id WHERE "
                      "(? IS NOT NULL AND r.id = ?) OR (? IS NOT NULL AND r.kyc_id = ?) OR "
                      "(? IS NOT NULL AND r.user_id = ?) ORDER BY r.created_at DESC LIMIT 1",
-                     "ssssss", k->reg_id, k->reg_id, k->kyc_id, k->kyc_id, k->user_id,
-                     k->user_id);
+                     "ssssss", k->reg_id, k->reg_id, k->kyc_id, k->kyc_id, k->user_id, k->user_id);
   if (n <= 0) return n < 0 ? n : -ERR_NOT_FOUND;
   char reg_id[80], user_id[80], subject[100], ts[32];
   snprintf(reg_id, sizeof(reg_id), "%s", store_rows_text(rows, 0, 0));
   snprintf(user_id, sizeof(user_id), "%s", store_rows_text(rows, 0, 1));
   bool pending = strcmp(store_rows_text(rows, 0, 2), "pending") == 0;
-  json_t *data = json_pack("{s:s,s:s,s:s?,s:s?}", "registration_id", reg_id, "user_id",
-                           user_id, "email", store_rows_text(rows, 0, 3), "name",
-                           store_rows_text(rows, 0, 4));
+  json_t *data =
+      json_pack("{s:s,s:s,s:s?,s:s?}", "registration_id", reg_id, "user_id", user_id, "email",
+                store_rows_text(rows, 0, 3), "name", store_rows_text(rows, 0, 4));
   store_rows_free(&rows);
   if (!pending) {
     json_decref(data);
@@ -402,8 +404,8 @@ typedef struct {
 
 static int setkyc_tx(store_tx_t *tx, void *arg) {
   setkyc_t *s = arg;
-  int rc = store_exec(tx, NULL, "UPDATE registrations SET kyc_id = ? WHERE id = ?", "ss",
-                      s->kyc_id, s->reg_id);
+  int rc = store_exec(tx, NULL, "UPDATE registrations SET kyc_id = ? WHERE id = ?", "ss", s->kyc_id,
+                      s->reg_id);
   return rc < 0 ? rc : 0;
 }
 

@@ -17,8 +17,7 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors);
 
 /* The registration id as seen by its own registration session (claims->sub is
  * the user id); -ERR_NOT_FOUND for anyone else's. */
-int users_registration_get(app_t *app, const auth_claims_t *claims, const char *id,
-                           json_t **out);
+int users_registration_get(app_t *app, const auth_claims_t *claims, const char *id, json_t **out);
 /* Trades an approved registration for a user session; -ERR_REGISTRATION_PENDING,
  * -ERR_FORBIDDEN once rejected, -ERR_NOT_FOUND. */
 int users_registration_session(app_t *app, const auth_claims_t *claims, const char *id,

@@ -81,7 +81,8 @@ int store_rows_is_null(const store_rows_t *r, int row, int col) {
 
 void store_rows_free(store_rows_t **r) {
   if (!*r) return;
-  for (int i = 0; i < (*r)->nrows * (*r)->ncols; i++) free((*r)->cells[i]);
+  for (int i = 0; i < (*r)->nrows * (*r)->ncols; i++)
+    free((*r)->cells[i]);
   free((*r)->cells);
   free(*r);
   *r = NULL;

@@ -13,8 +13,7 @@ typedef struct {
   void (*close)(store_t *s);
   int (*write)(store_t *s, store_tx_fn fn, void *arg);
   int (*read)(store_t *s, store_tx_fn fn, void *arg);
-  int (*exec)(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types,
-              va_list ap);
+  int (*exec)(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types, va_list ap);
   int (*ping)(store_t *s);
   void (*set_commit_hook)(store_t *s, void (*hook)(void *), void *arg);
 } store_ops_t;

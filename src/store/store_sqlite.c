@@ -71,9 +71,8 @@ static int conn_open(const char *path, conn_t **out) {
   }
   sqlite3_busy_timeout(c->db, 10000);
   /* FULL: a committed state change survives power loss; group commit pays for it. */
-  const char *pragmas =
-      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
-      "PRAGMA temp_store=MEMORY;";
+  const char *pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
+                        "PRAGMA temp_store=MEMORY;";
   char *err = NULL;
   if (sqlite3_exec(c->db, pragmas, NULL, NULL, &err) != SQLITE_OK) {
     log_error("store", "cannot configure sqlite: %s", err ? err : "?");
@@ -166,7 +165,8 @@ static int sq_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
   while (rc == 0 && (step = sqlite3_step(st)) == SQLITE_ROW) {
     nrows++;
     if (!out) continue;
-    for (int i = 0; i < ncols; i++) cells[i] = (const char *)sqlite3_column_text(st, i);
+    for (int i = 0; i < ncols; i++)
+      cells[i] = (const char *)sqlite3_column_text(st, i);
     if (store__rows_add(out, ncols, cells) < 0) {
       rc = -ERR_INTERNAL;
       break;
@@ -207,7 +207,8 @@ static void *writer_main(void *p) {
   store_tx_t tx = {s->base.ops, s->writer};
   for (;;) {
     pthread_mutex_lock(&s->lock);
-    while (!s->queue_head && !s->stopping) pthread_cond_wait(&s->work_cond, &s->lock);
+    while (!s->queue_head && !s->stopping)
+      pthread_cond_wait(&s->work_cond, &s->lock);
     if (!s->queue_head && s->stopping) {
       pthread_mutex_unlock(&s->lock);
       break;
@@ -236,7 +237,8 @@ static void *writer_main(void *p) {
     }
     if (brc == 0 && plain_exec(s->writer, "COMMIT") < 0) {
       plain_exec(s->writer, "ROLLBACK");
-      for (job_t *j = batch; j; j = j->next) j->rc = -ERR_UNAVAILABLE;
+      for (job_t *j = batch; j; j = j->next)
+        j->rc = -ERR_UNAVAILABLE;
       brc = -1;
     }
     if (brc == 0 && s->hook) s->hook(s->hook_arg);
@@ -362,8 +364,7 @@ static int sq_open(const char *path, store_t **out) {
        sqlite3_prepare_v2(s->writer->db, "ROLLBACK TO job", -1, &s->sp_rollback, NULL) !=
            SQLITE_OK))
     rc = -ERR_UNAVAILABLE;
-  if (rc == 0 && pthread_create(&s->writer_thread, NULL, writer_main, s) != 0)
-    rc = -ERR_INTERNAL;
+  if (rc == 0 && pthread_create(&s->writer_thread, NULL, writer_main, s) != 0) rc = -ERR_INTERNAL;
   if (rc < 0) {
     if (s->writer) conn_close(s->writer);
     pthread_key_delete(s->reader_key);
