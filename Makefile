@@ -33,7 +33,7 @@ unit-asan: test-deps
 e2e: build test-deps
 	IOTFIN_BIN=$(CURDIR)/$(BUILD)/iotfin /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 tests/e2e
 
-test: test-deps build unit unit-asan e2e
+test: test-deps build fmt-check unit unit-asan e2e
 
 fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')
