@@ -275,10 +275,22 @@ static int retire_tx(store_tx_t *tx, void *arg) {
   int rc = owned(tx, w->user_id, w->id, status);
   if (rc < 0) return rc;
   if (strcmp(status, "retired") != 0) {
+    /* Its connection ends with the retirement: say so now, since the broker's
+     * report will find the device already offline. */
+    store_rows_t *on = NULL;
+    int was_online =
+        store_exec(tx, &on, "SELECT 1 FROM devices WHERE id = ? AND online = 1", "s", w->id);
+    store_rows_free(&on);
+    if (was_online < 0) return was_online;
     rc = store_exec(tx, NULL, "UPDATE devices SET status = 'retired', online = 0 WHERE id = ?", "s",
                     w->id);
     if (rc < 0) return rc;
     subject_of(w->id, subject);
+    if (was_online > 0) {
+      rc = events_record(tx, "device.disconnected", subject,
+                         json_pack("{s:s,s:s}", "device_id", w->id, "reason", "retired"), NULL);
+      if (rc < 0) return rc;
+    }
     rc = events_record(tx, "device.retired", subject, json_pack("{s:s}", "device_id", w->id), NULL);
     if (rc < 0) return rc;
     store_rows_t *rows = NULL;
