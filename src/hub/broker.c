@@ -160,6 +160,9 @@ static int spawn(hub_broker_t *b) {
   if (pid == 0) {
     /* Only async-signal-safe calls until exec. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* Its own process group: a Ctrl-C at the terminal reaches iotfin, which then
+     * stops the broker in order, instead of killing the broker first. */
+    setpgid(0, 0);
     if (getppid() == 1) _exit(127);
     dup2(logp[1], STDOUT_FILENO);
     dup2(logp[1], STDERR_FILENO);
