@@ -565,8 +565,39 @@ typedef struct {
   int stored;
 } ev_t;
 
-static int event_tx(store_tx_t *tx, void *arg) {
-  ev_t *e = arg;
+static int store_one_event(store_tx_t *tx, ev_t *e);
+
+static int event_tx(store_tx_t *tx, void *arg) { return store_one_event(tx, arg); }
+
+typedef struct {
+  ev_t *items;
+  int n;
+} evs_t;
+
+static int events_tx(store_tx_t *tx, void *arg) {
+  evs_t *b = arg;
+  for (int i = 0; i < b->n; i++) {
+    int rc = store_one_event(tx, &b->items[i]);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+int devices_events_store_many(app_t *app, const char *const *ids, json_t *const *events, int n) {
+  ev_t *items = calloc((size_t)n, sizeof(*items));
+  if (!items) return -ERR_INTERNAL;
+  for (int i = 0; i < n; i++)
+    items[i] = (ev_t){ids[i], events[i], 0};
+  evs_t b = {items, n};
+  int rc = store_write(app->store, events_tx, &b);
+  int stored = 0;
+  for (int i = 0; i < n; i++)
+    stored += items[i].stored;
+  free(items);
+  return rc < 0 ? rc : stored;
+}
+
+static int store_one_event(store_tx_t *tx, ev_t *e) {
   char ts[32], subject[80];
   now_ts(ts);
   const char *eid = json_string_value(json_object_get(e->event, "id"));

@@ -54,6 +54,9 @@ int devices_commands_expire(app_t *app);
 /* Device events: stores {id, type, time?, data} once per (device, id). Returns 1
  * when stored, 0 for a duplicate. */
 int devices_event_store(app_t *app, const char *id, json_t *event);
+/* The same for n events (of devices ids[i]) in one transaction; returns how many
+ * were new. */
+int devices_events_store_many(app_t *app, const char *const *ids, json_t *const *events, int n);
 int devices_events_list(app_t *app, const char *user_id, const char *id, const char *cursor,
                         int limit, json_t **items, char **next);
 
