@@ -189,18 +189,22 @@ static int claim_tx(store_tx_t *tx, void *arg) {
     if (rc > 0) log_warn("bus", "%d message(s) outlived their visibility timeout; ready again", rc);
   }
   store_rows_t *rows = NULL;
-  /* A FIFO message is receivable only when no older message of its group is
-   * still pending: that keeps one in flight per group, in order across retries. */
-  int n = store_exec(tx, &rows,
-                     "SELECT m.id, m.queue, m.receive_count, m.created_at_ms, m.lease, "
-                     "e.seq, e.id, e.type, e.source, e.subject, e.time, e.data "
-                     "FROM queue_messages m JOIN events e ON e.seq = m.event_seq "
-                     "WHERE m.state = 'ready' AND m.visible_at_ms <= ? "
-                     "AND (m.group_key IS NULL OR NOT EXISTS (SELECT 1 FROM queue_messages o "
-                     " WHERE o.queue = m.queue AND o.group_key = m.group_key AND o.id < m.id "
-                     " AND o.state != 'dead')) "
-                     "ORDER BY m.id LIMIT ?",
-                     "ii", now, (int64_t)CLAIM_BATCH);
+  /* Candidates: the oldest visible messages of unordered queues, and the head of
+   * each FIFO group (its oldest message not dead). A FIFO message is receivable
+   * only as its group's head: one in flight per group, in order across retries.
+   * Looking at heads only keeps a long backlog behind a busy head from being
+   * scanned again at every claim. */
+  int n =
+      store_exec(tx, &rows,
+                 "SELECT m.id, m.queue, m.receive_count, m.created_at_ms, m.lease, "
+                 "e.seq, e.id, e.type, e.source, e.subject, e.time, e.data "
+                 "FROM (SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
+                 "  AND group_key IS NULL AND visible_at_ms <= ? ORDER BY id LIMIT ?) "
+                 " UNION ALL SELECT head FROM (SELECT MIN(id) AS head FROM queue_messages "
+                 "  WHERE group_key IS NOT NULL AND state != 'dead' GROUP BY queue, group_key)) c "
+                 "JOIN queue_messages m ON m.id = c.id JOIN events e ON e.seq = m.event_seq "
+                 "WHERE m.state = 'ready' AND m.visible_at_ms <= ? ORDER BY m.id LIMIT ?",
+                 "iiii", now, (int64_t)CLAIM_BATCH, now, (int64_t)CLAIM_BATCH);
   if (n < 0) return n;
   for (int i = 0; i < n; i++) {
     const bus_queue_t *q = bus_queue_find(store_rows_text(rows, i, 1));
@@ -352,10 +356,19 @@ static void settled(batch_t *b) {
 
 /* Whether any message may be claimable now: a cheap read before a write. */
 static int visible_tx(store_tx_t *tx, void *arg) {
+  int64_t now = time_now_ms();
+  int n = store_exec(tx, NULL,
+                     "SELECT 1 FROM queue_messages WHERE state = 'ready' AND group_key IS NULL "
+                     "AND visible_at_ms <= ? LIMIT 1",
+                     "i", now);
+  if (n != 0) return n;
+  /* FIFO messages count only as heads of their group (see claim_tx). */
   return store_exec(tx, NULL,
-                    "SELECT 1 FROM queue_messages WHERE state = 'ready' AND visible_at_ms <= ? "
-                    "LIMIT 1",
-                    "i", time_now_ms());
+                    "SELECT 1 FROM (SELECT MIN(id) AS head FROM queue_messages "
+                    " WHERE group_key IS NOT NULL AND state != 'dead' GROUP BY queue, group_key) h "
+                    "JOIN queue_messages m ON m.id = h.head "
+                    "WHERE m.state = 'ready' AND m.visible_at_ms <= ? LIMIT 1",
+                    "i", now);
 }
 
 static const char *result_name(bus_result_t r) {
@@ -500,6 +513,9 @@ static void *worker_main(void *arg) {
     }
     store_rows_free(&b.rows); /* a claim that found nothing, or whose commit failed */
     b.n = 0;
+    /* Found nothing although something looked visible (a race with another worker):
+     * a short pause keeps commits that wake everyone from turning into a spin. */
+    if (n == 0) usleep(2000);
     if (n < 0) log_error("bus", "claiming messages failed; retrying");
     /* Nothing visible: sleep until a commit wakes us or a delay may have passed. */
     struct timespec ts;

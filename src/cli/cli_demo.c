@@ -399,6 +399,7 @@ static int run(void) {
   m = mosquitto_new(did, true, &dev);
   mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
   mosquitto_username_pw_set(m, did, pass);
+  mosquitto_int_option(m, MOSQ_OPT_TCP_NODELAY, 1);
   mosquitto_connect_v5_callback_set(m, dev_connect);
   mosquitto_subscribe_v5_callback_set(m, dev_subscribed);
   mosquitto_message_v5_callback_set(m, dev_message);

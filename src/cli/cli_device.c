@@ -160,6 +160,7 @@ int cli_device_main(int argc, char **argv) {
   struct mosquitto *m = mosquitto_new(id, true, &d);
   mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
   mosquitto_username_pw_set(m, id, password);
+  mosquitto_int_option(m, MOSQ_OPT_TCP_NODELAY, 1);
   mosquitto_connect_v5_callback_set(m, on_connect);
   mosquitto_subscribe_v5_callback_set(m, on_subscribe);
   mosquitto_message_v5_callback_set(m, on_message);

@@ -124,6 +124,7 @@ static int write_config(hub_broker_t *b) {
           "log_type error\nlog_type warning\nlog_type notice\n"
           "log_timestamp false\n"
           "max_packet_size 1048576\n"
+          "set_tcp_nodelay true\n"
           "listener %d %s\n"
           "plugin %s\n"
           "plugin_opt_internal_user %s\n"
