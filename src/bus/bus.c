@@ -156,7 +156,10 @@ typedef struct {
   const bus_queue_t *queue;
   json_t *event;
   bus_outcome_t outcome;
-  int row;      /* its row in batch_t.rows */
+  const store_rows_t *src; /* the claimed rows it came in */
+  int row;                  /* its row there */
+  char group[96];           /* FIFO group, "" for unordered queues */
+  bool skip;    /* an earlier message of its group failed in this batch: give it back */
   bool ran;     /* the handler answered; settle it */
   bool settled; /* written back */
 } claimed_t;
@@ -166,16 +169,62 @@ typedef struct {
   claimed_t items[CLAIM_BATCH];
   int n;
   int64_t claimed_ms; /* when the leases of the unsettled items started */
-  store_rows_t *rows; /* the claimed rows, until the batch is done */
+  store_rows_t *rows[CLAIM_BATCH + 1]; /* the claimed row sets, until the batch is done */
+  int nrows;
 } batch_t;
 
 /* When a lease was last checked for expiry; any worker may do the next check. */
 static _Atomic int64_t last_reclaim_ms;
 
+#define CLAIM_COLUMNS                                                                              \
+  "m.id, m.queue, m.receive_count, m.created_at_ms, m.lease, e.seq, e.id, e.type, e.source, "   \
+  "e.subject, e.time, e.data, m.group_key"
+#define FIFO_FOLLOWERS 15
+
+static void free_rows(batch_t *b) {
+  for (int i = 0; i < b->nrows; i++) store_rows_free(&b->rows[i]);
+  b->nrows = 0;
+}
+
+/* Leases row i of rows to the batch. Caller is in claim_tx. */
+static int add_item(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int i, int64_t now) {
+  const bus_queue_t *q = bus_queue_find(store_rows_text(rows, i, 1));
+  int64_t id = store_rows_int(rows, i, 0);
+  if (!q) {
+    /* A queue removed from the table: its leftovers are dead letters, not lost. */
+    char ts[32];
+    time_format_rfc3339(now, ts, sizeof(ts));
+    int rc = store_exec(tx, NULL,
+                        "UPDATE queue_messages SET state = 'dead', last_error = 'queue no longer "
+                        "exists', dead_at = ? WHERE id = ?",
+                        "si", ts, id);
+    return rc < 0 ? rc : 0;
+  }
+  int64_t vt = b->app->cfg->visibility_timeout_ms;
+  int rc = store_exec(tx, NULL,
+                      "UPDATE queue_messages SET state = 'in_flight', visible_at_ms = ?, "
+                      "receive_count = receive_count + 1, lease = lease + 1 WHERE id = ?",
+                      "ii", now + vt, id);
+  if (rc < 0) return rc;
+  claimed_t *c = &b->items[b->n++];
+  c->ran = c->settled = c->skip = false;
+  c->id = id;
+  c->queue = q;
+  c->receives = (int)store_rows_int(rows, i, 2) + 1;
+  c->created_ms = store_rows_int(rows, i, 3);
+  c->lease = store_rows_int(rows, i, 4) + 1;
+  c->src = rows;
+  c->row = i;
+  snprintf(c->group, sizeof(c->group), "%s",
+           store_rows_text(rows, i, 12) ? store_rows_text(rows, i, 12) : "");
+  c->event = NULL; /* built by the worker after the commit: the writer's time is precious */
+  return 0;
+}
+
 static int claim_tx(store_tx_t *tx, void *arg) {
   batch_t *b = arg;
   b->n = 0;
-  b->rows = NULL;
+  b->nrows = 0;
   int64_t now = time_now_ms();
   int64_t last = atomic_load(&last_reclaim_ms);
   if (now - last >= RECLAIM_EVERY_MS &&
@@ -196,49 +245,42 @@ static int claim_tx(store_tx_t *tx, void *arg) {
    * scanned again at every claim. */
   int n =
       store_exec(tx, &rows,
-                 "SELECT m.id, m.queue, m.receive_count, m.created_at_ms, m.lease, "
-                 "e.seq, e.id, e.type, e.source, e.subject, e.time, e.data "
-                 "FROM (SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
+                 "SELECT " CLAIM_COLUMNS " FROM (SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
                  "  AND group_key IS NULL AND visible_at_ms <= ? ORDER BY id LIMIT ?) "
                  " UNION ALL SELECT head FROM (SELECT MIN(id) AS head FROM queue_messages "
-                 "  WHERE group_key IS NOT NULL AND state != 'dead' GROUP BY queue, group_key)) c "
+                 "  WHERE group_key IS NOT NULL AND state != 'dead' GROUP BY group_key, queue)) c "
                  "JOIN queue_messages m ON m.id = c.id JOIN events e ON e.seq = m.event_seq "
                  "WHERE m.state = 'ready' AND m.visible_at_ms <= ? ORDER BY m.id LIMIT ?",
                  "iiii", now, (int64_t)CLAIM_BATCH, now, (int64_t)CLAIM_BATCH);
   if (n < 0) return n;
+  b->rows[b->nrows++] = rows;
+  int heads = b->n;
   for (int i = 0; i < n; i++) {
-    const bus_queue_t *q = bus_queue_find(store_rows_text(rows, i, 1));
-    int64_t id = store_rows_int(rows, i, 0);
-    if (!q) {
-      /* A queue removed from the table: its leftovers are dead letters, not lost. */
-      char ts[32];
-      time_format_rfc3339(now, ts, sizeof(ts));
-      store_exec(tx, NULL,
-                 "UPDATE queue_messages SET state = 'dead', last_error = 'queue no longer "
-                 "exists', dead_at = ? WHERE id = ?",
-                 "si", ts, id);
-      continue;
-    }
-    int64_t vt = b->app->cfg->visibility_timeout_ms;
-    int rc = store_exec(tx, NULL,
-                        "UPDATE queue_messages SET state = 'in_flight', visible_at_ms = ?, "
-                        "receive_count = receive_count + 1, lease = lease + 1 WHERE id = ?",
-                        "ii", now + vt, id);
-    if (rc < 0) {
-      store_rows_free(&rows);
-      return rc;
-    }
-    claimed_t *c = &b->items[b->n++];
-    c->ran = c->settled = false;
-    c->id = id;
-    c->queue = q;
-    c->receives = (int)store_rows_int(rows, i, 2) + 1;
-    c->created_ms = store_rows_int(rows, i, 3);
-    c->lease = store_rows_int(rows, i, 4) + 1;
-    c->row = i;
-    c->event = NULL; /* built by the worker after the commit: the writer's time is precious */
+    int rc = add_item(tx, b, rows, i, now);
+    if (rc < 0) return rc;
   }
-  b->rows = rows;
+  /* A FIFO head brings the messages queued right behind it: one worker runs them
+   * in order, so the group keeps its order while many of its messages share one
+   * claim and one settlement. */
+  heads = b->n;
+  for (int h = 0; h < heads && b->n < CLAIM_BATCH; h++) {
+    if (!b->items[h].group[0]) continue;
+    int64_t want = CLAIM_BATCH - b->n < FIFO_FOLLOWERS ? CLAIM_BATCH - b->n : FIFO_FOLLOWERS;
+    store_rows_t *more = NULL;
+    int m = store_exec(tx, &more,
+                       "SELECT " CLAIM_COLUMNS " FROM queue_messages m "
+                       "JOIN events e ON e.seq = m.event_seq WHERE m.queue = ? "
+                       "AND m.group_key = ? AND m.id > ? AND m.state = 'ready' "
+                       "ORDER BY m.id LIMIT ?",
+                       "ssii", b->items[h].queue->name, b->items[h].group, b->items[h].id, want);
+    if (m < 0) return m;
+    if (!more) continue;
+    b->rows[b->nrows++] = more;
+    for (int i = 0; i < m; i++) {
+      int rc = add_item(tx, b, more, i, now);
+      if (rc < 0) return rc;
+    }
+  }
   b->claimed_ms = time_mono_ms();
   return b->n;
 }
@@ -292,6 +334,16 @@ static int settle_tx(store_tx_t *tx, void *arg) {
   for (int i = 0; i < b->n; i++) {
     claimed_t *c = &b->items[i];
     if (c->settled) continue;
+    if (c->skip) {
+      /* Not run because an earlier message of its group did not finish: back to
+       * ready at once, and this receive does not count. */
+      int rc = store_exec(tx, NULL,
+                          "UPDATE queue_messages SET state = 'ready', visible_at_ms = ?, "
+                          "receive_count = receive_count - 1 WHERE id = ? AND lease = ?",
+                          "iii", now, c->id, c->lease);
+      if (rc < 0) return rc;
+      continue;
+    }
     if (!c->ran) {
       int rc = store_exec(tx, NULL,
                           "UPDATE queue_messages SET visible_at_ms = ? WHERE id = ? AND lease = ?",
@@ -350,7 +402,7 @@ static int settle_tx(store_tx_t *tx, void *arg) {
 /* Marks what settle_tx wrote; called after it committed. */
 static void settled(batch_t *b) {
   for (int i = 0; i < b->n; i++)
-    if (b->items[i].ran) b->items[i].settled = true;
+    if (b->items[i].ran || b->items[i].skip) b->items[i].settled = true;
   b->claimed_ms = time_mono_ms();
 }
 
@@ -365,7 +417,7 @@ static int visible_tx(store_tx_t *tx, void *arg) {
   /* FIFO messages count only as heads of their group (see claim_tx). */
   return store_exec(tx, NULL,
                     "SELECT 1 FROM (SELECT MIN(id) AS head FROM queue_messages "
-                    " WHERE group_key IS NOT NULL AND state != 'dead' GROUP BY queue, group_key) h "
+                    " WHERE group_key IS NOT NULL AND state != 'dead' GROUP BY group_key, queue) h "
                     "JOIN queue_messages m ON m.id = h.head "
                     "WHERE m.state = 'ready' AND m.visible_at_ms <= ? LIMIT 1",
                     "i", now);
@@ -448,6 +500,17 @@ static void *keeper_main(void *arg) {
   return NULL;
 }
 
+/* True when an earlier item of item i's FIFO group in this batch did not end done:
+ * then i must not run before that one succeeds. */
+static bool group_failed(const batch_t *b, int i) {
+  for (int j = 0; j < i; j++)
+    if ((b->items[j].ran && b->items[j].outcome.result != BUS_DONE) || b->items[j].skip)
+      if (strcmp(b->items[j].group, b->items[i].group) == 0 &&
+          b->items[j].queue == b->items[i].queue)
+        return true;
+  return false;
+}
+
 static void *worker_main(void *arg) {
   worker_arg_t *wa = arg;
   bus_t *bus = wa->bus;
@@ -473,7 +536,7 @@ static void *worker_main(void *arg) {
                 : 0;
     if (n > 0) {
       for (int i = 0; i < b.n; i++) {
-        const store_rows_t *rows = b.rows;
+        const store_rows_t *rows = b.items[i].src;
         int r = b.items[i].row;
         json_t *data = json_loads(store_rows_text(rows, r, 11), 0, NULL);
         b.items[i].event =
@@ -483,18 +546,22 @@ static void *worker_main(void *arg) {
                       store_rows_text(rows, r, 9), "datacontenttype", "application/json", "data",
                       data ? data : json_object());
       }
-      store_rows_free(&b.rows);
+      free_rows(&b);
       int64_t vt = bus->app->cfg->visibility_timeout_ms;
       for (int i = 0; i < b.n; i++) {
         pthread_mutex_lock(&bus->lock);
         bus->running[slot].id = b.items[i].id;
         bus->running[slot].lease = b.items[i].lease;
         pthread_mutex_unlock(&bus->lock);
-        run_one(bus->app, &b.items[i]);
+        if (b.items[i].group[0] && group_failed(&b, i)) {
+          b.items[i].skip = true;
+        } else {
+          run_one(bus->app, &b.items[i]);
+          b.items[i].ran = true;
+        }
         pthread_mutex_lock(&bus->lock);
         bus->running[slot].id = 0;
         pthread_mutex_unlock(&bus->lock);
-        b.items[i].ran = true;
         /* A slow batch settles early: the rest must not outlive their leases. */
         if (i + 1 < b.n && time_mono_ms() - b.claimed_ms >= vt / 4) {
           if (store_write(bus->app->store, settle_tx, &b) == 0) settled(&b);
@@ -511,7 +578,7 @@ static void *worker_main(void *arg) {
       b.n = 0;
       continue;
     }
-    store_rows_free(&b.rows); /* a claim that found nothing, or whose commit failed */
+    free_rows(&b); /* a claim that found nothing, or whose commit failed */
     b.n = 0;
     /* Found nothing although something looked visible (a race with another worker):
      * a short pause keeps commits that wake everyone from turning into a spin. */

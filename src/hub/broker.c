@@ -125,6 +125,11 @@ static int write_config(hub_broker_t *b) {
           "log_timestamp false\n"
           "max_packet_size 1048576\n"
           "set_tcp_nodelay true\n"
+          /* Device messages wait for iotfin instead of being dropped when iotfin is
+           * briefly slower than the devices: at QoS 1 the broker has already
+           * acknowledged them, so a drop here would lose them for good. */
+          "max_queued_messages 200000\n"
+          "max_inflight_messages 0\n"
           "listener %d %s\n"
           "plugin %s\n"
           "plugin_opt_internal_user %s\n"

@@ -93,6 +93,8 @@ int hub_mqtt_start(const char *host, int port, const char *username, const char 
   /* Small messages must leave at once: with Nagle each hop waited for a delayed ACK
    * (about 40 ms), which made a command round trip take 90 ms instead of 5. */
   mosquitto_int_option(m->mosq, MOSQ_OPT_TCP_NODELAY, 1);
+  /* Let the broker send many QoS 1 messages before our acks: ingest is batched. */
+  mosquitto_int_option(m->mosq, MOSQ_OPT_RECEIVE_MAXIMUM, 1000);
   mosquitto_reconnect_delay_set(m->mosq, 1, 5, true);
   if (username) mosquitto_username_pw_set(m->mosq, username, password);
   int rc = mosquitto_connect_bind_v5(m->mosq, host, port, 30, NULL, NULL);
