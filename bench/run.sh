@@ -41,6 +41,8 @@ echo "bench: profile" >&2
   echo "Written by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%dT%H:%MZ); do not edit by hand."
   echo "Each section names its machine state, versions, settings and exact commands."
   echo
+  /usr/bin/python3 bench/targets.py "$RES"
+  echo
   cat "$RES/bus.md"
   echo
   cat "$RES/http.md"
