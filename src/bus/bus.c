@@ -157,18 +157,18 @@ typedef struct {
   json_t *event;
   bus_outcome_t outcome;
   const store_rows_t *src; /* the claimed rows it came in */
-  int row;                  /* its row there */
-  char group[96];           /* FIFO group, "" for unordered queues */
-  bool skip;    /* an earlier message of its group failed in this batch: give it back */
-  bool ran;     /* the handler answered; settle it */
-  bool settled; /* written back */
+  int row;                 /* its row there */
+  char group[96];          /* FIFO group, "" for unordered queues */
+  bool skip;               /* an earlier message of its group failed in this batch: give it back */
+  bool ran;                /* the handler answered; settle it */
+  bool settled;            /* written back */
 } claimed_t;
 
 typedef struct {
   app_t *app;
   claimed_t items[CLAIM_BATCH];
   int n;
-  int64_t claimed_ms; /* when the leases of the unsettled items started */
+  int64_t claimed_ms;                  /* when the leases of the unsettled items started */
   store_rows_t *rows[CLAIM_BATCH + 1]; /* the claimed row sets, until the batch is done */
   int nrows;
 } batch_t;
@@ -177,12 +177,13 @@ typedef struct {
 static _Atomic int64_t last_reclaim_ms;
 
 #define CLAIM_COLUMNS                                                                              \
-  "m.id, m.queue, m.receive_count, m.created_at_ms, m.lease, e.seq, e.id, e.type, e.source, "   \
+  "m.id, m.queue, m.receive_count, m.created_at_ms, m.lease, e.seq, e.id, e.type, e.source, "      \
   "e.subject, e.time, e.data, m.group_key"
 #define FIFO_FOLLOWERS 15
 
 static void free_rows(batch_t *b) {
-  for (int i = 0; i < b->nrows; i++) store_rows_free(&b->rows[i]);
+  for (int i = 0; i < b->nrows; i++)
+    store_rows_free(&b->rows[i]);
   b->nrows = 0;
 }
 
@@ -245,7 +246,8 @@ static int claim_tx(store_tx_t *tx, void *arg) {
    * scanned again at every claim. */
   int n =
       store_exec(tx, &rows,
-                 "SELECT " CLAIM_COLUMNS " FROM (SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
+                 "SELECT " CLAIM_COLUMNS
+                 " FROM (SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
                  "  AND group_key IS NULL AND visible_at_ms <= ? ORDER BY id LIMIT ?) "
                  " UNION ALL SELECT head FROM (SELECT MIN(id) AS head FROM queue_messages "
                  "  WHERE group_key IS NOT NULL AND state != 'dead' GROUP BY group_key, queue)) c "
