@@ -578,7 +578,8 @@ static void *timer_main(void *arg) {
   pthread_setname_np(pthread_self(), "hub-timer");
   while (!atomic_load(&hub->stopping)) {
     /* 200 ms between sweeps, in slices: a stop must not wait out a whole sleep. */
-    for (int i = 0; i < 10 && !atomic_load(&hub->stopping); i++) usleep(20 * 1000);
+    for (int i = 0; i < 10 && !atomic_load(&hub->stopping); i++)
+      usleep(20 * 1000);
     if (atomic_load(&hub->stopping)) break;
     int n = devices_commands_expire(hub->app);
     if (n > 0) log_info("hub", "%d command(s) expired unacknowledged", n);
