@@ -33,7 +33,7 @@ commits with the same durability (WAL, synchronous=FULL), one after another.
 | latency publish → handler done, p99 (ms) | {med('p99_ms'):.2f} | | |
 
 Each event costs three transactions (publish with fan-out, claim, settle), yet the bus
-outruns one-row commits many times over because the store's single writer commits
+outruns one-row commits (the ratio above) because the store's single writer commits
 every transaction waiting at that moment together: one fsync serves a whole batch.
 The DESIGN.md target is 20,000 events/s on 2 cores. The limit here is CPU on the
 writer thread, not the disk: see the profile section.""")

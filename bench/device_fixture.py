@@ -94,23 +94,7 @@ def admin_token(data_dir):
         return f.read().strip()
 
 
-def iotfin_env(data_dir, root, extra_env=None):
-    """The environment bench/iotfin_fixture.start() gives iotfin (same settings)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("IOTFIN_") or k in iotfin_fixture.PASSTHROUGH}
-    settings = {
-        "IOTFIN_DATA_DIR": data_dir,
-        "IOTFIN_LISTEN": "127.0.0.1:0",
-        "IOTFIN_MQTT_LISTEN": "127.0.0.1:0",
-        "IOTFIN_AUTH_RATE": "1000000",
-        "IOTFIN_ACCESS_TTL_S": "3600",
-    }
-    mocks = os.path.join(root, "mocks")
-    if os.path.isdir(mocks):
-        settings["IOTFIN_MOCK_DIR"] = mocks
-    settings.update(extra_env or {})
-    env.update(settings)
-    return env, settings
+iotfin_env = iotfin_fixture.iotfin_env  # one definition of the benchmark's settings
 
 
 class Server:

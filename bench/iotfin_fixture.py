@@ -66,8 +66,8 @@ def _poll(fn, timeout, what):
         time.sleep(0.05)
 
 
-def start(binary, data_dir, root, stderr_path, extra_env=None, ready_timeout=30):
-    """Starts `iotfin serve` on free ports; returns (Popen, http base URL, env shown)."""
+def iotfin_env(data_dir, root, extra_env=None):
+    """The environment of a benchmark iotfin: (full env, the IOTFIN_* settings shown)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTFIN_") or k in PASSTHROUGH}
     settings = {
         "IOTFIN_DATA_DIR": data_dir,
@@ -84,6 +84,12 @@ def start(binary, data_dir, root, stderr_path, extra_env=None, ready_timeout=30)
         settings["IOTFIN_MOCK_DIR"] = mocks
     settings.update(extra_env or {})
     env.update(settings)
+    return env, settings
+
+
+def start(binary, data_dir, root, stderr_path, extra_env=None, ready_timeout=30):
+    """Starts `iotfin serve` on free ports; returns (Popen, http base URL, env shown)."""
+    env, settings = iotfin_env(data_dir, root, extra_env)
     err = open(stderr_path, "wb")
     p = subprocess.Popen([binary, "serve"], env=env, stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=err)

@@ -87,7 +87,7 @@ def main():
   the events' JSON: the next step is a second writer connection per queue table, or
   moving event serialisation out of the transaction callback entirely.
 - On the HTTP path the first profile was dominated by Ed25519 verification in
-  libsodium (about 40% of samples): every request verified its token again. Verified
+  libsodium (the largest share of samples then): every request verified its token again. Verified
   tokens are now remembered by a BLAKE2b hash of the token. The access-log line was
   built with jansson and is now formatted by hand; reads prepare BEGIN and COMMIT
   once. The kernel (loopback TCP, shared with wrk on the same two cores) is now the

@@ -40,6 +40,8 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
+#include "auth/b64url.h"
+
 #define MAX_KEYS 8
 #define SET_SLOTS 8192
 
@@ -122,20 +124,6 @@ static bool is_internal(const char *username) {
   return username && st.internal_user && strcmp(username, st.internal_user) == 0;
 }
 
-static unsigned char *unb64(const char *s, size_t len, size_t *outlen) {
-  unsigned char *buf = malloc(len + 1);
-  const char *end;
-  if (!buf) return NULL;
-  if (sodium_base642bin(buf, len, s, len, NULL, outlen, &end,
-                        sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
-      end != s + len) {
-    free(buf);
-    return NULL;
-  }
-  buf[*outlen] = 0;
-  return buf;
-}
-
 /* Verifies a device token for device_id; true when every check passes. */
 static bool device_token_ok(const char *device_id, const char *jwt) {
   if (!jwt || strlen(jwt) > 4096) return false;
@@ -143,9 +131,9 @@ static bool device_token_ok(const char *device_id, const char *jwt) {
   if (!d1 || !d2 || strchr(d2 + 1, '.')) return false;
   bool ok = false;
   size_t hl = 0, pl = 0, sl = 0;
-  unsigned char *h = unb64(jwt, (size_t)(d1 - jwt), &hl);
-  unsigned char *p = unb64(d1 + 1, (size_t)(d2 - d1 - 1), &pl);
-  unsigned char *sig = unb64(d2 + 1, strlen(d2 + 1), &sl);
+  unsigned char *h = auth_b64url_decode(jwt, (size_t)(d1 - jwt), &hl);
+  unsigned char *p = auth_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), &pl);
+  unsigned char *sig = auth_b64url_decode(d2 + 1, strlen(d2 + 1), &sl);
   json_t *hj = h ? json_loadb((char *)h, hl, 0, NULL) : NULL;
   json_t *pj = p ? json_loadb((char *)p, pl, 0, NULL) : NULL;
   if (!hj || !pj || !sig || sl != crypto_sign_BYTES) goto out;
@@ -257,7 +245,7 @@ static void load_keys(json_t *jwks) {
     const char *kid = json_string_value(json_object_get(k, "kid"));
     const char *x = json_string_value(json_object_get(k, "x"));
     size_t len = 0;
-    unsigned char *pk = x ? unb64(x, strlen(x), &len) : NULL;
+    unsigned char *pk = x ? auth_b64url_decode(x, strlen(x), &len) : NULL;
     if (kid && pk && len == crypto_sign_PUBLICKEYBYTES && n < MAX_KEYS &&
         strlen(kid) < sizeof(st.keys[0].kid)) {
       snprintf(st.keys[n].kid, sizeof(st.keys[n].kid), "%s", kid);

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth/b64url.h"
 #include "core/errors.h"
 #include "core/log.h"
 
@@ -237,20 +238,6 @@ int auth_token_sign(const auth_keys_t *ckeys, const auth_claims_t *c, char **out
 }
 
 /* Decodes one base64url part into a malloc'd, NUL-terminated buffer. */
-static unsigned char *unb64(const char *s, size_t len, size_t *outlen) {
-  unsigned char *buf = malloc(len + 1);
-  if (!buf) return NULL;
-  const char *end;
-  if (sodium_base642bin(buf, len, s, len, NULL, outlen, &end,
-                        sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
-      end != s + len) {
-    free(buf);
-    return NULL;
-  }
-  buf[*outlen] = 0;
-  return buf;
-}
-
 static int copy_claim(json_t *pl, const char *name, char *dst, size_t cap) {
   const char *v = json_string_value(json_object_get(pl, name));
   if (!v || strlen(v) >= cap) return -1;
@@ -295,9 +282,9 @@ static int verify_full(const auth_keys_t *keys, const char *jwt, int64_t now_s, 
 
   int rc = -ERR_UNAUTHENTICATED;
   size_t hl, pl_len, sl;
-  unsigned char *hdr = unb64(jwt, (size_t)(d1 - jwt), &hl);
-  unsigned char *pay = unb64(d1 + 1, (size_t)(d2 - d1 - 1), &pl_len);
-  unsigned char *sig = unb64(d2 + 1, strlen(d2 + 1), &sl);
+  unsigned char *hdr = auth_b64url_decode(jwt, (size_t)(d1 - jwt), &hl);
+  unsigned char *pay = auth_b64url_decode(d1 + 1, (size_t)(d2 - d1 - 1), &pl_len);
+  unsigned char *sig = auth_b64url_decode(d2 + 1, strlen(d2 + 1), &sl);
   json_t *h = hdr ? json_loadb((char *)hdr, hl, 0, NULL) : NULL;
   json_t *p = pay ? json_loadb((char *)pay, pl_len, 0, NULL) : NULL;
   if (!h || !p || !sig || sl != crypto_sign_BYTES) goto cleanup;

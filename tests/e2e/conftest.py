@@ -104,6 +104,16 @@ def wait_until(predicate, timeout, interval=0.01):
         time.sleep(interval)
 
 
+def poll(fn, timeout=15.0, step=0.05):
+    """wait_until with the suites' usual cadence: fn every 50 ms for at most 15 s."""
+    return wait_until(fn, timeout, step)
+
+
+def bearer(token):
+    """The Authorization header for a bearer token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 class Iotfin:
     """One running `iotfin serve`. Standard output and standard error go to files in
     the test's tmp dir, so a chatty server never blocks on a full pipe."""

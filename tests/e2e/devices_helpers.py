@@ -27,23 +27,15 @@ import paho.mqtt.client as mqtt
 import requests
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from conftest import poll, bearer
+
 STEP = 0.05
 CAP = 10.0
 PASSWORD = "correct-horse-battery-9"
 
 
-def poll(fn, timeout=CAP, step=STEP):
-    """Calls fn until it returns a truthy value or timeout seconds pass; returns the last."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
 
 
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def unique(tag):

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import Iotfin, assert_problem, verify_token
+from conftest import Iotfin, assert_problem, verify_token, bearer
 from fakes import FakeIdentity, FakeKyc, ForwardProxy, sign_webhook
 
 KYC_SECRET = "test-secret-kyc"
@@ -73,8 +73,6 @@ def server(tmp_path_factory, kyc, identity):
 # -- helpers --------------------------------------------------------------------
 
 
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def unique(tag):

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from conftest import assert_problem
+from conftest import assert_problem, poll
 
 STEP = 0.05
 CAP = 15.0
@@ -137,14 +137,6 @@ def bus_env(kyc, **extra):
 # ---- helpers ---------------------------------------------------------------------------
 
 
-def poll(fn, timeout=CAP, step=STEP):
-    """Calls fn until it returns a truthy value or timeout passes; returns the last."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
 
 
 def register(srv, email=None):

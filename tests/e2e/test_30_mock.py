@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, Iotfin, assert_problem
+from conftest import REPO_ROOT, Iotfin, assert_problem, poll, bearer
 
 SHIPPED_MOCKS = REPO_ROOT / "mocks"
 STEP = 0.05
@@ -30,18 +30,8 @@ PASSWORD = "correct-horse-battery"
 # ---- helpers ---------------------------------------------------------------------------
 
 
-def poll(fn, timeout=CAP, step=STEP):
-    """Calls fn until it returns a truthy value or timeout passes; returns the last."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
 
 
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def unique(tag):

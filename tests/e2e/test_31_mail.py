@@ -21,7 +21,7 @@ import uuid
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, poll, bearer
 
 SHIPPED_MOCKS = REPO_ROOT / "mocks"
 STEP = 0.05
@@ -127,17 +127,8 @@ def sink():
 # ---- helpers ---------------------------------------------------------------------------
 
 
-def poll(fn, timeout=CAP, step=STEP):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
 
 
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def unique_email(tag):
