@@ -25,7 +25,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >/dev/null || true
-apt-get install -y -q --no-install-recommends $missing >/dev/null
+# Another apt (an unattended upgrade, a second `make` at the same time) may hold the
+# lock for a while: wait for it rather than fail.
+apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null || true
+apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends $missing >/dev/null
 # Debian's mosquitto package may start a system broker on 1883; iotfin manages its own.
 if command -v service >/dev/null 2>&1; then service mosquitto stop >/dev/null 2>&1 || true; fi

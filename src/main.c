@@ -195,7 +195,7 @@ static int serve(void) {
   if (cfg.broker_managed) {
     char secret[64];
     ids_random_token(secret, sizeof(secret), 24);
-    if (hub_broker_start(&cfg, secret, &app.broker) < 0) goto out;
+    if (hub_broker_start(&app, secret, &app.broker) < 0) goto out;
     snprintf(mqtt_host, sizeof(mqtt_host), "%s", cfg.mqtt_host);
     mqtt_port = hub_broker_port(app.broker);
     snprintf(user, sizeof(user), "%s", HUB_INTERNAL_USER);

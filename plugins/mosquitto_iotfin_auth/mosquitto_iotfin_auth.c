@@ -6,6 +6,12 @@
  *   with iss "iotfin", tier "device", sub = the device id, unexpired, and neither
  *   its session nor its device revoked. Anonymous clients are refused.
  * - Confines each device to topics under devices/<its id>/.
+ * - Makes a PUBACK a promise: every QoS 1 device event and command ack is appended to
+ *   the spool (src/hub/spool_format.h) and flushed to disk before the broker answers;
+ *   a message that cannot be made durable fails the callback, so the broker drops the
+ *   connection instead of acknowledging it.
+ * - Stamps device requests with the user property iotfin-received-ms, so iotfin can
+ *   keep a request's 3 s promise even if it was itself paused.
  * - Publishes presence on iotfin/presence/<id>: {"online": true|false} when a
  *   device's first connection opens or its last one closes, and
  *   {"subscribed": true} when it subscribes to its commands topic, the moment
@@ -22,8 +28,14 @@
  *   plugin_opt_internal_user iotfin
  *   plugin_opt_internal_password <secret>
  *   plugin_opt_parent_fd <fd>     (optional: read end of a pipe only iotfin writes)
+ *   plugin_opt_spool_fd <fd>      (or plugin_opt_spool_dir <dir>: where the spool goes;
+ *                                  without either, PUBACKs are not durable)
+ *   plugin_opt_state_fd <fd>      (optional: {keys, sessions, devices} to start with, so
+ *                                  devices are admitted before iotfin's client connects)
  */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
@@ -33,27 +45,30 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
 
 #include "auth/b64url.h"
+#include "hub/spool_format.h"
 
 #define MAX_KEYS 8
-#define SET_SLOTS 8192
 
 typedef struct {
   char kid[32];
   unsigned char pk[crypto_sign_PUBLICKEYBYTES];
 } pubkey_t;
 
-/* A string set (open addressing, no deletion) for revoked sessions and devices. */
+/* A string set (open addressing, no deletion) for revoked sessions and devices. It
+ * grows: a fixed table once stopped taking entries, and a retired device came back. */
 typedef struct {
-  char *slots[SET_SLOTS];
-  int n;
+  char **slots;
+  size_t cap, n;
 } strset_t;
 
 /* Live device connections: client pointer -> device id, and per-device counts. */
@@ -71,6 +86,17 @@ typedef struct {
   strset_t revoked_sessions, revoked_devices;
   conn_t *conns;
   int nconns, capconns;
+  /* The spool: a directory (fd) and the segment being appended to. */
+  int spool_dir;
+  int seg_fd;
+  uint64_t seg_no;
+  off_t seg_size;
+  time_t spool_warned;
+  /* iotfin's client is connected and subscribed to device events. Until then devices
+   * are refused: a message taken with nobody listening would sit in the open spool
+   * segment and reach the store after the device's newer ones. */
+  const void *iotfin_client;
+  bool iotfin_listening;
 } plugin_state_t;
 
 /* Everything here runs on the broker's single thread, except watch_parent. */
@@ -84,32 +110,49 @@ static unsigned hash(const char *s) {
 }
 
 static bool set_has(const strset_t *s, const char *v) {
-  for (unsigned i = 0, h = hash(v); i < SET_SLOTS; i++) {
-    const char *x = s->slots[(h + i) % SET_SLOTS];
+  if (!s->cap) return false;
+  for (size_t i = 0, h = hash(v); i < s->cap; i++) {
+    const char *x = s->slots[(h + i) % s->cap];
     if (!x) return false;
     if (strcmp(x, v) == 0) return true;
   }
   return false;
 }
 
-static void set_add(strset_t *s, const char *v) {
-  if (s->n >= SET_SLOTS * 3 / 4 || set_has(s, v)) return;
-  for (unsigned i = 0, h = hash(v);; i++) {
-    char **slot = &s->slots[(h + i) % SET_SLOTS];
-    if (!*slot) {
-      *slot = strdup(v);
-      s->n++;
+static void set_put(char **slots, size_t cap, char *v) {
+  for (size_t h = hash(v);; h++) {
+    if (!slots[h % cap]) {
+      slots[h % cap] = v;
       return;
     }
   }
 }
 
-static void set_clear(strset_t *s) {
-  for (int i = 0; i < SET_SLOTS; i++) {
-    free(s->slots[i]);
-    s->slots[i] = NULL;
+/* Returns false only when memory runs out; the caller then refuses what it checks. */
+static bool set_add(strset_t *s, const char *v) {
+  if (set_has(s, v)) return true;
+  if ((s->n + 1) * 4 > s->cap * 3) {
+    size_t cap = s->cap ? s->cap * 2 : 1024;
+    char **slots = calloc(cap, sizeof(char *));
+    if (!slots) return false;
+    for (size_t i = 0; i < s->cap; i++)
+      if (s->slots[i]) set_put(slots, cap, s->slots[i]);
+    free(s->slots);
+    s->slots = slots;
+    s->cap = cap;
   }
-  s->n = 0;
+  char *copy = strdup(v);
+  if (!copy) return false;
+  set_put(s->slots, s->cap, copy);
+  s->n++;
+  return true;
+}
+
+static void set_clear(strset_t *s) {
+  for (size_t i = 0; i < s->cap; i++)
+    free(s->slots[i]);
+  free(s->slots);
+  memset(s, 0, sizeof(*s));
 }
 
 /* Constant-time string equality: the secret must not leak through timing. */
@@ -183,6 +226,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata) {
     return ed->password && st.internal_password && secret_equal(ed->password, st.internal_password)
                ? MOSQ_ERR_SUCCESS
                : MOSQ_ERR_AUTH;
+  if (!st.iotfin_listening) return MOSQ_ERR_AUTH; /* the device retries in a moment */
   const char *cid = mosquitto_client_id(ed->client);
   if (!ed->username || !cid || strcmp(cid, ed->username) != 0 || strlen(ed->username) >= 64 ||
       !device_token_ok(ed->username, ed->password))
@@ -204,6 +248,11 @@ static int on_basic_auth(int event, void *event_data, void *userdata) {
 
 static int on_disconnect(int event, void *event_data, void *userdata) {
   struct mosquitto_evt_disconnect *ed = event_data;
+  if (ed->client == st.iotfin_client) {
+    st.iotfin_client = NULL;
+    st.iotfin_listening = false;
+    return MOSQ_ERR_SUCCESS;
+  }
   for (int i = 0; i < st.nconns; i++) {
     if (st.conns[i].client != ed->client) continue;
     char device[64];
@@ -224,7 +273,13 @@ static bool under_prefix(const char *username, const char *topic) {
 static int on_acl_check(int event, void *event_data, void *userdata) {
   struct mosquitto_evt_acl_check *ed = event_data;
   const char *user = mosquitto_client_username(ed->client);
-  if (is_internal(user)) return MOSQ_ERR_SUCCESS;
+  if (is_internal(user)) {
+    if (ed->access == MOSQ_ACL_SUBSCRIBE && strstr(ed->topic, "devices/+/events")) {
+      st.iotfin_client = ed->client;
+      st.iotfin_listening = true;
+    }
+    return MOSQ_ERR_SUCCESS;
+  }
   if (!user || !under_prefix(user, ed->topic)) return MOSQ_ERR_ACL_DENIED;
   /* Wildcards may not climb out of the prefix: "devices/<id>/#" is fine. */
   if (ed->access == MOSQ_ACL_SUBSCRIBE) {
@@ -275,10 +330,124 @@ static void apply_revocations(json_t *msg) {
   }
 }
 
+/* --- the spool ---------------------------------------------------------------- */
+
+/* Opens the next segment after the highest one in the directory. Returns the fd or -1. */
+static int spool_open_segment(void) {
+  if (st.seg_no == 0) {
+    int dfd = dup(st.spool_dir);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    if (!d) {
+      if (dfd >= 0) close(dfd);
+      return -1;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+      unsigned long long no;
+      if (sscanf(e->d_name, SPOOL_PREFIX "%16llx", &no) == 1 && no > st.seg_no) st.seg_no = no;
+    }
+    closedir(d);
+  }
+  char name[64];
+  snprintf(name, sizeof(name), SPOOL_PREFIX "%016llx" SPOOL_SUFFIX,
+           (unsigned long long)++st.seg_no);
+  int fd = openat(st.spool_dir, name, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+  /* The new name must survive a crash too, or its records would be unreachable. */
+  if (fd >= 0 && fsync(st.spool_dir) < 0) {
+    close(fd);
+    unlinkat(st.spool_dir, name, 0);
+    return -1;
+  }
+  st.seg_size = 0;
+  return fd;
+}
+
+static bool write_all(int fd, const unsigned char *p, size_t n) {
+  while (n) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= (size_t)w;
+  }
+  return true;
+}
+
+/* Appends one record and flushes it. False when it is not durable; the segment is then
+ * cut back to its last good record (or abandoned), so nothing torn sits in the middle. */
+static bool spool_append(const char *topic, const void *payload, uint32_t len) {
+  if (st.seg_fd >= 0 && st.seg_size >= (off_t)SPOOL_SEGMENT_BYTES) {
+    close(st.seg_fd);
+    st.seg_fd = -1;
+  }
+  if (st.seg_fd < 0 && (st.seg_fd = spool_open_segment()) < 0) return false;
+  size_t tl = strlen(topic);
+  if (tl > UINT16_MAX) return false;
+  size_t body = SPOOL_BODY_FIXED + tl + len;
+  unsigned char *rec = malloc(SPOOL_HEADER + body);
+  if (!rec) return false;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  uint16_t tl16 = (uint16_t)tl;
+  unsigned char *b = rec + SPOOL_HEADER;
+  memcpy(b, &ms, 8);
+  memcpy(b + 8, &tl16, 2);
+  memcpy(b + SPOOL_BODY_FIXED, topic, tl);
+  if (len) memcpy(b + SPOOL_BODY_FIXED + tl, payload, len);
+  uint32_t hdr[3] = {SPOOL_MAGIC, (uint32_t)body, spool_crc32(0, b, body)};
+  memcpy(rec, hdr, sizeof(hdr));
+  bool ok = write_all(st.seg_fd, rec, SPOOL_HEADER + body) && fdatasync(st.seg_fd) == 0;
+  free(rec);
+  if (ok) {
+    st.seg_size += (off_t)(SPOOL_HEADER + body);
+    return true;
+  }
+  int err = errno;
+  if (ftruncate(st.seg_fd, st.seg_size) < 0 || fdatasync(st.seg_fd) < 0) {
+    close(st.seg_fd);
+    st.seg_fd = -1;
+  }
+  time_t now = time(NULL);
+  if (now != st.spool_warned) { /* one line a second, whatever the rate of failures */
+    st.spool_warned = now;
+    mosquitto_log_printf(MOSQ_LOG_ERR,
+                         "iotfin_auth: spool write failed (%s); device messages are refused "
+                         "until storage recovers",
+                         strerror(err));
+  }
+  return false;
+}
+
+/* Device events and command acks change state: they are what a PUBACK promises. */
+static bool journaled(const char *user, const char *topic) {
+  const char *rest = topic + 8 + strlen(user) + 1;
+  if (strcmp(rest, "events") == 0) return true;
+  size_t n = strlen(rest);
+  return strncmp(rest, "commands/", 9) == 0 && n > 13 && strcmp(rest + n - 4, "/ack") == 0;
+}
+
 static int on_message(int event, void *event_data, void *userdata) {
   struct mosquitto_evt_message *ed = event_data;
-  if (strncmp(ed->topic, "iotfin/", 7) != 0) return MOSQ_ERR_SUCCESS;
-  if (!is_internal(mosquitto_client_username(ed->client))) return MOSQ_ERR_ACL_DENIED;
+  const char *user = mosquitto_client_username(ed->client);
+  if (strncmp(ed->topic, "iotfin/", 7) != 0) {
+    if (is_internal(user) || !user || !under_prefix(user, ed->topic)) return MOSQ_ERR_SUCCESS;
+    if (!st.iotfin_listening && journaled(user, ed->topic))
+      return MOSQ_ERR_UNKNOWN; /* nobody would store it in order: not acknowledged */
+    if (ed->qos >= 1 && st.spool_dir >= 0 && journaled(user, ed->topic) &&
+        !spool_append(ed->topic, ed->payload, ed->payloadlen))
+      return MOSQ_ERR_UNKNOWN; /* not PUBACKed: the broker closes the connection */
+    if (strncmp(ed->topic + 8 + strlen(user), "/requests/", 10) == 0) {
+      struct timespec ts;
+      char v[24];
+      clock_gettime(CLOCK_REALTIME, &ts);
+      snprintf(v, sizeof(v), "%lld", (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+      mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY,
+                                         "iotfin-received-ms", v);
+    }
+    return MOSQ_ERR_SUCCESS;
+  }
+  if (!is_internal(user)) return MOSQ_ERR_ACL_DENIED;
   if (strncmp(ed->topic, "iotfin/control/", 15) != 0) return MOSQ_ERR_SUCCESS;
   json_t *msg = json_loadb(ed->payload, ed->payloadlen, 0, NULL);
   if (!msg) return MOSQ_ERR_SUCCESS;
@@ -294,6 +463,24 @@ static int on_message(int event, void *event_data, void *userdata) {
   }
   json_decref(msg);
   return MOSQ_ERR_SUCCESS;
+}
+
+/* The state iotfin hands over at start: {keys: JWKS, sessions: [...], devices: [...]}. */
+static void load_state(int fd) {
+  struct stat sb;
+  if (fstat(fd, &sb) < 0 || sb.st_size <= 0 || sb.st_size > 256 * 1024 * 1024) return;
+  char *buf = malloc((size_t)sb.st_size);
+  if (!buf) return;
+  ssize_t n = pread(fd, buf, (size_t)sb.st_size, 0);
+  json_t *msg = n == sb.st_size ? json_loadb(buf, (size_t)n, 0, NULL) : NULL;
+  free(buf);
+  if (!msg) {
+    mosquitto_log_printf(MOSQ_LOG_ERR, "iotfin_auth: start state unreadable");
+    return;
+  }
+  load_keys(json_object_get(msg, "keys"));
+  apply_revocations(msg);
+  json_decref(msg);
 }
 
 /* Blocks until the write end of the pipe closes, which happens when iotfin exits
@@ -318,6 +505,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
   memset(&st, 0, sizeof(st));
   st.id = identifier;
   st.parent_fd = -1;
+  st.spool_dir = -1;
+  st.seg_fd = -1;
+  int state_fd = -1;
   if (sodium_init() < 0) return MOSQ_ERR_UNKNOWN;
   for (int i = 0; i < opt_count; i++) {
     if (strcmp(opts[i].key, "internal_user") == 0)
@@ -326,7 +516,20 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
       st.internal_password = strdup(opts[i].value);
     else if (strcmp(opts[i].key, "parent_fd") == 0)
       st.parent_fd = atoi(opts[i].value);
+    else if (strcmp(opts[i].key, "spool_fd") == 0)
+      st.spool_dir = atoi(opts[i].value);
+    else if (strcmp(opts[i].key, "spool_dir") == 0)
+      st.spool_dir = open(opts[i].value, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    else if (strcmp(opts[i].key, "state_fd") == 0)
+      state_fd = atoi(opts[i].value);
   }
+  if (state_fd >= 0) {
+    load_state(state_fd);
+    close(state_fd);
+  }
+  if (st.spool_dir < 0)
+    mosquitto_log_printf(MOSQ_LOG_WARNING,
+                         "iotfin_auth: no spool; a PUBACK does not mean the message is stored");
   if (!st.internal_user || !st.internal_password) {
     mosquitto_log_printf(MOSQ_LOG_ERR, "iotfin_auth: internal_user and internal_password needed");
     return MOSQ_ERR_INVAL;
@@ -353,6 +556,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
   mosquitto_callback_unregister(st.id, MOSQ_EVT_MESSAGE, on_message, NULL);
   set_clear(&st.revoked_sessions);
   set_clear(&st.revoked_devices);
+  if (st.seg_fd >= 0) close(st.seg_fd);
   free(st.conns);
   free(st.internal_user);
   free(st.internal_password);

@@ -6,15 +6,16 @@
 
 #include <stdbool.h>
 
-#include "core/config.h"
+#include "app.h"
 
 typedef struct hub_broker hub_broker_t;
 
-/* Starts mosquitto on cfg->mqtt_host:cfg->mqtt_port (0 picks a free port) and
- * waits until it accepts connections. internal_password is the secret iotfin's
- * own client uses as user "iotfin". Returns 0 and *out, or -ERR_UNAVAILABLE with
- * a log line saying why. Call from the main thread. */
-int hub_broker_start(const config_t *cfg, const char *internal_password, hub_broker_t **out);
+/* Stores what the spool of an earlier broker holds, then starts mosquitto on
+ * cfg->mqtt_host:cfg->mqtt_port (0 picks a free port) and waits until it accepts
+ * connections. internal_password is the secret iotfin's own client uses as user
+ * "iotfin". Needs app->cfg, app->keys and app->store. Returns 0 and *out, or
+ * -ERR_UNAVAILABLE with a log line giving the broker's own reason. Main thread. */
+int hub_broker_start(app_t *app, const char *internal_password, hub_broker_t **out);
 /* The port the broker listens on. */
 int hub_broker_port(const hub_broker_t *b);
 /* True while the broker process runs. Any thread. */

@@ -128,6 +128,7 @@ class Iotfin:
         self.env = base_env(self.data_dir, env)
         self.stdout_path = self.workdir / f"iotfin-{self.n}.stdout"
         self.stderr_path = self.workdir / f"iotfin-{self.n}.stderr"
+        self.bin = BIN
         self.proc = None
         self.returncode = None
         self.stopped_by_test = False
@@ -140,7 +141,7 @@ class Iotfin:
     def start(self):
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [BIN, "serve"],
+                [self.bin, "serve"],
                 env=self.env,
                 cwd=str(self.workdir),
                 stdin=subprocess.DEVNULL,
@@ -500,3 +501,9 @@ def verify_token(inst, token):
         options={"require": ["iss", "sub", "iat", "exp", "jti"], "verify_aud": False},
     )
     return header, claims
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a fault test that takes seconds; still part of `make test` and CI"
+    )
