@@ -43,12 +43,21 @@ typedef struct {
   long command_ttl_s;
   long access_ttl_s, device_token_ttl_s;
   long auth_rate;
+  /* TLS: PEM files; empty: plain. Both of a pair or neither (checked here); that
+   * they can be read and belong together is checked at start (core/tls.c). */
+  char tls_cert[1024], tls_key[1024];
+  char mqtt_tls_cert[1024], mqtt_tls_key[1024];
+  /* Finished records older than this are deleted in the background (IOTFIN_RETENTION). */
+  int64_t retention_s;
 } config_t;
 
 /* Fills cfg from the environment (getter, so tests can pass their own). Returns 0,
  * or -1 with a one-line message naming the bad setting in err. */
 typedef const char *(*config_getenv_fn)(const char *name);
 int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen);
+
+/* Parses a duration "<n>s|m|h|d" (at most 100 years) into seconds; -1 when malformed. */
+int config_parse_duration(const char *v, int64_t *seconds);
 
 /* Lower-case partner name ("kyc", ...) and upper-case env name ("KYC", ...). */
 const char *config_partner_name(partner_id_t p);

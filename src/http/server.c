@@ -594,11 +594,19 @@ int http_server_start(app_t *app, const http_route_t *routes, int n, const char 
                    "HTTP request latency by route.");
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
   if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-  srv->daemon =
-      MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_CONNECTION_LIMIT,
-                       (unsigned)10000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+  /* HTTPS: libmicrohttpd keeps pointers to the PEM text, which app holds for good. */
+  struct MHD_OptionItem tls[] = {
+      {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
+  if (app->tls_cert_pem && app->tls_key_pem) {
+    flags |= MHD_USE_TLS;
+    tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, app->tls_cert_pem};
+    tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, app->tls_key_pem};
+  }
+  srv->daemon = MHD_start_daemon(
+      flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_CONNECTION_LIMIT, (unsigned)10000,
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+      MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!srv->daemon) {
     log_error("http", "cannot listen on %s:%d (address in use or not local?)", host, port);

@@ -22,6 +22,9 @@ typedef struct {
  * to wait_ms for the first CONNACK. handlers may be NULL. *out is set before the
  * network thread starts, so handlers may use it from their first call. Returns 0
  * (free with hub_mqtt_stop), or -ERR_UNAVAILABLE with *out NULL. */
+/* Clients started from now on connect over TLS to the managed broker, whose certificate
+ * is cert_path (NULL or "": plain). Main thread, before hub_start. */
+void hub_mqtt_use_tls(const char *cert_path);
 int hub_mqtt_start(const char *host, int port, const char *username, const char *password,
                    int wait_ms, const hub_mqtt_handlers_t *handlers, hub_mqtt_t **out);
 /* True while the client holds an accepted connection. Any thread. */
