@@ -28,6 +28,7 @@
 #include "hub/mqtt.h"
 #include "partners/mock.h"
 #include "services/catalogue.h"
+#include "services/retention.h"
 
 static const char *usage_main =
     "iotfin " IOTFIN_VERSION " - event-driven backend for financial IoT devices\n"
@@ -205,6 +206,7 @@ static int serve(void) {
   signal(SIGPIPE, SIG_IGN);
 
   static app_t app;
+  retention_t *retention = NULL;
   app.cfg = &cfg;
   app.started_ms = time_now_ms();
   int status = 1;
@@ -258,6 +260,7 @@ static int serve(void) {
   if (cfg.mock && partner_mock_start(&app, &app.mock) < 0) goto out;
   /* Workers start last: their handlers may call the partner mock over HTTP. */
   if (bus_start(&app, 4, &app.bus) < 0) goto out;
+  if (retention_start(&app, &retention) < 0) goto out;
 
   log_info("main", "ready in %lld ms (store %s, broker %s)", (long long)(time_mono_ms() - t0),
            store_backend(app.store), cfg.broker_managed ? "managed" : "external");
@@ -273,6 +276,7 @@ static int serve(void) {
 out:
   api_stream_shutdown();
   http_server_stop((http_server_t **)&app.http, 10000);
+  retention_stop(&retention);
   bus_stop(&app.bus, 10000);
   partner_mock_stop(&app.mock);
   hub_stop(&app.hub);
