@@ -1088,6 +1088,8 @@ static void test_idle_bus_does_not_spin(void **state) {
 int main(void) {
   if (sodium_init() < 0) return 1;
   log_set_level(LOG_ERROR);
+  /* BUS_TEST=pattern runs only the matching tests (while working on one). */
+  if (getenv("BUS_TEST")) cmocka_set_test_filter(getenv("BUS_TEST"));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_fanout_by_subscription_in_the_event_transaction, setup,
                                       teardown),
