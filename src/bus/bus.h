@@ -5,8 +5,9 @@
  *
  * Threads: bus_start() starts a fixed pool of worker threads ("bus-N"). Each one
  * claims a batch of visible messages in one write transaction, runs the handlers,
- * and settles the batch in another. The only shared structure is bus_t's wake-up
- * condition, guarded by its lock. */
+ * and settles the batch in another; a keeper thread renews the leases of every batch
+ * in flight. Shared, under bus_t's lock: the wake-up condition, the workers' lease
+ * slots and each queue's partner outage (bus_unavailable). */
 #ifndef IOTFIN_BUS_BUS_H
 #define IOTFIN_BUS_BUS_H
 
