@@ -69,6 +69,9 @@ static const char *usage_serve =
     "  IOTFIN_VISIBILITY_TIMEOUT_MS, IOTFIN_KYC_POLL_MS, IOTFIN_COMMAND_TTL_S,\n"
     "  IOTFIN_ACCESS_TTL_S, IOTFIN_DEVICE_TOKEN_TTL_S, IOTFIN_AUTH_RATE\n"
     "  IOTFIN_LOG_LEVEL           debug, info (default), warn or error\n"
+    "  IOTFIN_ACCESS_LOG          which requests get an access-log line: errors (default:\n"
+    "                             4xx, 5xx and requests slower than 1 s), all, or sample:N\n"
+    "                             (errors, slow ones and one success in N)\n"
     "\n"
     "A bad setting exits with status 2 and one line naming it.\n";
 
