@@ -111,9 +111,11 @@ void http_conn_resume(void *conn);
 /* Runs fn (a handler) on the gateway's bounded pool of worker threads instead of
  * this request thread, for work that waits on a partner: the connection is
  * suspended until fn has replied, so the request threads never wait. The handler
- * returns what this returns (0). When the pool's queue is full it answers 503
- * unavailable with Retry-After instead. fn follows the handler contract; on the
- * worker, replies are held and sent when the connection resumes. */
+ * returns what this returns, HTTP_OFFLOADED, and then must not touch req again: a
+ * worker may already be running fn. When the pool's queue is full it answers 503
+ * unavailable with Retry-After and returns 0. fn follows the handler contract; on
+ * the worker, replies are held and sent when the connection resumes. */
+#define HTTP_OFFLOADED 1
 int http_req_offload(http_req_t *req, http_handler_fn fn);
 /* The next reply is sent delay_ms later. No thread waits meanwhile: the connection
  * is suspended and the gateway's timer resumes it. Request threads only. */

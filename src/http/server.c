@@ -466,7 +466,8 @@ static void dispatch(http_req_t *r) {
 static void run_fn(http_req_t *r, http_handler_fn fn) {
   const http_route_t *rt = r->route;
   int rc = fn(r);
-  if (rc >= 0 && !r->replied && r->deferred && !r->hold) return; /* offloaded */
+  /* Offloaded: the worker owns r now; touch nothing. */
+  if (rc == HTTP_OFFLOADED) return;
   if (rc < 0 && !r->replied) {
     if (errors_status(rc) >= 500)
       log_error("http", "%s %s failed: %s (request %s)", r->method, rt->path, errors_code(rc),
@@ -500,7 +501,7 @@ int http_req_offload(http_req_t *r, http_handler_fn fn) {
   r->offload_fn = fn;
   r->deferred = true;
   MHD_suspend_connection(r->conn);
-  if (http_defer_submit(r->srv->defer, offload_run, r) == 0) return 0;
+  if (http_defer_submit(r->srv->defer, offload_run, r) == 0) return HTTP_OFFLOADED;
   /* Full: answer 503 now. The reply is held like a worker's, and the resumed
    * connection sends it. */
   r->hold = true;
