@@ -42,6 +42,12 @@
 #define DEFER_TIMERS 4096
 /* A request slower than this is logged even when only errors are. */
 #define SLOW_REQUEST_S 1.0
+/* Our own limits on the request head, kept below libmicrohttpd's memory pool
+ * (HEAD_POOL) so that we answer them as problem+json; a head past the pool gets
+ * libmicrohttpd's own plain answer, which it offers no way to replace. */
+#define MAX_URL 8192
+#define MAX_HEADERS (16 * 1024)
+#define HEAD_POOL (64 * 1024)
 
 struct http_server {
   struct MHD_Daemon *daemon;
@@ -548,6 +554,62 @@ static http_req_t *req_new(http_server_t *srv, struct MHD_Connection *conn, cons
   return r;
 }
 
+typedef struct {
+  size_t bytes;
+  int content_lengths, transfer_encodings;
+  const char *first_cl;
+  bool cl_differ;
+} head_scan_t;
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value) {
+  head_scan_t *h = cls;
+  h->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
+  if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+    if (h->content_lengths++ == 0)
+      h->first_cl = value ? value : "";
+    else if (strcmp(h->first_cl, value ? value : "") != 0)
+      h->cl_differ = true;
+  } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+    h->transfer_encodings++;
+  }
+  return MHD_YES;
+}
+
+/* Refuses a head that is too big or frames its body ambiguously (two different
+ * Content-Lengths, or Content-Length with Transfer-Encoding: the request
+ * smuggling shapes). Returns true when it replied. */
+static enum MHD_Result scan_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value) {
+  *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 2;
+  return MHD_YES;
+}
+
+static bool refuse_bad_head(http_req_t *r, const char *url) {
+  head_scan_t h = {0};
+  MHD_get_connection_values(r->conn, MHD_HEADER_KIND, scan_header, &h);
+  size_t url_bytes = strlen(url);
+  MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, scan_arg, &url_bytes);
+  if (url_bytes > MAX_URL) {
+    if (strlen(r->path) > 200) r->path[200] = 0; /* the problem and the log name the start only */
+    http_reply_problem(r, ERR_URI_TOO_LONG, "the URI is longer than 8192 bytes", NULL);
+    return true;
+  }
+  if (h.bytes > MAX_HEADERS) {
+    http_reply_problem(r, ERR_HEADERS_TOO_LARGE, "the header fields exceed 16 KiB", NULL);
+    return true;
+  }
+  if (h.cl_differ) {
+    http_reply_problem(r, ERR_BAD_REQUEST, "conflicting Content-Length headers", NULL);
+    return true;
+  }
+  if (h.content_lengths && h.transfer_encodings) {
+    http_reply_problem(r, ERR_BAD_REQUEST, "Content-Length together with Transfer-Encoding", NULL);
+    return true;
+  }
+  return false;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_size, void **con_cls) {
@@ -557,6 +619,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     r = req_new(srv, conn, url, method);
     if (!r) return MHD_NO;
     *con_cls = r;
+    if (refuse_bad_head(r, url)) return MHD_YES;
     int idx = http_router_match(srv->routes, srv->nroutes, method, url, &r->match);
     if (idx == -ERR_METHOD_NOT_ALLOWED) {
       r->route_label = r->match.pattern;
@@ -739,11 +802,11 @@ int http_server_start(app_t *app, const http_route_t *routes, int n, const char 
                    "HTTP request latency by route.");
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
   if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-  srv->daemon =
-      MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_CONNECTION_LIMIT,
-                       (unsigned)10000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+  srv->daemon = MHD_start_daemon(
+      flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_CONNECTION_LIMIT, (unsigned)10000,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HEAD_POOL, MHD_OPTION_CONNECTION_TIMEOUT,
+      (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!srv->daemon) {
     log_error("http", "cannot listen on %s:%d (address in use or not local?)", host, port);
