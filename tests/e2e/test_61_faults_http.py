@@ -354,3 +354,81 @@ def test_an_error_storm_writes_a_bounded_number_of_lines(start_iotfin, kyc, iden
              and "suppressed" not in o]
     assert len(shown) + sum(o["suppressed"] for o in warn) == 300
     assert len(inst.stderr_lines()) < 400, len(inst.stderr_lines())
+
+
+# -- odd requests (issue #12) ----------------------------------------------------
+
+
+def raw_http(inst, data, timeout=5):
+    """Sends raw bytes, returns (status, headers dict, body bytes) of the answer."""
+    s = socket.create_connection((inst.http_host.strip("[]"), inst.http_port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while b"\r\n\r\n" not in out:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        head, _, body = out.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+        want = int(headers.get("content-length", "0"))
+        while len(body) < want:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(lines[0].split()[1]), headers, body
+    finally:
+        s.close()
+
+
+def assert_raw_problem(answer, status, code):
+    st, headers, body = answer
+    assert st == status, answer
+    assert headers["content-type"].startswith("application/problem+json"), headers
+    p = json.loads(body)
+    assert p["status"] == status and p["code"] == code, p
+
+
+def test_made_up_methods_do_not_grow_the_metrics(shared_iotfin):
+    for i in range(5):
+        r = shared_iotfin.request(f"FOO{i}BAR", "/healthz")
+        assert_problem(r, 405, "method_not_allowed")
+    # The counter is written as each request completes, just after its answer.
+    line = 'iotfin_http_requests_total{method="other",route="/healthz",status="405"} 5'
+    assert poll(lambda: line in shared_iotfin.get("/metrics").text, timeout=5)
+    text = shared_iotfin.get("/metrics").text
+    assert "FOO0BAR" not in text and "FOO4BAR" not in text
+
+
+def test_conflicting_body_framing_is_refused(shared_iotfin):
+    # Two different Content-Length headers.
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"POST /mock/bank/x HTTP/1.1\r\nHost: t\r\n"
+                 b"Content-Length: 2\r\nContent-Length: 5\r\n\r\n{}"),
+        400, "bad_request")
+    # Content-Length together with Transfer-Encoding.
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"POST /mock/bank/x HTTP/1.1\r\nHost: t\r\n"
+                 b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
+        400, "bad_request")
+    # One Content-Length, or chunked alone, still work.
+    st, _, _ = raw_http(shared_iotfin, b"POST /v1/sessions/anonymous HTTP/1.1\r\nHost: t\r\n"
+                        b"Connection: close\r\nContent-Length: 0\r\n\r\n")
+    assert st == 201
+
+
+def test_oversized_uri_and_head_get_problem_json(shared_iotfin):
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"),
+        414, "uri_too_long")
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"GET /healthz?q=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"),
+        414, "uri_too_long")
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * 40000
+                 + b"\r\n\r\n"),
+        431, "headers_too_large")
+    assert shared_iotfin.get("/healthz").status_code == 200
