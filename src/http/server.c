@@ -186,7 +186,7 @@ static void hold_until(http_req_t *r, int64_t due_ms) {
   r->deferred = true;
   MHD_suspend_connection(r->conn);
   if (http_defer_at(r->srv->defer, due_ms, resume_fire, r) < 0) {
-    log_warn("http", "too many delayed replies waiting; sending this one now");
+    log_warn("http", "cannot hold a delayed reply (timer full or stopping); sending it now");
     MHD_resume_connection(r->conn);
   }
 }
