@@ -76,6 +76,9 @@ static const char *usage_serve =
     "  IOTFIN_MQTT_TLS_CERT, IOTFIN_MQTT_TLS_KEY  PEM files: the managed broker takes\n"
     "                             devices over TLS (mqtts://)\n"
     "  IOTFIN_RETENTION           keep finished records this long (90d; s, m, h, d)\n"
+    "  IOTFIN_ACCESS_LOG          which requests get an access-log line: errors (default:\n"
+    "                             4xx, 5xx and requests slower than 1 s), all, or sample:N\n"
+    "                             (errors, slow ones and one success in N)\n"
     "\n"
     "A bad setting exits with status 2 and one line naming it.\n";
 

@@ -204,6 +204,22 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
       return fail(err, errlen, nums[i].name, why);
     }
   }
+  /* errors by default: /metrics already counts every request by route, status
+   * and latency, so a line per success repeats it at disk speed (26k req/s wrote
+   * 539 MB in a minute); the failures and slow calls are what one reads. */
+  v = get("IOTFIN_ACCESS_LOG");
+  cfg->access_log = CONFIG_ACCESS_LOG_ERRORS;
+  if (!v || strcmp(v, "errors") == 0) {
+    cfg->access_log = CONFIG_ACCESS_LOG_ERRORS;
+  } else if (strcmp(v, "all") == 0) {
+    cfg->access_log = CONFIG_ACCESS_LOG_ALL;
+  } else if (strncmp(v, "sample:", 7) == 0 &&
+             parse_long(v + 7, 1, 1000000000, &cfg->access_log_sample) == 0) {
+    cfg->access_log = CONFIG_ACCESS_LOG_SAMPLE;
+  } else {
+    return fail(err, errlen, "IOTFIN_ACCESS_LOG", "expected all, errors or sample:N (N >= 1)");
+  }
+
   if (cfg->retry_max_ms < cfg->retry_base_ms)
     return fail(err, errlen, "IOTFIN_RETRY_MAX_MS", "must be >= IOTFIN_RETRY_BASE_MS");
 

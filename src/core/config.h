@@ -20,6 +20,13 @@ typedef struct {
   long timeout_ms;
 } config_partner_t;
 
+/* IOTFIN_ACCESS_LOG: which requests get an access-log line. */
+typedef enum {
+  CONFIG_ACCESS_LOG_ERRORS, /* 4xx, 5xx and slow requests (the default) */
+  CONFIG_ACCESS_LOG_ALL,
+  CONFIG_ACCESS_LOG_SAMPLE /* errors, slow ones, and one success in access_log_sample */
+} config_access_log_t;
+
 typedef struct {
   char listen_host[256];
   int listen_port; /* 0: pick a free port */
@@ -49,6 +56,8 @@ typedef struct {
   char mqtt_tls_cert[1024], mqtt_tls_key[1024];
   /* Finished records older than this are deleted in the background (IOTFIN_RETENTION). */
   int64_t retention_s;
+  config_access_log_t access_log;
+  long access_log_sample; /* N of sample:N */
 } config_t;
 
 /* Fills cfg from the environment (getter, so tests can pass their own). Returns 0,

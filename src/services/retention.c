@@ -36,11 +36,11 @@ typedef struct {
 
 typedef struct {
   const rule_t *rule;
-  const char *ts;     /* cutoff as RFC 3339 */
-  const char *id;     /* cutoff as the smallest UUIDv7 of that millisecond */
-  int64_t ms;         /* cutoff, unix ms */
-  int64_t idem_ms;    /* idempotency cutoff */
-  int64_t first_seq;  /* events: the first one young enough to keep */
+  const char *ts;    /* cutoff as RFC 3339 */
+  const char *id;    /* cutoff as the smallest UUIDv7 of that millisecond */
+  int64_t ms;        /* cutoff, unix ms */
+  int64_t idem_ms;   /* idempotency cutoff */
+  int64_t first_seq; /* events: the first one young enough to keep */
 } sweep_t;
 
 /* Every event older than the cutoff that no queue message points at. The events' seq
@@ -104,11 +104,21 @@ static int delete_tx(store_tx_t *tx, void *arg) {
   char types[3] = "";
   for (int i = 0; t[i] && i < 2; i++) {
     switch (t[i]) {
-    case 'T': sv[i] = s->ts, types[i] = 's'; break;
-    case 'I': sv[i] = s->id, types[i] = 's'; break;
-    case 'F': iv[i] = s->first_seq, types[i] = 'i'; break;
-    case 'D': iv[i] = s->idem_ms, types[i] = 'i'; break;
-    default: iv[i] = s->ms, types[i] = 'i'; break;
+    case 'T':
+      sv[i] = s->ts, types[i] = 's';
+      break;
+    case 'I':
+      sv[i] = s->id, types[i] = 's';
+      break;
+    case 'F':
+      iv[i] = s->first_seq, types[i] = 'i';
+      break;
+    case 'D':
+      iv[i] = s->idem_ms, types[i] = 'i';
+      break;
+    default:
+      iv[i] = s->ms, types[i] = 'i';
+      break;
     }
   }
   if (strlen(types) == 1)
@@ -142,13 +152,14 @@ static int64_t sweep(app_t *app, int64_t now_ms, retention_t *r) {
   sweep_t s = {0};
   char ts[40], id[40];
   s.ms = now_ms - app->cfg->retention_s * 1000;
-  s.idem_ms = now_ms - (app->cfg->retention_s * 1000 > IDEMPOTENCY_MIN_MS
-                            ? app->cfg->retention_s * 1000
-                            : IDEMPOTENCY_MIN_MS);
+  s.idem_ms =
+      now_ms - (app->cfg->retention_s * 1000 > IDEMPOTENCY_MIN_MS ? app->cfg->retention_s * 1000
+                                                                  : IDEMPOTENCY_MIN_MS);
   time_format_rfc3339(s.ms, ts, sizeof(ts));
   /* The smallest UUIDv7 of the cutoff's millisecond: every id below it is older. */
   snprintf(id, sizeof(id), "%08llx-%04llx-0000-0000-000000000000",
-           (unsigned long long)((uint64_t)s.ms >> 16), (unsigned long long)((uint64_t)s.ms & 0xffff));
+           (unsigned long long)((uint64_t)s.ms >> 16),
+           (unsigned long long)((uint64_t)s.ms & 0xffff));
   s.ts = ts;
   s.id = id;
   int rc = store_read(app->store, first_young_tx, &s);
