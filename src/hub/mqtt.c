@@ -32,11 +32,13 @@ struct hub_mqtt {
   atomic_bool connected;
   atomic_bool ever_connected;
   atomic_bool closing;
-  /* Network thread only: when the current loop turn began (unix ms), and, after a
-   * stall, the earliest time the messages still waiting in the socket may have
-   * arrived (0 when none is owed). */
-  int64_t turn_began_ms;
+  /* Network thread only: when the thread last did something (unix ms: a loop turn
+   * began or a message was handed on); after a stall, the earliest time the
+   * messages that were waiting in the socket may have arrived (0: none owed) and
+   * how many of their bytes are still to be read. */
+  int64_t idle_since_ms;
   int64_t stalled_since_ms;
+  long stall_bytes_left;
   hub_mqtt_handlers_t h;
 };
 
@@ -68,8 +70,10 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
 
 /* When the message reached the broker, as well as we know: the plugin's stamp
  * "iotfin-received-ms" (unix ms) if present, else now, unless the process just
- * stalled, then the moment the stall began (the message may be that old). */
-static int64_t arrival_ms(hub_mqtt_t *m, const mosquitto_property *props) {
+ * stalled (SIGSTOP, swapped out): then every message that piled up in the socket
+ * meanwhile gets the moment the stall began, as it may be that old. */
+static int64_t arrival_ms(hub_mqtt_t *m, const struct mosquitto_message *msg,
+                          const mosquitto_property *props) {
   char *name = NULL, *value = NULL;
   int64_t stamped = 0;
   for (const mosquitto_property *p = props; p; p = mosquitto_property_next(p)) {
@@ -83,17 +87,30 @@ static int64_t arrival_ms(hub_mqtt_t *m, const mosquitto_property *props) {
     if (stamped > 0) return stamped;
   }
   int64_t now = time_now_ms();
-  if (now - m->turn_began_ms > STALL_MS && !m->stalled_since_ms)
-    m->stalled_since_ms = m->turn_began_ms;
-  return m->stalled_since_ms ? m->stalled_since_ms : now;
+  if (!m->stalled_since_ms && now - m->idle_since_ms > STALL_MS) {
+    /* This message was read already; what is still in the socket piled up too. */
+    int pending = 0, fd = mosquitto_socket(m->mosq);
+    if (fd < 0 || ioctl(fd, FIONREAD, &pending) < 0) pending = 0;
+    m->stalled_since_ms = m->idle_since_ms;
+    m->stall_bytes_left = pending;
+  } else if (m->stalled_since_ms) {
+    /* Its size on the wire: payload, topic and the least a PUBLISH adds to them. */
+    m->stall_bytes_left -= msg->payloadlen + (long)strlen(msg->topic) + 7;
+  }
+  if (!m->stalled_since_ms) return now;
+  int64_t at = m->stalled_since_ms;
+  if (m->stall_bytes_left <= 0) m->stalled_since_ms = 0;
+  return at;
 }
 
 static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto_message *msg,
                        const mosquitto_property *props) {
   hub_mqtt_t *m = obj;
+  int64_t at = arrival_ms(m, msg, props);
   if (m->h.on_message)
-    m->h.on_message(m->h.arg, msg->topic, msg->payload, (size_t)msg->payloadlen,
-                    arrival_ms(m, props));
+    m->h.on_message(m->h.arg, msg->topic, msg->payload, (size_t)msg->payloadlen, at);
+  /* A handler that waited (a full lane) is not a stall of the process. */
+  m->idle_since_ms = time_now_ms();
 }
 
 static void on_publish(struct mosquitto *mosq, void *obj, int mid, int reason,
@@ -112,13 +129,8 @@ static void *loop_main(void *arg) {
   hub_mqtt_t *m = arg;
   pthread_setname_np(pthread_self(), "mqtt-loop");
   while (!atomic_load(&m->closing)) {
-    m->turn_began_ms = time_now_ms();
+    m->idle_since_ms = time_now_ms();
     int rc = mosquitto_loop(m->mosq, LOOP_TIMEOUT_MS, 1);
-    /* After a stall, messages keep the stall's start as their arrival until the
-     * socket has been drained of what piled up. */
-    int pending = 0, fd = mosquitto_socket(m->mosq);
-    if (m->stalled_since_ms && (fd < 0 || ioctl(fd, FIONREAD, &pending) < 0 || pending == 0))
-      m->stalled_since_ms = 0;
     if (rc == MOSQ_ERR_SUCCESS || atomic_load(&m->closing)) continue;
     nap(m, RECONNECT_MS);
     if (!atomic_load(&m->closing)) mosquitto_reconnect(m->mosq);
@@ -175,7 +187,7 @@ int hub_mqtt_start(const char *host, int port, const char *username, const char 
   }
   /* Published before the network thread starts: callbacks may use it at once. */
   *out = m;
-  m->turn_began_ms = time_now_ms();
+  m->idle_since_ms = time_now_ms();
   if (pthread_create(&m->thread, NULL, loop_main, m) != 0) {
     *out = NULL;
     mosquitto_destroy(m->mosq);

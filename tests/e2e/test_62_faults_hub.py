@@ -215,6 +215,7 @@ def test_requests_that_waited_past_3s_time_out_and_never_reach_bank(start_iotfin
         # time; timeout when iotfin can only tell that it was stopped meanwhile) ...
         m = d.wait_message(f"devices/{dev['id']}/responses/{recent}", 5)
         assert m is not None and m.json["status"] in ("ok", "error"), m
+        print(f"a request 0.4 s old at SIGCONT was answered {m.json['status']}")
         if m.json["status"] == "error":
             assert m.json["error"]["code"] == "timeout", m.json
         # ... and BANK never saw an old one.
