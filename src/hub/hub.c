@@ -64,7 +64,6 @@ typedef struct {
   pthread_cond_t room; /* signalled when len drops below LANE_MAX */
   work_t *head, *tail;
   int len;
-  int index;
 } lane_t;
 
 typedef struct {
@@ -791,6 +790,8 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
   metrics_describe("iotfin_mqtt_messages_rejected_total", "counter",
                    "Malformed device messages dropped, by reason.");
   metrics_describe("iotfin_devices_online", "gauge", "Devices connected right now.");
+  metrics_describe("iotfin_mqtt_requests_timed_out_total", "counter",
+                   "Device requests answered timeout: older than 3 s when their turn came.");
   metrics_add_collector(collect, hub);
   if (managed) {
     /* A fresh managed broker has no device connected, whatever the store says. */
@@ -801,7 +802,6 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
     pthread_mutex_init(&hub->lanes[i].lock, NULL);
     pthread_cond_init(&hub->lanes[i].cond, NULL);
     pthread_cond_init(&hub->lanes[i].room, NULL);
-    hub->lanes[i].index = i;
     void **a = malloc(2 * sizeof(void *));
     a[0] = hub;
     a[1] = &hub->lanes[i];
@@ -833,6 +833,11 @@ void hub_stop(hub_t **phub) {
   hub_t *hub = *phub;
   if (!hub) return;
   atomic_store(&hub->closing, true);
+  for (int i = 0; i < NLANES; i++) { /* the network thread may wait for room */
+    pthread_mutex_lock(&hub->lanes[i].lock);
+    pthread_cond_broadcast(&hub->lanes[i].room);
+    pthread_mutex_unlock(&hub->lanes[i].lock);
+  }
   hub_mqtt_stop(&hub->mqtt);
   hub->app->mqtt = NULL;
   atomic_store(&hub->stopping, true);

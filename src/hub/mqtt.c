@@ -74,19 +74,20 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
  * meanwhile gets the moment the stall began, as it may be that old. */
 static int64_t arrival_ms(hub_mqtt_t *m, const struct mosquitto_message *msg,
                           const mosquitto_property *props) {
-  char *name = NULL, *value = NULL;
+  /* The last stamp counts: the plugin appends its own after any a device sent. */
   int64_t stamped = 0;
   for (const mosquitto_property *p = props; p; p = mosquitto_property_next(p)) {
-    if (mosquitto_property_identifier(p) != MQTT_PROP_USER_PROPERTY) continue;
-    if (!mosquitto_property_read_string_pair(p, MQTT_PROP_USER_PROPERTY, &name, &value, false))
+    char *name = NULL, *value = NULL;
+    if (mosquitto_property_identifier(p) != MQTT_PROP_USER_PROPERTY ||
+        !mosquitto_property_read_string_pair(p, MQTT_PROP_USER_PROPERTY, &name, &value, false))
       continue;
     if (strcmp(name, "iotfin-received-ms") == 0) stamped = strtoll(value, NULL, 10);
     free(name);
     free(value);
-    name = value = NULL;
-    if (stamped > 0) return stamped;
   }
   int64_t now = time_now_ms();
+  /* Never later than now: a stamp from the future would lengthen the deadline. */
+  if (stamped > 0) return stamped < now ? stamped : now;
   if (!m->stalled_since_ms && now - m->idle_since_ms > STALL_MS) {
     /* This message was read already; what is still in the socket piled up too. */
     int pending = 0, fd = mosquitto_socket(m->mosq);
