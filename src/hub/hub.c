@@ -397,9 +397,11 @@ static int handle_delivered(hub_t *hub, work_t *w) {
  * device is not listening after all. The command stays queued and goes out again
  * when the plugin next reports the device subscribed. */
 static int handle_undelivered(hub_t *hub, work_t *w) {
+  /* Said once per device, not once per command of a long queue. */
+  if (is_listening(hub, w->device))
+    log_info("hub", "command %s not delivered to %s: %s; its commands stay queued", w->arg,
+             w->device, w->topic);
   listening_set(hub, w->device, false);
-  log_info("hub", "command %s not delivered to %s: %s; it stays queued", w->arg, w->device,
-           w->topic);
   return 0;
 }
 
