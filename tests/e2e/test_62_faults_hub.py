@@ -14,6 +14,7 @@ order, nothing freezes (CONTRACT sections 1, 5 and 8, v2).
 Each test starts its own server: they kill, stop or starve it."""
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ import time
 import uuid
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from conftest import assert_problem, wait_until
 from devices_helpers import (
@@ -225,6 +228,19 @@ def test_requests_that_waited_past_3s_time_out_and_never_reach_bank(start_iotfin
         # Step 4: iotfin carries on: a fresh request is answered from BANK at once.
         resp, took = d.request("authorize", {"amount": 2}, request_id="after-" + uuid.uuid4().hex)
         assert resp and resp["status"] == "ok" and took < 3.0, (resp, took)
+        # Step 5: the arrival stamp the broker plugin adds (user property
+        # "iotfin-received-ms", unix ms) is what the 3 s run from: a request stamped
+        # 5 s ago is a timeout at once, and BANK does not see it.
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = ("iotfin-received-ms", str(int(time.time() * 1000) - 5000))
+        rid = "stamped-" + uuid.uuid4().hex[:8]
+        d.client.publish(f"devices/{dev['id']}/requests/authorize",
+                         json.dumps({"request_id": rid, "data": {"amount": 3}}), qos=1,
+                         properties=props)
+        m = d.wait_message(f"devices/{dev['id']}/responses/{rid}", 5)
+        assert m is not None and m.json["error"]["code"] == "timeout", m
+        calls = [c for c in mock_requests(srv, "bank") if c["path"].endswith("/authorizations")]
+        assert rid not in {c["body"]["request_id"] for c in calls}, calls
     finally:
         d.close()
 
