@@ -93,7 +93,7 @@ def test_a_command_nobody_receives_stays_queued_until_the_device_listens(start_i
         assert r.status_code == 202, r.text
         cid = r.json()["id"]
         # The broker's answer comes within milliseconds; give it ample time to be wrong.
-        time.sleep(1.0)
+        time.sleep(0.5)
         c = get_command(srv, user, dev["id"], cid)
         assert c["status"] == "queued" and c["delivered_at"] is None, c
         assert d.commands() == []
@@ -126,6 +126,7 @@ def test_broker_death_turns_devices_offline_and_commands_wait_for_them(start_iot
         for dev in devs:
             assert poll(lambda: not online(srv, user, dev["id"]), 2.0 - (time.monotonic() - t_kill)
                         + 0.05), f"{dev['id']} still online {time.monotonic() - t_kill:.1f} s later"
+        print(f"all devices offline {time.monotonic() - t_kill:.3f} s after the broker died")
         fresh = [e for e in admin_events(srv, type="device.disconnected") if e["id"] not in before]
         assert {e["subject"] for e in fresh} == {f"devices/{d['id']}" for d in devs}, fresh
         for c in clients:
