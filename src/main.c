@@ -98,6 +98,28 @@ static int mkdir_p(const char *path) {
   return (mkdir(buf, 0700) < 0 && errno != EEXIST) ? -1 : 0;
 }
 
+/* The data dir must take writes: database, keys and mail all live there. Finding
+ * out by writing a file says why not (read-only, full, no permission) in one line,
+ * before anything else fails less clearly. Root ignores permission bits, so
+ * access(2) alone would not do. */
+static int check_data_dir(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof(path), "%s/.write-check-%d", dir, (int)getpid());
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  int err = 0;
+  if (fd < 0) {
+    err = errno;
+  } else {
+    if (write(fd, "ok\n", 3) != 3 || fsync(fd) < 0) err = errno ? errno : EIO;
+    close(fd);
+    unlink(path);
+  }
+  if (!err) return 0;
+  fprintf(stderr, "iotfin: invalid setting IOTFIN_DATA_DIR: %s is not writable: %s\n", dir,
+          strerror(err));
+  return -1;
+}
+
 /* Reads or creates <data_dir>/admin-token; prints a newly generated one. */
 static int load_admin_token(app_t *app) {
   if (app->cfg->admin_token[0]) {
@@ -218,6 +240,7 @@ static int serve(void) {
             strerror(errno));
     return 2;
   }
+  if (check_data_dir(cfg.data_dir) < 0) return 2;
   char keydir[1200];
   snprintf(keydir, sizeof(keydir), "%s/keys", cfg.data_dir);
   if (load_admin_token(&app) < 0 || auth_keys_load(keydir, &app.keys) < 0) goto out;

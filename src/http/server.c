@@ -32,6 +32,7 @@
 #include "http/validate.h"
 #include "services/idempotency.h"
 #include "services/sessions.h"
+#include "store/store.h"
 
 #define MAX_REPLY_HEADERS 8
 /* Partner calls waiting at once: workers running them, and queued beyond that.
@@ -291,6 +292,8 @@ int http_reply_json(http_req_t *r, int status, json_t *body) {
 int http_reply_problem(http_req_t *r, int err, const char *detail, json_t *errors) {
   if (errors_status(err) == 401 && r->route && r->route->auth)
     http_reply_header(r, "WWW-Authenticate", "Bearer realm=\"iotfin\"");
+  /* A 503 without a word of its own is most often the disk: say so when it is. */
+  if (!detail && errors_status(err) == 503) detail = store_failure(r->srv->app->store);
   json_t *p = http_problem_new(err, detail, errors, r->path);
   char *buf = json_dumps(p, JSON_COMPACT);
   json_decref(p);
