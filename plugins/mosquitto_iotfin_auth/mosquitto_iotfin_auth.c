@@ -75,6 +75,7 @@ typedef struct {
 typedef struct {
   const void *client;
   char device[64];
+  bool subscribed; /* to its commands topic */
 } conn_t;
 
 typedef struct {
@@ -240,6 +241,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata) {
   }
   bool first = device_conn_count(ed->username) == 0;
   st.conns[st.nconns].client = ed->client;
+  st.conns[st.nconns].subscribed = false;
   snprintf(st.conns[st.nconns].device, sizeof(st.conns[0].device), "%s", ed->username);
   st.nconns++;
   if (first) publish_presence(ed->username, "{\"online\":true}");
@@ -286,8 +288,11 @@ static int on_acl_check(int event, void *event_data, void *userdata) {
     char cmd[128];
     bool matches = false;
     snprintf(cmd, sizeof(cmd), "devices/%s/commands", user);
-    if (mosquitto_topic_matches_sub(ed->topic, cmd, &matches) == MOSQ_ERR_SUCCESS && matches)
+    if (mosquitto_topic_matches_sub(ed->topic, cmd, &matches) == MOSQ_ERR_SUCCESS && matches) {
+      for (int i = 0; i < st.nconns; i++)
+        if (st.conns[i].client == ed->client) st.conns[i].subscribed = true;
       publish_presence(user, "{\"subscribed\":true}");
+    }
   }
   return MOSQ_ERR_SUCCESS;
 }
@@ -458,6 +463,11 @@ static int on_message(int event, void *event_data, void *userdata) {
     set_clear(&st.revoked_sessions);
     set_clear(&st.revoked_devices);
     apply_revocations(msg);
+    /* iotfin (re)connected and forgot who is here: tell it again. */
+    for (int i = 0; i < st.nconns; i++) {
+      publish_presence(st.conns[i].device, "{\"online\":true}");
+      if (st.conns[i].subscribed) publish_presence(st.conns[i].device, "{\"subscribed\":true}");
+    }
   } else if (strcmp(what, "revoke") == 0) {
     apply_revocations(msg);
   }

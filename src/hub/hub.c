@@ -18,6 +18,7 @@
 #include "core/metrics.h"
 #include "core/timeutil.h"
 #include "hub/mqtt.h"
+#include "hub/spool.h"
 #include "partners/partners.h"
 #include "services/devices.h"
 #include "services/events.h"
@@ -281,20 +282,12 @@ static void record_rejection(hub_t *hub, const char *device, const char *topic,
   store_write(hub->app->store, reject_tx, &r);
 }
 
-static bool str_ok(json_t *v, size_t max) {
-  return json_is_string(v) && json_string_length(v) >= 1 && json_string_length(v) <= max;
-}
-
 /* Parses a device event; NULL (after recording the rejection) when malformed. */
 static json_t *parse_event(hub_t *hub, work_t *w) {
-  json_t *e = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
-  json_t *time = json_object_get(e, "time");
-  if (!json_is_object(e) || !str_ok(json_object_get(e, "id"), 128) ||
-      !str_ok(json_object_get(e, "type"), 128) || !json_is_object(json_object_get(e, "data")) ||
-      (time && !str_ok(time, 64))) {
-    record_rejection(hub, w->device, w->topic,
-                     e ? "event needs id, type and data (object)" : "not JSON");
-    json_decref(e);
+  const char *why = NULL;
+  json_t *e = hub_event_parse(w->payload, w->len, &why);
+  if (!e) {
+    record_rejection(hub, w->device, w->topic, why);
     return NULL;
   }
   count("iotfin_mqtt_messages_in_total", "kind=\"event\"");
