@@ -32,6 +32,8 @@ install -m 0644 "$here/debian/copyright" "$root/usr/share/doc/iotfin/copyright"
 find "$root" -type d -exec chmod 0755 {} +
 find "$root" -type f -exec chmod 0644 {} +
 chmod 0755 "$root/usr/bin/iotfin"
+# It may hold secrets; systemd reads it as root.
+chmod 0600 "$root/etc/default/iotfin"
 
 mkdir -m 0755 "$root/DEBIAN"
 for s in postinst prerm postrm; do
