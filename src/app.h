@@ -28,7 +28,8 @@ typedef struct app {
   struct http_server *http;
   struct bus *bus;
   struct hub *hub;
-  struct partner_mock *mock; /* NULL when IOTFIN_MOCK=off */
+  struct partner_mock *mock;        /* NULL when IOTFIN_MOCK=off */
+  char *tls_cert_pem, *tls_key_pem; /* IOTFIN_TLS_CERT/KEY read at start; NULL: plain HTTP */
   char http_url[300];
   char mqtt_url[300];
   int64_t started_ms;

@@ -21,12 +21,14 @@
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/timeutil.h"
+#include "core/tls.h"
 #include "http/server.h"
 #include "hub/broker.h"
 #include "hub/hub.h"
 #include "hub/mqtt.h"
 #include "partners/mock.h"
 #include "services/catalogue.h"
+#include "services/retention.h"
 
 static const char *usage_main =
     "iotfin " IOTFIN_VERSION " - event-driven backend for financial IoT devices\n"
@@ -50,6 +52,7 @@ static const char *usage_serve =
     "\n"
     "Runs iotfin until SIGTERM or SIGINT. When everything is up it prints one line:\n"
     "  iotfin ready http=http://HOST:PORT mqtt=mqtt://HOST:PORT\n"
+    "(https:// and mqtts:// when TLS is set up).\n"
     "Logs go to standard error, one JSON object per line.\n"
     "\n"
     "Settings (environment):\n"
@@ -69,6 +72,13 @@ static const char *usage_serve =
     "  IOTFIN_VISIBILITY_TIMEOUT_MS, IOTFIN_KYC_POLL_MS, IOTFIN_COMMAND_TTL_S,\n"
     "  IOTFIN_ACCESS_TTL_S, IOTFIN_DEVICE_TOKEN_TTL_S, IOTFIN_AUTH_RATE\n"
     "  IOTFIN_LOG_LEVEL           debug, info (default), warn or error\n"
+    "  IOTFIN_TLS_CERT, IOTFIN_TLS_KEY            PEM files: serve the API over HTTPS\n"
+    "  IOTFIN_MQTT_TLS_CERT, IOTFIN_MQTT_TLS_KEY  PEM files: the managed broker takes\n"
+    "                             devices over TLS (mqtts://)\n"
+    "  IOTFIN_RETENTION           keep finished records this long (90d; s, m, h, d)\n"
+    "  IOTFIN_ACCESS_LOG          which requests get an access-log line: errors (default:\n"
+    "                             4xx, 5xx and requests slower than 1 s), all, or sample:N\n"
+    "                             (errors, slow ones and one success in N)\n"
     "\n"
     "A bad setting exits with status 2 and one line naming it.\n";
 
@@ -86,6 +96,28 @@ static int mkdir_p(const char *path) {
     *p = '/';
   }
   return (mkdir(buf, 0700) < 0 && errno != EEXIST) ? -1 : 0;
+}
+
+/* The data dir must take writes: database, keys and mail all live there. Finding
+ * out by writing a file says why not (read-only, full, no permission) in one line,
+ * before anything else fails less clearly. Root ignores permission bits, so
+ * access(2) alone would not do. */
+static int check_data_dir(const char *dir) {
+  char path[1200];
+  snprintf(path, sizeof(path), "%s/.write-check-%d", dir, (int)getpid());
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  int err = 0;
+  if (fd < 0) {
+    err = errno;
+  } else {
+    if (write(fd, "ok\n", 3) != 3 || fsync(fd) < 0) err = errno ? errno : EIO;
+    close(fd);
+    unlink(path);
+  }
+  if (!err) return 0;
+  fprintf(stderr, "iotfin: invalid setting IOTFIN_DATA_DIR: %s is not writable: %s\n", dir,
+          strerror(err));
+  return -1;
 }
 
 /* Reads or creates <data_dir>/admin-token; prints a newly generated one. */
@@ -138,6 +170,27 @@ static void parse_broker_url(const char *url, char *user, char *pass, char *host
 
 static const char *env_get(const char *name) { return getenv(name); }
 
+/* A certificate or key that cannot be used is a bad setting: said now, by name. */
+static int check_tls(const config_t *cfg) {
+  struct {
+    const char *cert, *key, *cert_name, *key_name;
+  } pairs[] = {
+      {cfg->tls_cert, cfg->tls_key, "IOTFIN_TLS_CERT", "IOTFIN_TLS_KEY"},
+      {cfg->mqtt_tls_cert, cfg->mqtt_tls_key, "IOTFIN_MQTT_TLS_CERT", "IOTFIN_MQTT_TLS_KEY"},
+  };
+  for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+    if (!pairs[i].cert[0]) continue;
+    char why[512];
+    int rc = tls_check_pair(pairs[i].cert, pairs[i].key, why, sizeof(why));
+    if (rc < 0) {
+      fprintf(stderr, "iotfin: invalid setting %s: %s\n",
+              rc == -1 ? pairs[i].cert_name : pairs[i].key_name, why);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 static int serve(void) {
   int64_t t0 = time_mono_ms();
   const char *lvl = getenv("IOTFIN_LOG_LEVEL");
@@ -160,6 +213,7 @@ static int serve(void) {
     fprintf(stderr, "iotfin: %s\n", err);
     return 2;
   }
+  if (check_tls(&cfg) < 0) return 2;
   curl_global_init(CURL_GLOBAL_DEFAULT);
   /* libsodium's userspace ChaCha20 generator, seeded from the kernel: request ids
    * and UUIDs then cost no getrandom(2) call each. */
@@ -177,6 +231,7 @@ static int serve(void) {
   signal(SIGPIPE, SIG_IGN);
 
   static app_t app;
+  retention_t *retention = NULL;
   app.cfg = &cfg;
   app.started_ms = time_now_ms();
   int status = 1;
@@ -185,6 +240,7 @@ static int serve(void) {
             strerror(errno));
     return 2;
   }
+  if (check_data_dir(cfg.data_dir) < 0) return 2;
   char keydir[1200];
   snprintf(keydir, sizeof(keydir), "%s/keys", cfg.data_dir);
   if (load_admin_token(&app) < 0 || auth_keys_load(keydir, &app.keys) < 0) goto out;
@@ -203,22 +259,34 @@ static int serve(void) {
   } else {
     parse_broker_url(cfg.broker_url, user, pass, mqtt_host, &mqtt_port);
   }
+  if (cfg.broker_managed) hub_mqtt_use_tls(cfg.mqtt_tls_cert);
   if (hub_start(&app, mqtt_host, mqtt_port, user[0] ? user : NULL, pass[0] ? pass : NULL,
                 cfg.broker_managed, &app.hub) < 0)
     goto out;
   bool mv6 = strchr(mqtt_host, ':') != NULL;
-  snprintf(app.mqtt_url, sizeof(app.mqtt_url), "mqtt://%s%s%s:%d", mv6 ? "[" : "", mqtt_host,
-           mv6 ? "]" : "", mqtt_port);
+  snprintf(app.mqtt_url, sizeof(app.mqtt_url), "%s://%s%s%s:%d",
+           cfg.mqtt_tls_cert[0] ? "mqtts" : "mqtt", mv6 ? "[" : "", mqtt_host, mv6 ? "]" : "",
+           mqtt_port);
 
+  if (cfg.tls_cert[0]) {
+    app.tls_cert_pem = tls_read_pem(cfg.tls_cert);
+    app.tls_key_pem = tls_read_pem(cfg.tls_key);
+    if (!app.tls_cert_pem || !app.tls_key_pem) {
+      log_error("main", "cannot read IOTFIN_TLS_CERT or IOTFIN_TLS_KEY");
+      goto out;
+    }
+  }
   if (http_server_start(&app, api_routes, api_routes_count, cfg.listen_host, cfg.listen_port,
                         (http_server_t **)&app.http) < 0)
     goto out;
   bool v6 = strchr(cfg.listen_host, ':') != NULL; /* an IPv6 literal needs brackets in a URL */
-  snprintf(app.http_url, sizeof(app.http_url), "http://%s%s%s:%d", v6 ? "[" : "", cfg.listen_host,
-           v6 ? "]" : "", http_server_port((http_server_t *)app.http));
+  snprintf(app.http_url, sizeof(app.http_url), "%s://%s%s%s:%d", cfg.tls_cert[0] ? "https" : "http",
+           v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
+           http_server_port((http_server_t *)app.http));
   if (cfg.mock && partner_mock_start(&app, &app.mock) < 0) goto out;
   /* Workers start last: their handlers may call the partner mock over HTTP. */
   if (bus_start(&app, 4, &app.bus) < 0) goto out;
+  if (retention_start(&app, &retention) < 0) goto out;
 
   log_info("main", "ready in %lld ms (store %s, broker %s)", (long long)(time_mono_ms() - t0),
            store_backend(app.store), cfg.broker_managed ? "managed" : "external");
@@ -234,12 +302,16 @@ static int serve(void) {
 out:
   api_stream_shutdown();
   http_server_stop((http_server_t **)&app.http, 10000);
+  retention_stop(&retention);
   bus_stop(&app.bus, 10000);
   partner_mock_stop(&app.mock);
   hub_stop(&app.hub);
   hub_broker_stop(&app.broker);
   store_close(&app.store);
   auth_keys_free(&app.keys);
+  free(app.tls_cert_pem);
+  if (app.tls_key_pem) sodium_memzero(app.tls_key_pem, strlen(app.tls_key_pem));
+  free(app.tls_key_pem);
   if (status == 0)
     log_info("main", "stopped");
   else

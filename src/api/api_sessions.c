@@ -1,6 +1,8 @@
 /* Session and user routes (CONTRACT section 3): anonymous sessions, registration,
  * login, refresh, logout and /v1/me. Each handler parses, calls one service
- * function and replies once. */
+ * function and replies once. Partner registrations and logins wait on IDENTITY,
+ * so they run on the gateway's worker pool (http_req_offload), never on a
+ * request thread. */
 #include <string.h>
 
 #include "api/api.h"
@@ -72,11 +74,20 @@ int api_sessions_anonymous(http_req_t *req) {
   return http_reply_json(req, 201, out);
 }
 
-int api_sessions_register(http_req_t *req) {
+static bool is_partner(http_req_t *req) {
+  const char *type = json_string_value(json_object_get(http_req_json(req), "type"));
+  return type && strcmp(type, "partner") == 0;
+}
+
+static int register_run(http_req_t *req) {
   json_t *out = NULL, *errors = NULL;
   int rc = users_register(http_req_app(req), http_req_json(req), &out, &errors);
   if (rc < 0) return reply_err(req, rc, errors);
   return http_reply_json(req, 202, out);
+}
+
+int api_sessions_register(http_req_t *req) {
+  return is_partner(req) ? http_req_offload(req, register_run) : register_run(req);
 }
 
 int api_sessions_registration_get(http_req_t *req) {
@@ -97,11 +108,15 @@ int api_sessions_registration_session(http_req_t *req) {
   return http_reply_json(req, 201, out);
 }
 
-int api_sessions_login(http_req_t *req) {
+static int login_run(http_req_t *req) {
   json_t *out = NULL, *errors = NULL;
   int rc = users_login(http_req_app(req), http_req_json(req), &out, &errors);
   if (rc < 0) return reply_err(req, rc, errors);
   return http_reply_json(req, 201, out);
+}
+
+int api_sessions_login(http_req_t *req) {
+  return is_partner(req) ? http_req_offload(req, login_run) : login_run(req);
 }
 
 int api_sessions_refresh(http_req_t *req) {

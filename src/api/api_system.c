@@ -22,9 +22,11 @@ int api_system_readyz(http_req_t *req) {
                 "checks", "store", store_ok ? "ok" : "down", "broker", broker_ok ? "ok" : "down");
   if (store_ok && broker_ok) return http_reply_json(req, 200, body);
   json_decref(body);
-  return http_reply_problem(
-      req, ERR_UNAVAILABLE,
-      !store_ok ? "the store is not reachable" : "the MQTT broker is not reachable", NULL);
+  const char *why = store_failure(app->store);
+  return http_reply_problem(req, ERR_UNAVAILABLE,
+                            !store_ok ? (why ? why : "the store is not reachable")
+                                      : "the MQTT broker is not reachable",
+                            NULL);
 }
 
 int api_system_metrics(http_req_t *req) {

@@ -22,22 +22,37 @@
 #define RECLAIM_EVERY_MS 250
 #define MAX_WORKERS 16
 #define IDLE_WAIT_MS 200
+#define MAX_QUEUES 32
+#define PROBE_MAX_MS 500
 
 struct bus {
   app_t *app;
   pthread_t threads[MAX_WORKERS];
   int nthreads;
   pthread_t keeper;
-  /* lock guards stopping, wake_seq and running; cond signals both. */
+  /* lock guards everything below; cond signals stopping and wake_seq. */
   pthread_mutex_t lock;
   pthread_cond_t cond;
   bool stopping;
   uint64_t wake_seq;
-  /* The message each worker's handler is running (id 0: none), whose lease the
-   * keeper renews so that a slow handler does not see its message delivered twice. */
+  /* Each worker's batch as claimed: the keeper renews all of its leases together,
+   * so that a batch never loses part of a FIFO group while its head still runs.
+   * renewed_mono: when these leases were last written (claim, renewal, early
+   * settlement); a worker whose leases may have run out stops running its batch. */
   struct {
-    int64_t id, lease;
-  } running[MAX_WORKERS];
+    int n;
+    uint64_t gen;
+    int64_t renewed_mono;
+    int64_t id[CLAIM_BATCH], lease[CLAIM_BATCH];
+  } slots[MAX_WORKERS];
+  /* Partner outages by queue (index in the queue table): while `on`, the queue's
+   * messages are left alone except for one probe every probe_every_ms(). */
+  struct {
+    bool on, probing;
+    int64_t next_probe_mono, since_mono;
+    int64_t last_probe_id; /* probes go round the groups, so one bad head cannot
+                              keep a whole queue in an outage */
+  } outage[MAX_QUEUES];
 };
 
 /* Bumped by bus_fanout on the writer thread; a commit wakes the workers only when
@@ -91,18 +106,18 @@ int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subjec
 }
 
 static bus_outcome_t outcome(bus_result_t r, int64_t delay, const char *fmt, va_list ap) {
-  bus_outcome_t o = {r, delay, ""};
+  bus_outcome_t o = {.result = r, .delay_ms = delay};
   if (fmt) vsnprintf(o.reason, sizeof(o.reason), fmt, ap);
   return o;
 }
 
 bus_outcome_t bus_done(void) {
-  bus_outcome_t o = {BUS_DONE, 0, ""};
+  bus_outcome_t o = {.result = BUS_DONE};
   return o;
 }
 
 bus_outcome_t bus_not_ready(int64_t delay_ms) {
-  bus_outcome_t o = {BUS_NOT_READY, delay_ms, ""};
+  bus_outcome_t o = {.result = BUS_NOT_READY, .delay_ms = delay_ms};
   return o;
 }
 
@@ -119,6 +134,15 @@ bus_outcome_t bus_failed_permanent(const char *fmt, ...) {
   va_start(ap, fmt);
   bus_outcome_t o = outcome(BUS_FAILED_PERMANENT, 0, fmt, ap);
   va_end(ap);
+  return o;
+}
+
+bus_outcome_t bus_unavailable(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  bus_outcome_t o = outcome(BUS_FAILED, 0, fmt, ap);
+  va_end(ap);
+  o.unavailable = true;
   return o;
 }
 
@@ -150,6 +174,13 @@ int bus_mark_done(store_tx_t *tx, const char *handler, const char *event_id) {
 
 /* --- claiming and settling ------------------------------------------------ */
 
+/* FIFO order, in short (docs/ARCHITECTURE.md has the long form): a group (queue,
+ * subject) is claimable only when no message of it is in flight, and then from its
+ * oldest pending message (its head) on, with the ready messages right behind it
+ * without a gap. One batch runs them in order; the first one that does not end done
+ * takes every later one of its group back with it, in the same settlement. Leases
+ * of a batch are renewed together and expire together, group by group. */
+
 typedef struct {
   int64_t id, lease, created_ms;
   int receives;
@@ -159,15 +190,20 @@ typedef struct {
   const store_rows_t *src; /* the claimed rows it came in */
   int row;                 /* its row there */
   char group[96];          /* FIFO group, "" for unordered queues */
-  bool skip;               /* an earlier message of its group failed in this batch: give it back */
+  bool skip;               /* not run (an earlier one of its group did not end done, an
+                              outage, a lost lease): give it back */
   bool ran;                /* the handler answered; settle it */
   bool settled;            /* written back */
 } claimed_t;
 
 typedef struct {
   app_t *app;
+  bus_t *bus;
   claimed_t items[CLAIM_BATCH];
   int n;
+  int probe_q;                         /* >= 0: a probe of that queue's outage */
+  int64_t probe_after;                 /* the probe takes the first head after this id */
+  int64_t waiting;                     /* probe found nothing: messages still waiting */
   int64_t claimed_ms;                  /* when the leases of the unsettled items started */
   store_rows_t *rows[CLAIM_BATCH + 1]; /* the claimed row sets, until the batch is done */
   int nrows;
@@ -178,8 +214,40 @@ static _Atomic int64_t last_reclaim_ms;
 
 #define CLAIM_COLUMNS                                                                              \
   "m.id, m.queue, m.receive_count, m.created_at_ms, m.lease, e.seq, e.id, e.type, e.source, "      \
-  "e.subject, e.time, e.data, m.group_key"
+  "e.subject, e.time, e.data, m.group_key, m.state"
 #define FIFO_FOLLOWERS 15
+
+static int queue_index(const bus_queue_t *q) {
+  int i = (int)(q - queues);
+  return i >= 0 && i < queue_count() && i < MAX_QUEUES ? i : -1;
+}
+
+/* How often a queue in an outage probes its partner: the retry base, at most
+ * PROBE_MAX_MS, so that delivery resumes well within 2 s of the partner answering. */
+static int64_t probe_every_ms(const app_t *app) {
+  int64_t e = app->cfg->retry_base_ms;
+  return e < 10 ? 10 : e > PROBE_MAX_MS ? PROBE_MAX_MS : e;
+}
+
+/* Appends " AND queue NOT IN ('a', ...)" for the queues in an outage to out (empty
+ * when none): their messages wait for the probe. Names come from the compiled queue
+ * table; one that is not a plain name is never written into SQL. */
+static void outage_exclusion(bus_t *bus, char *out, size_t cap) {
+  out[0] = 0;
+  size_t len = 0;
+  pthread_mutex_lock(&bus->lock);
+  for (int i = 0; i < queue_count() && i < MAX_QUEUES; i++) {
+    const char *name = queues[i].name;
+    if (!bus->outage[i].on ||
+        strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(name))
+      continue;
+    int w = snprintf(out + len, cap - len, "%s'%s'", len ? ", " : " AND queue NOT IN (", name);
+    if (w < 0 || (size_t)w + 2 >= cap - len) break;
+    len += (size_t)w;
+  }
+  pthread_mutex_unlock(&bus->lock);
+  if (len) snprintf(out + len, cap - len, ")");
+}
 
 static void free_rows(batch_t *b) {
   for (int i = 0; i < b->nrows; i++)
@@ -222,6 +290,56 @@ static int add_item(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int i,
   return 0;
 }
 
+/* Lease expiry, and parked messages of queues no longer in an outage. A FIFO group
+ * comes back whole: when one of its in-flight messages outlived its lease, all of
+ * them are ready again together, so the next claim starts from its head. */
+static int sweep(store_tx_t *tx, batch_t *b, int64_t now) {
+  int rc = store_exec(tx, NULL,
+                      "UPDATE queue_messages SET state = 'ready' WHERE state = 'in_flight' AND "
+                      "(visible_at_ms <= ? OR (group_key IS NOT NULL AND EXISTS (SELECT 1 FROM "
+                      "queue_messages o WHERE o.queue = queue_messages.queue AND o.group_key = "
+                      "queue_messages.group_key AND o.state = 'in_flight' AND o.visible_at_ms "
+                      "<= ?)))",
+                      "ii", now, now);
+  if (rc < 0) return rc;
+  if (rc > 0) log_warn("bus", "%d message(s) outlived their visibility timeout; ready again", rc);
+  /* Normally the probe that ends an outage releases its queue; this catches a
+   * message parked by a batch that settled just after that. */
+  char excl[1024], sql[1400];
+  outage_exclusion(b->bus, excl, sizeof(excl));
+  snprintf(sql, sizeof(sql),
+           "UPDATE queue_messages SET state = 'ready', visible_at_ms = ? WHERE state = 'parked'%s",
+           excl);
+  rc = store_exec(tx, NULL, sql, "i", now);
+  return rc < 0 ? rc : 0;
+}
+
+/* A FIFO head brings the ready messages queued right behind it (up to the first
+ * that is not ready): one worker runs them in order, so the group keeps its order
+ * while many of its messages share one claim and one settlement. */
+static int add_followers(store_tx_t *tx, batch_t *b, int h, int64_t now) {
+  if (!b->items[h].group[0] || b->n >= CLAIM_BATCH) return 0;
+  int64_t want = CLAIM_BATCH - b->n < FIFO_FOLLOWERS ? CLAIM_BATCH - b->n : FIFO_FOLLOWERS;
+  store_rows_t *more = NULL;
+  int m = store_exec(tx, &more,
+                     "SELECT " CLAIM_COLUMNS " FROM queue_messages m "
+                     "JOIN events e ON e.seq = m.event_seq WHERE m.queue = ? "
+                     "AND m.group_key = ? AND m.id > ? AND m.state != 'dead' "
+                     "ORDER BY m.id LIMIT ?",
+                     "ssii", b->items[h].queue->name, b->items[h].group, b->items[h].id, want);
+  if (m < 0) return m;
+  if (!more) return 0;
+  b->rows[b->nrows++] = more;
+  for (int i = 0; i < m; i++) {
+    /* A parked message behind a ready head (a redriven dead letter went before it):
+     * the group stops there rather than skip it. */
+    if (strcmp(store_rows_text(more, i, 13), "ready") != 0) break;
+    int rc = add_item(tx, b, more, i, now);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
 static int claim_tx(store_tx_t *tx, void *arg) {
   batch_t *b = arg;
   b->n = 0;
@@ -230,61 +348,106 @@ static int claim_tx(store_tx_t *tx, void *arg) {
   int64_t last = atomic_load(&last_reclaim_ms);
   if (now - last >= RECLAIM_EVERY_MS &&
       atomic_compare_exchange_strong(&last_reclaim_ms, &last, now)) {
-    /* The visibility timeout: leases that ran out make their messages ready again. */
-    int rc = store_exec(tx, NULL,
-                        "UPDATE queue_messages SET state = 'ready' WHERE state = 'in_flight' "
-                        "AND visible_at_ms <= ?",
-                        "i", now);
+    int rc = sweep(tx, b, now);
     if (rc < 0) return rc;
-    if (rc > 0) log_warn("bus", "%d message(s) outlived their visibility timeout; ready again", rc);
   }
+  char excl[1024], sql[3000];
+  outage_exclusion(b->bus, excl, sizeof(excl));
   store_rows_t *rows = NULL;
   /* Candidates: the oldest visible messages of unordered queues, and the head of
-   * each FIFO group (its oldest message not dead). A FIFO message is receivable
-   * only as its group's head: one in flight per group, in order across retries.
-   * Looking at heads only keeps a long backlog behind a busy head from being
-   * scanned again at every claim. */
-  int n =
-      store_exec(tx, &rows,
-                 "SELECT " CLAIM_COLUMNS
-                 " FROM (SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
-                 "  AND group_key IS NULL AND visible_at_ms <= ? ORDER BY id LIMIT ?) "
-                 " UNION ALL SELECT head FROM (SELECT MIN(id) AS head FROM queue_messages "
-                 "  WHERE group_key IS NOT NULL AND state != 'dead' GROUP BY group_key, queue)) c "
-                 "JOIN queue_messages m ON m.id = c.id JOIN events e ON e.seq = m.event_seq "
-                 "WHERE m.state = 'ready' AND m.visible_at_ms <= ? ORDER BY m.id LIMIT ?",
-                 "iiii", now, (int64_t)CLAIM_BATCH, now, (int64_t)CLAIM_BATCH);
+   * each FIFO group (its oldest message not dead) when nothing of the group is in
+   * flight. Looking at heads only keeps a long backlog behind a busy head from
+   * being scanned again at every claim. */
+  snprintf(sql, sizeof(sql),
+           "SELECT " CLAIM_COLUMNS
+           " FROM (SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
+           "  AND group_key IS NULL AND visible_at_ms <= ?%s ORDER BY id LIMIT ?) "
+           " UNION ALL SELECT head FROM (SELECT MIN(id) AS head FROM queue_messages "
+           "  WHERE group_key IS NOT NULL AND state != 'dead'%s GROUP BY group_key, queue "
+           "  HAVING SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END) = 0)) c "
+           "JOIN queue_messages m ON m.id = c.id JOIN events e ON e.seq = m.event_seq "
+           "WHERE m.state = 'ready' AND m.visible_at_ms <= ? ORDER BY m.id LIMIT ?",
+           excl, excl);
+  int n = store_exec(tx, &rows, sql, "iiii", now, (int64_t)CLAIM_BATCH, now, (int64_t)CLAIM_BATCH);
   if (n < 0) return n;
   b->rows[b->nrows++] = rows;
-  int heads = b->n;
   for (int i = 0; i < n; i++) {
     int rc = add_item(tx, b, rows, i, now);
     if (rc < 0) return rc;
   }
-  /* A FIFO head brings the messages queued right behind it: one worker runs them
-   * in order, so the group keeps its order while many of its messages share one
-   * claim and one settlement. */
-  heads = b->n;
-  for (int h = 0; h < heads && b->n < CLAIM_BATCH; h++) {
-    if (!b->items[h].group[0]) continue;
-    int64_t want = CLAIM_BATCH - b->n < FIFO_FOLLOWERS ? CLAIM_BATCH - b->n : FIFO_FOLLOWERS;
-    store_rows_t *more = NULL;
-    int m = store_exec(tx, &more,
-                       "SELECT " CLAIM_COLUMNS " FROM queue_messages m "
-                       "JOIN events e ON e.seq = m.event_seq WHERE m.queue = ? "
-                       "AND m.group_key = ? AND m.id > ? AND m.state = 'ready' "
-                       "ORDER BY m.id LIMIT ?",
-                       "ssii", b->items[h].queue->name, b->items[h].group, b->items[h].id, want);
-    if (m < 0) return m;
-    if (!more) continue;
-    b->rows[b->nrows++] = more;
-    for (int i = 0; i < m; i++) {
-      int rc = add_item(tx, b, more, i, now);
-      if (rc < 0) return rc;
-    }
+  int heads = b->n;
+  for (int h = 0; h < heads; h++) {
+    int rc = add_followers(tx, b, h, now);
+    if (rc < 0) return rc;
   }
   b->claimed_ms = time_mono_ms();
   return b->n;
+}
+
+/* Claims one message of queue b->probe_q in an outage, parked or visible, and for a
+ * FIFO queue the followers of its group: the first claimable head after
+ * b->probe_after, else the first one. Finding none, counts what still waits. */
+static int probe_claim_tx(store_tx_t *tx, void *arg) {
+  batch_t *b = arg;
+  b->n = 0;
+  b->nrows = 0;
+  b->waiting = 0;
+  const bus_queue_t *q = &queues[b->probe_q];
+  int64_t now = time_now_ms();
+  for (int pass = 0; pass < 2 && b->n == 0; pass++) {
+    store_rows_t *rows = NULL;
+    int64_t after = pass == 0 ? b->probe_after : 0;
+    int n = store_exec(
+        tx, &rows,
+        q->fifo ? "SELECT " CLAIM_COLUMNS " FROM (SELECT MIN(id) AS head FROM queue_messages "
+                  " WHERE queue = ? AND group_key IS NOT NULL AND state != 'dead' "
+                  " GROUP BY group_key "
+                  " HAVING SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END) = 0) h "
+                  "JOIN queue_messages m ON m.id = h.head JOIN events e ON e.seq = m.event_seq "
+                  "WHERE (m.state = 'parked' OR (m.state = 'ready' AND m.visible_at_ms <= ?)) "
+                  "AND m.id > ? ORDER BY m.id LIMIT 1"
+                : "SELECT " CLAIM_COLUMNS " FROM queue_messages m "
+                  "JOIN events e ON e.seq = m.event_seq WHERE m.queue = ? "
+                  "AND (m.state = 'parked' OR (m.state = 'ready' AND m.visible_at_ms <= ?)) "
+                  "AND m.id > ? ORDER BY m.id LIMIT 1",
+        "sii", q->name, now, after);
+    if (n < 0) return n;
+    b->rows[b->nrows++] = rows;
+    if (n > 0) {
+      int rc = add_item(tx, b, rows, 0, now);
+      if (rc < 0) return rc;
+    }
+    if (after == 0) break;
+  }
+  if (b->n > 0) {
+    int rc = add_followers(tx, b, 0, now);
+    if (rc < 0) return rc;
+  } else {
+    store_rows_t *rows = NULL;
+    int rc = store_exec(tx, &rows,
+                        "SELECT COUNT(*) FROM queue_messages WHERE queue = ? AND state IN "
+                        "('ready', 'parked')",
+                        "s", q->name);
+    if (rc < 0) return rc;
+    b->waiting = store_rows_int(rows, 0, 0);
+    store_rows_free(&rows);
+  }
+  b->claimed_ms = time_mono_ms();
+  return b->n;
+}
+
+typedef struct {
+  const char *queue;
+  int64_t now;
+} release_t;
+
+/* Ends an outage in the store: the queue's parked messages are visible now. */
+static int release_tx(store_tx_t *tx, void *arg) {
+  release_t *r = arg;
+  return store_exec(tx, NULL,
+                    "UPDATE queue_messages SET state = 'ready', visible_at_ms = ? "
+                    "WHERE queue = ? AND state = 'parked'",
+                    "is", r->now, r->queue);
 }
 
 /* Raises or updates the alarm of queue's dead-letter queue. Caller is in a tx. */
@@ -328,8 +491,8 @@ static int alarm_update(store_tx_t *tx, const char *queue) {
   return 0;
 }
 
-/* Settles the items whose handler ran, and renews the leases of those still
- * waiting in the batch so that they do not time out behind slow predecessors. */
+/* Settles the items whose handler ran or that were given back, and renews the
+ * leases of those still waiting in the batch. */
 static int settle_tx(store_tx_t *tx, void *arg) {
   batch_t *b = arg;
   int64_t now = time_now_ms();
@@ -337,8 +500,7 @@ static int settle_tx(store_tx_t *tx, void *arg) {
     claimed_t *c = &b->items[i];
     if (c->settled) continue;
     if (c->skip) {
-      /* Not run because an earlier message of its group did not finish: back to
-       * ready at once, and this receive does not count. */
+      /* Not run: back to ready at once, and this receive does not count. */
       int rc = store_exec(tx, NULL,
                           "UPDATE queue_messages SET state = 'ready', visible_at_ms = ?, "
                           "receive_count = receive_count - 1 WHERE id = ? AND lease = ?",
@@ -365,13 +527,16 @@ static int settle_tx(store_tx_t *tx, void *arg) {
                       c->id, c->lease);
       break;
     case BUS_NEXT_RETRY:
-      rc = store_exec(tx, NULL,
-                      "UPDATE queue_messages SET state = 'ready', visible_at_ms = ?, "
-                      "receive_count = receive_count - ?, last_error = COALESCE(?, last_error) "
-                      "WHERE id = ? AND lease = ?",
-                      "iisii", next.visible_at_ms, (int64_t)(next.count_receive ? 0 : 1),
-                      c->outcome.result == BUS_NOT_READY ? NULL : c->outcome.reason, c->id,
-                      c->lease);
+      /* A message whose partner did not answer waits for the queue's probe
+       * (parked) instead of its own backoff. */
+      rc = store_exec(
+          tx, NULL,
+          "UPDATE queue_messages SET state = ?, visible_at_ms = ?, "
+          "receive_count = receive_count - ?, last_error = COALESCE(?, last_error) "
+          "WHERE id = ? AND lease = ?",
+          "siisii", c->outcome.unavailable ? "parked" : "ready",
+          c->outcome.unavailable ? now : next.visible_at_ms, (int64_t)(next.count_receive ? 0 : 1),
+          c->outcome.result == BUS_NOT_READY ? NULL : c->outcome.reason, c->id, c->lease);
       break;
     case BUS_NEXT_DEAD: {
       char ts[32], subject[128];
@@ -410,19 +575,25 @@ static void settled(batch_t *b) {
 
 /* Whether any message may be claimable now: a cheap read before a write. */
 static int visible_tx(store_tx_t *tx, void *arg) {
+  bus_t *bus = arg;
   int64_t now = time_now_ms();
-  int n = store_exec(tx, NULL,
-                     "SELECT 1 FROM queue_messages WHERE state = 'ready' AND group_key IS NULL "
-                     "AND visible_at_ms <= ? LIMIT 1",
-                     "i", now);
+  char excl[1024], sql[1600];
+  outage_exclusion(bus, excl, sizeof(excl));
+  snprintf(sql, sizeof(sql),
+           "SELECT 1 FROM queue_messages WHERE state = 'ready' AND group_key IS NULL "
+           "AND visible_at_ms <= ?%s LIMIT 1",
+           excl);
+  int n = store_exec(tx, NULL, sql, "i", now);
   if (n != 0) return n;
   /* FIFO messages count only as heads of their group (see claim_tx). */
-  return store_exec(tx, NULL,
-                    "SELECT 1 FROM (SELECT MIN(id) AS head FROM queue_messages "
-                    " WHERE group_key IS NOT NULL AND state != 'dead' GROUP BY group_key, queue) h "
-                    "JOIN queue_messages m ON m.id = h.head "
-                    "WHERE m.state = 'ready' AND m.visible_at_ms <= ? LIMIT 1",
-                    "i", now);
+  snprintf(sql, sizeof(sql),
+           "SELECT 1 FROM (SELECT MIN(id) AS head FROM queue_messages "
+           " WHERE group_key IS NOT NULL AND state != 'dead'%s GROUP BY group_key, queue "
+           " HAVING SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END) = 0) h "
+           "JOIN queue_messages m ON m.id = h.head "
+           "WHERE m.state = 'ready' AND m.visible_at_ms <= ? LIMIT 1",
+           excl);
+  return store_exec(tx, NULL, sql, "i", now);
 }
 
 static const char *result_name(bus_result_t r) {
@@ -460,57 +631,249 @@ typedef struct {
   int slot;
 } worker_arg_t;
 
+/* --- partner outages ------------------------------------------------------ */
+
+static bool outage_on(bus_t *bus, int qi) {
+  if (qi < 0) return false;
+  pthread_mutex_lock(&bus->lock);
+  bool on = bus->outage[qi].on;
+  pthread_mutex_unlock(&bus->lock);
+  return on;
+}
+
+/* A message of queue qi found its partner not answering. */
+static void outage_enter(bus_t *bus, int qi) {
+  if (qi < 0) return;
+  pthread_mutex_lock(&bus->lock);
+  bool was = bus->outage[qi].on;
+  if (!was) {
+    bus->outage[qi].on = true;
+    bus->outage[qi].since_mono = time_mono_ms();
+    bus->outage[qi].next_probe_mono = time_mono_ms() + probe_every_ms(bus->app);
+  }
+  pthread_mutex_unlock(&bus->lock);
+  if (!was)
+    log_warn("bus", "%s: partner not answering; probing every %lld ms until it does",
+             queues[qi].name, (long long)probe_every_ms(bus->app));
+}
+
+/* Picks a queue whose next probe is due and marks it probing; -1 when none. */
+static int probe_take(bus_t *bus, int64_t *after) {
+  int found = -1;
+  int64_t now = time_mono_ms();
+  pthread_mutex_lock(&bus->lock);
+  for (int i = 0; i < queue_count() && i < MAX_QUEUES && found < 0; i++) {
+    if (bus->outage[i].on && !bus->outage[i].probing && now >= bus->outage[i].next_probe_mono) {
+      bus->outage[i].probing = true;
+      *after = bus->outage[i].last_probe_id;
+      found = i;
+    }
+  }
+  pthread_mutex_unlock(&bus->lock);
+  return found;
+}
+
+/* A probe of queue qi ended. back: the partner answered (or nothing waits any
+ * more): the outage ends and every parked message is visible at once. */
+static void probe_end(bus_t *bus, int qi, int64_t probed_id, bool back) {
+  int64_t now = time_mono_ms(), since = 0;
+  pthread_mutex_lock(&bus->lock);
+  bus->outage[qi].probing = false;
+  if (probed_id) bus->outage[qi].last_probe_id = probed_id;
+  bool was = bus->outage[qi].on;
+  if (back) {
+    bus->outage[qi].on = false;
+    since = bus->outage[qi].since_mono;
+  } else {
+    bus->outage[qi].next_probe_mono = now + probe_every_ms(bus->app);
+  }
+  pthread_mutex_unlock(&bus->lock);
+  if (!back || !was) return;
+  release_t r = {queues[qi].name, time_now_ms()};
+  int n = store_write(bus->app->store, release_tx, &r);
+  log_info("bus", "%s: partner answers again after %lld ms; %d parked message(s) released",
+           queues[qi].name, (long long)(now - since), n < 0 ? 0 : n);
+  bus_notify(bus);
+}
+
+/* --- leases --------------------------------------------------------------- */
+
+/* Writes the renewal of every lease the workers hold (copied into arg). */
+typedef struct {
+  bus_t *bus;
+  int n;
+  int64_t id[MAX_WORKERS * CLAIM_BATCH], lease[MAX_WORKERS * CLAIM_BATCH];
+} renew_t;
+
 static int renew_tx(store_tx_t *tx, void *arg) {
-  bus_t *bus = arg;
-  int64_t until = time_now_ms() + bus->app->cfg->visibility_timeout_ms;
-  for (int i = 0; i < bus->nthreads; i++) {
-    pthread_mutex_lock(&bus->lock);
-    int64_t id = bus->running[i].id, lease = bus->running[i].lease;
-    pthread_mutex_unlock(&bus->lock);
-    if (!id) continue;
+  renew_t *r = arg;
+  int64_t until = time_now_ms() + r->bus->app->cfg->visibility_timeout_ms;
+  for (int i = 0; i < r->n; i++) {
+    /* Settled messages are no longer in flight under this lease: untouched. */
     int rc = store_exec(tx, NULL,
                         "UPDATE queue_messages SET visible_at_ms = ? WHERE id = ? AND lease = ? "
                         "AND state = 'in_flight'",
-                        "iii", until, id, lease);
+                        "iii", until, r->id[i], r->lease[i]);
     if (rc < 0) return rc;
   }
   return 0;
 }
 
-/* Renews the leases of running handlers every third of the visibility timeout. */
+/* Renews every third of the visibility timeout the leases of every message the
+ * workers hold, the waiting ones of a batch with the running one: a slow handler
+ * does not see its message delivered twice, nor its followers taken from it. */
 static void *keeper_main(void *arg) {
   bus_t *bus = arg;
   pthread_setname_np(pthread_self(), "bus-keeper");
   int64_t every = bus->app->cfg->visibility_timeout_ms / 3;
   if (every < 20) every = 20;
+  renew_t *r = malloc(sizeof(*r));
+  if (!r) return NULL;
+  r->bus = bus;
+  uint64_t gens[MAX_WORKERS];
+  int64_t last = time_mono_ms();
   for (;;) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += every / 1000;
-    ts.tv_nsec += (every % 1000) * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    int64_t wait = last + every - time_mono_ms();
+    if (wait > 0) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_sec += wait / 1000;
+      ts.tv_nsec += (wait % 1000) * 1000000L;
+      ts.tv_sec += ts.tv_nsec / 1000000000L;
+      ts.tv_nsec %= 1000000000L;
+      pthread_mutex_lock(&bus->lock);
+      if (!bus->stopping) pthread_cond_timedwait(&bus->cond, &bus->lock, &ts);
+      pthread_mutex_unlock(&bus->lock);
+    }
     pthread_mutex_lock(&bus->lock);
-    if (!bus->stopping) pthread_cond_timedwait(&bus->cond, &bus->lock, &ts);
-    bool stop = bus->stopping, busy = false;
-    for (int i = 0; i < bus->nthreads; i++)
-      busy |= bus->running[i].id != 0;
+    bool stop = bus->stopping;
     pthread_mutex_unlock(&bus->lock);
     if (stop) break;
-    if (busy) store_write(bus->app->store, renew_tx, bus);
+    if (time_mono_ms() - last < every) continue; /* woken by a commit */
+    last = time_mono_ms();
+    r->n = 0;
+    pthread_mutex_lock(&bus->lock);
+    for (int s = 0; s < bus->nthreads; s++) {
+      gens[s] = bus->slots[s].gen;
+      for (int i = 0; i < bus->slots[s].n; i++) {
+        r->id[r->n] = bus->slots[s].id[i];
+        r->lease[r->n++] = bus->slots[s].lease[i];
+      }
+    }
+    pthread_mutex_unlock(&bus->lock);
+    if (r->n == 0 || store_write(bus->app->store, renew_tx, r) < 0) continue;
+    pthread_mutex_lock(&bus->lock);
+    for (int s = 0; s < bus->nthreads; s++)
+      if (bus->slots[s].gen == gens[s] && bus->slots[s].renewed_mono < last)
+        bus->slots[s].renewed_mono = last;
+    pthread_mutex_unlock(&bus->lock);
   }
+  free(r);
   return NULL;
 }
 
-/* True when an earlier item of item i's FIFO group in this batch did not end done:
- * then i must not run before that one succeeds. */
-static bool group_failed(const batch_t *b, int i) {
-  for (int j = 0; j < i; j++)
-    if ((b->items[j].ran && b->items[j].outcome.result != BUS_DONE) || b->items[j].skip)
-      if (strcmp(b->items[j].group, b->items[i].group) == 0 &&
-          b->items[j].queue == b->items[i].queue)
-        return true;
-  return false;
+/* Publishes (or, n = 0, withdraws) the leases of a worker's batch for the keeper. */
+static void slot_set(bus_t *bus, int slot, const batch_t *b, int n) {
+  pthread_mutex_lock(&bus->lock);
+  bus->slots[slot].gen++;
+  bus->slots[slot].n = n;
+  bus->slots[slot].renewed_mono = b->claimed_ms;
+  for (int i = 0; i < n; i++) {
+    bus->slots[slot].id[i] = b->items[i].id;
+    bus->slots[slot].lease[i] = b->items[i].lease;
+  }
+  pthread_mutex_unlock(&bus->lock);
+}
+
+static void slot_renewed(bus_t *bus, int slot, int64_t at) {
+  pthread_mutex_lock(&bus->lock);
+  if (bus->slots[slot].renewed_mono < at) bus->slots[slot].renewed_mono = at;
+  pthread_mutex_unlock(&bus->lock);
+}
+
+/* Whether this worker's leases may have run out (the keeper could not renew them
+ * for two thirds of the visibility timeout): then another worker may hold its
+ * messages, and running more of the batch could deliver a group out of order. */
+static bool slot_stale(bus_t *bus, int slot) {
+  pthread_mutex_lock(&bus->lock);
+  int64_t age = time_mono_ms() - bus->slots[slot].renewed_mono;
+  pthread_mutex_unlock(&bus->lock);
+  return age >= bus->app->cfg->visibility_timeout_ms * 2 / 3;
+}
+
+/* --- the worker ----------------------------------------------------------- */
+
+/* Item i did not end done: every later item of its group goes back with it (in
+ * the same settlement), so none is left in flight without its head. */
+static void skip_group_after(batch_t *b, int i) {
+  for (int j = i + 1; j < b->n; j++)
+    if (!b->items[j].ran && b->items[j].queue == b->items[i].queue &&
+        strcmp(b->items[j].group, b->items[i].group) == 0)
+      b->items[j].skip = true;
+}
+
+static void build_events(batch_t *b) {
+  for (int i = 0; i < b->n; i++) {
+    const store_rows_t *rows = b->items[i].src;
+    int r = b->items[i].row;
+    json_t *data = json_loads(store_rows_text(rows, r, 11), 0, NULL);
+    b->items[i].event =
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
+                  store_rows_text(rows, r, 6), "source", store_rows_text(rows, r, 8), "type",
+                  store_rows_text(rows, r, 7), "time", store_rows_text(rows, r, 10), "subject",
+                  store_rows_text(rows, r, 9), "datacontenttype", "application/json", "data",
+                  data ? data : json_object());
+  }
+}
+
+/* Runs a claimed batch in order and settles it. */
+static void run_batch(bus_t *bus, int slot, batch_t *b) {
+  build_events(b);
+  free_rows(b);
+  slot_set(bus, slot, b, b->n);
+  int64_t vt = bus->app->cfg->visibility_timeout_ms;
+  bool probe_open = b->probe_q >= 0;
+  for (int i = 0; i < b->n; i++) {
+    claimed_t *c = &b->items[i];
+    int qi = queue_index(c->queue);
+    bool probe = probe_open && i == 0;
+    if (c->skip) {
+      /* given back with an earlier one of its group */
+    } else if (slot_stale(bus, slot)) {
+      log_warn("bus", "a batch lost its leases; %d message(s) go back unrun", b->n - i);
+      for (int j = i; j < b->n; j++)
+        if (!b->items[j].ran) b->items[j].skip = true;
+    } else if (!probe && outage_on(bus, qi)) {
+      c->skip = true; /* its partner is down: the probe goes first */
+    } else {
+      run_one(bus->app, c);
+      c->ran = true;
+      if (probe) {
+        probe_end(bus, b->probe_q, c->id, !c->outcome.unavailable);
+        probe_open = false;
+      } else if (c->outcome.unavailable) {
+        outage_enter(bus, qi);
+      }
+      if (c->group[0] && c->outcome.result != BUS_DONE) skip_group_after(b, i);
+    }
+    /* A slow batch settles what it has done early, so that a crash repeats less. */
+    if (i + 1 < b->n && time_mono_ms() - b->claimed_ms >= vt / 4) {
+      int64_t t0 = time_mono_ms();
+      if (store_write(bus->app->store, settle_tx, b) == 0) {
+        settled(b);
+        slot_renewed(bus, slot, t0);
+      }
+    }
+  }
+  if (probe_open) probe_end(bus, b->probe_q, b->items[0].id, false);
+  int rc = store_write(bus->app->store, settle_tx, b);
+  if (rc < 0)
+    log_error("bus", "could not settle %d message(s); they reappear after the visibility timeout",
+              b->n);
+  slot_set(bus, slot, b, 0);
+  for (int i = 0; i < b->n; i++)
+    json_decref(b->items[i].event);
+  b->n = 0;
 }
 
 static void *worker_main(void *arg) {
@@ -518,12 +881,11 @@ static void *worker_main(void *arg) {
   bus_t *bus = wa->bus;
   int slot = wa->slot;
   free(wa);
-  char name[16];
-  snprintf(name, sizeof(name), "bus-worker");
-  pthread_setname_np(pthread_self(), name);
-  batch_t b;
-  memset(&b, 0, sizeof(b));
-  b.app = bus->app;
+  pthread_setname_np(pthread_self(), "bus-worker");
+  batch_t *b = calloc(1, sizeof(*b));
+  if (!b) return NULL;
+  b->app = bus->app;
+  b->bus = bus;
   for (;;) {
     pthread_mutex_lock(&bus->lock);
     bool stop = bus->stopping;
@@ -531,57 +893,25 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&bus->lock);
     if (stop) break;
 
-    int64_t now = time_now_ms();
-    bool sweep_due = now - atomic_load(&last_reclaim_ms) >= RECLAIM_EVERY_MS;
-    int n = (sweep_due || store_read(bus->app->store, visible_tx, NULL) > 0)
-                ? store_write(bus->app->store, claim_tx, &b)
-                : 0;
+    int n;
+    b->probe_q = probe_take(bus, &b->probe_after);
+    if (b->probe_q >= 0) {
+      n = store_write(bus->app->store, probe_claim_tx, b);
+      /* Nothing to probe with: if nothing waits either, the outage is over. */
+      if (n <= 0) probe_end(bus, b->probe_q, 0, n == 0 && b->waiting == 0);
+    } else {
+      int64_t now = time_now_ms();
+      bool sweep_due = now - atomic_load(&last_reclaim_ms) >= RECLAIM_EVERY_MS;
+      n = (sweep_due || store_read(bus->app->store, visible_tx, bus) > 0)
+              ? store_write(bus->app->store, claim_tx, b)
+              : 0;
+    }
     if (n > 0) {
-      for (int i = 0; i < b.n; i++) {
-        const store_rows_t *rows = b.items[i].src;
-        int r = b.items[i].row;
-        json_t *data = json_loads(store_rows_text(rows, r, 11), 0, NULL);
-        b.items[i].event =
-            json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}", "specversion", "1.0", "id",
-                      store_rows_text(rows, r, 6), "source", store_rows_text(rows, r, 8), "type",
-                      store_rows_text(rows, r, 7), "time", store_rows_text(rows, r, 10), "subject",
-                      store_rows_text(rows, r, 9), "datacontenttype", "application/json", "data",
-                      data ? data : json_object());
-      }
-      free_rows(&b);
-      int64_t vt = bus->app->cfg->visibility_timeout_ms;
-      for (int i = 0; i < b.n; i++) {
-        pthread_mutex_lock(&bus->lock);
-        bus->running[slot].id = b.items[i].id;
-        bus->running[slot].lease = b.items[i].lease;
-        pthread_mutex_unlock(&bus->lock);
-        if (b.items[i].group[0] && group_failed(&b, i)) {
-          b.items[i].skip = true;
-        } else {
-          run_one(bus->app, &b.items[i]);
-          b.items[i].ran = true;
-        }
-        pthread_mutex_lock(&bus->lock);
-        bus->running[slot].id = 0;
-        pthread_mutex_unlock(&bus->lock);
-        /* A slow batch settles early: the rest must not outlive their leases. */
-        if (i + 1 < b.n && time_mono_ms() - b.claimed_ms >= vt / 4) {
-          if (store_write(bus->app->store, settle_tx, &b) == 0) settled(&b);
-        }
-      }
-      int rc = store_write(bus->app->store, settle_tx, &b);
-      if (rc < 0)
-        log_error("bus",
-                  "could not settle %d message(s); they reappear after the "
-                  "visibility timeout",
-                  b.n);
-      for (int i = 0; i < b.n; i++)
-        json_decref(b.items[i].event);
-      b.n = 0;
+      run_batch(bus, slot, b);
       continue;
     }
-    free_rows(&b); /* a claim that found nothing, or whose commit failed */
-    b.n = 0;
+    free_rows(b); /* a claim that found nothing, or whose commit failed */
+    b->n = 0;
     /* Found nothing although something looked visible (a race with another worker):
      * a short pause keeps commits that wake everyone from turning into a spin. */
     if (n == 0) usleep(2000);
@@ -597,6 +927,7 @@ static void *worker_main(void *arg) {
       if (pthread_cond_timedwait(&bus->cond, &bus->lock, &ts) != 0) break;
     pthread_mutex_unlock(&bus->lock);
   }
+  free(b);
   return NULL;
 }
 
@@ -688,7 +1019,8 @@ static int stats_tx(store_tx_t *tx, void *arg) {
                      "SELECT queue, "
                      "SUM(CASE WHEN state = 'ready' AND visible_at_ms <= ? THEN 1 ELSE 0 END), "
                      "SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END), "
-                     "SUM(CASE WHEN state = 'ready' AND visible_at_ms > ? THEN 1 ELSE 0 END), "
+                     "SUM(CASE WHEN (state = 'ready' AND visible_at_ms > ?) OR state = 'parked' "
+                     "THEN 1 ELSE 0 END), "
                      "SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), "
                      "MIN(CASE WHEN state != 'dead' THEN created_at_ms END) "
                      "FROM queue_messages GROUP BY queue",

@@ -5,8 +5,9 @@
  *
  * Threads: bus_start() starts a fixed pool of worker threads ("bus-N"). Each one
  * claims a batch of visible messages in one write transaction, runs the handlers,
- * and settles the batch in another. The only shared structure is bus_t's wake-up
- * condition, guarded by its lock. */
+ * and settles the batch in another; a keeper thread renews the leases of every batch
+ * in flight. Shared, under bus_t's lock: the wake-up condition, the workers' lease
+ * slots and each queue's partner outage (bus_unavailable). */
 #ifndef IOTFIN_BUS_BUS_H
 #define IOTFIN_BUS_BUS_H
 
@@ -38,7 +39,7 @@ typedef struct {
   const char *name;
   const char *subscribes; /* event types separated by |; "x.*" matches a prefix */
   bus_handler_fn handler;
-  bool fifo;                /* one message per subject in flight, in order */
+  bool fifo;                /* per subject: in order, one batch of it in flight at a time */
   bool retry_forever;       /* transient failures never dead-letter */
   int64_t not_ready_max_ms; /* 0: 7 days */
 } bus_queue_t;
@@ -65,6 +66,12 @@ bus_outcome_t bus_done(void);
 bus_outcome_t bus_not_ready(int64_t delay_ms);
 bus_outcome_t bus_failed(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 bus_outcome_t bus_failed_permanent(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The partner this queue delivers to did not answer (5xx, timeout, refused
+ * connection). Counted like bus_failed, but instead of backing off on its own the
+ * message is parked and the queue enters an outage: one probe at a time (the head
+ * of one group, every few hundred ms) until the partner answers, then every parked
+ * message of the queue is released at once. */
+bus_outcome_t bus_unavailable(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Effectively-once bookkeeping: 1 if (handler, event_id) is recorded as done,
  * 0 if not, or a store error. bus_mark_done records it (inside the transaction of

@@ -19,6 +19,7 @@ typedef struct {
   bus_result_t result;
   int64_t delay_ms; /* BUS_NOT_READY: when to look again */
   char reason[256]; /* BUS_FAILED*: why, kept as last_error */
+  bool unavailable; /* BUS_FAILED because the queue's partner did not answer (bus.h) */
 } bus_outcome_t;
 
 typedef struct {

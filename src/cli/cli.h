@@ -16,7 +16,16 @@ int cli_demo_main(int argc, char **argv);
  * the status (0 when no answer came) and the parsed answer in *out (may be NULL). */
 long cli_http(const char *method, const char *url, const char *token, json_t *body, json_t **out);
 
-/* Splits mqtt://host:port; false when malformed. */
-bool cli_parse_mqtt_url(const char *url, char *host, size_t cap, int *port);
+/* Splits mqtt://host:port or mqtts://host:port (*tls set); false when malformed. */
+bool cli_parse_mqtt_url(const char *url, char *host, size_t cap, int *port, bool *tls);
+
+/* --cafile: the CA (or self-signed certificate) that HTTPS and MQTT over TLS trust;
+ * NULL: the system's. Set once, before any connection. */
+void cli_set_cafile(const char *path);
+/* Applies the trust settings to a curl handle (void *: callers need not include curl). */
+void cli_curl_tls(void *curl);
+/* Makes a libmosquitto client connect over TLS, verifying the broker. 0 or -1. */
+struct mosquitto;
+int cli_mqtt_tls(struct mosquitto *m);
 
 #endif

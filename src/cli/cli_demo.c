@@ -19,7 +19,7 @@
 #include "core/timeutil.h"
 
 static const char *usage =
-    "Usage: iotfin demo [--url http://HOST:PORT] [--admin-token TOKEN]\n"
+    "Usage: iotfin demo [--url http://HOST:PORT] [--admin-token TOKEN] [--cafile FILE]\n"
     "\n"
     "Runs the whole journey against a running iotfin and prints each step:\n"
     "import a serial, register a user (KYC approves through the partner mock),\n"
@@ -29,7 +29,8 @@ static const char *usage =
     "\n"
     "Defaults come from IOTFIN_LISTEN and IOTFIN_DATA_DIR (the admin token is read\n"
     "from <data_dir>/admin-token) or IOTFIN_ADMIN_TOKEN. Exit status 0 means every\n"
-    "step worked.\n";
+    "step worked. --cafile: the CA certificate to trust for https:// and mqtts://\n"
+    "(default: the system's).\n";
 
 static char base[512], admin[300];
 static int64_t t_start, t_step;
@@ -144,6 +145,7 @@ static void *sse_main(void *arg) {
   struct curl_slist *h = curl_slist_append(NULL, "Accept: text/event-stream");
   h = curl_slist_append(h, s->auth);
   curl_easy_setopt(c, CURLOPT_URL, s->url);
+  cli_curl_tls(c);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sse_write);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
@@ -388,8 +390,9 @@ static int run(void) {
   st = call("POST", path, user, NULL, &o);
   char pass[2048], host[256];
   int port = 0;
+  bool tls = false;
   snprintf(pass, sizeof(pass), "%s", str(o, "password") ?: "");
-  bool url_ok = cli_parse_mqtt_url(str(o, "mqtt_url") ?: "", host, sizeof(host), &port);
+  bool url_ok = cli_parse_mqtt_url(str(o, "mqtt_url") ?: "", host, sizeof(host), &port, &tls);
   json_decref(o);
   if (!done(st == 201 && url_ok, "HTTP %ld", st)) goto out;
 
@@ -403,7 +406,8 @@ static int run(void) {
   mosquitto_connect_v5_callback_set(m, dev_connect);
   mosquitto_subscribe_v5_callback_set(m, dev_subscribed);
   mosquitto_message_v5_callback_set(m, dev_message);
-  if (mosquitto_connect_bind_v5(m, host, port, 30, NULL, NULL) == MOSQ_ERR_SUCCESS)
+  if ((!tls || cli_mqtt_tls(m) == 0) &&
+      mosquitto_connect_bind_v5(m, host, port, 30, NULL, NULL) == MOSQ_ERR_SUCCESS)
     mosquitto_loop_start(m);
   int64_t end = time_mono_ms() + 5000;
   while (atomic_load(&dev.ready) < 2 && atomic_load(&dev.ready) >= 0 && time_mono_ms() < end)
@@ -525,6 +529,8 @@ int cli_demo_main(int argc, char **argv) {
       url = argv[++i];
     else if (strcmp(argv[i], "--admin-token") == 0)
       tok = argv[++i];
+    else if (strcmp(argv[i], "--cafile") == 0)
+      cli_set_cafile(argv[++i]);
     else {
       fprintf(stderr, "iotfin demo: unknown option %s (see --help)\n", argv[i]);
       return 2;

@@ -23,7 +23,8 @@ static const char *usage =
     "acknowledges every command as succeeded, and prints one line per message.\n"
     "\n"
     "Options:\n"
-    "  --mqtt URL             broker (default mqtt://127.0.0.1:1883)\n"
+    "  --mqtt URL             broker (default mqtt://127.0.0.1:1883; mqtts:// for TLS)\n"
+    "  --cafile FILE          CA certificate that mqtts:// trusts (default: the system's)\n"
     "  --event TYPE[=JSON]    publish an event of TYPE with data JSON (repeatable)\n"
     "  --request NAME[=JSON]  send request NAME with data JSON and print the answer\n"
     "                         (repeatable; e.g. --request ping, --request "
@@ -129,6 +130,8 @@ int cli_device_main(int argc, char **argv) {
       password = v;
     else if (strcmp(a, "--mqtt") == 0)
       url = v;
+    else if (strcmp(a, "--cafile") == 0)
+      cli_set_cafile(v);
     else if (strcmp(a, "--event") == 0 && nevents < 64)
       events[nevents++] = v;
     else if (strcmp(a, "--request") == 0 && nrequests < 64)
@@ -149,8 +152,9 @@ int cli_device_main(int argc, char **argv) {
   }
   char host[256];
   int port;
-  if (!cli_parse_mqtt_url(url, host, sizeof(host), &port)) {
-    fprintf(stderr, "iotfin device: --mqtt must look like mqtt://host:port\n");
+  bool tls;
+  if (!cli_parse_mqtt_url(url, host, sizeof(host), &port, &tls)) {
+    fprintf(stderr, "iotfin device: --mqtt must look like mqtt://host:port or mqtts://host:port\n");
     return 2;
   }
   signal(SIGINT, on_signal);
@@ -165,6 +169,11 @@ int cli_device_main(int argc, char **argv) {
   mosquitto_subscribe_v5_callback_set(m, on_subscribe);
   mosquitto_message_v5_callback_set(m, on_message);
   int status = 0;
+  if (tls && cli_mqtt_tls(m) < 0) {
+    fprintf(stderr, "iotfin device: cannot use the CA file for %s\n", url);
+    status = 2;
+    goto out;
+  }
   if (mosquitto_connect_bind_v5(m, host, port, keepalive, NULL, NULL) != MOSQ_ERR_SUCCESS) {
     fprintf(stderr, "iotfin device: cannot reach %s\n", url);
     status = 1;

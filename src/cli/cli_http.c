@@ -1,5 +1,6 @@
 /* Blocking HTTP for the command-line tools, on libcurl. */
 #include <curl/curl.h>
+#include <mosquitto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,19 @@ static size_t collect(char *p, size_t size, size_t n, void *arg) {
   return size * n;
 }
 
+static const char *cafile; /* set once by the command's option parsing */
+
+void cli_set_cafile(const char *path) { cafile = path; }
+
+void cli_curl_tls(void *curl) {
+  if (cafile) curl_easy_setopt(curl, CURLOPT_CAINFO, cafile);
+}
+
+int cli_mqtt_tls(struct mosquitto *m) {
+  int rc = mosquitto_tls_set(m, cafile, cafile ? NULL : "/etc/ssl/certs", NULL, NULL, NULL);
+  return rc == MOSQ_ERR_SUCCESS ? 0 : -1;
+}
+
 long cli_http(const char *method, const char *url, const char *token, json_t *body, json_t **out) {
   if (out) *out = NULL;
   CURL *c = curl_easy_init();
@@ -36,6 +50,7 @@ long cli_http(const char *method, const char *url, const char *token, json_t *bo
   if (payload) h = curl_slist_append(h, "Content-Type: application/json");
   buf_t b = {NULL, 0};
   curl_easy_setopt(c, CURLOPT_URL, url);
+  cli_curl_tls(c);
   curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
   if (payload) curl_easy_setopt(c, CURLOPT_POSTFIELDS, payload);
@@ -54,9 +69,10 @@ long cli_http(const char *method, const char *url, const char *token, json_t *bo
   return status;
 }
 
-bool cli_parse_mqtt_url(const char *url, char *host, size_t cap, int *port) {
-  if (strncmp(url, "mqtt://", 7) != 0) return false;
-  const char *hp = url + 7, *colon = strrchr(hp, ':');
+bool cli_parse_mqtt_url(const char *url, char *host, size_t cap, int *port, bool *tls) {
+  *tls = strncmp(url, "mqtts://", 8) == 0;
+  if (!*tls && strncmp(url, "mqtt://", 7) != 0) return false;
+  const char *hp = url + (*tls ? 8 : 7), *colon = strrchr(hp, ':');
   if (!colon || colon == hp || (size_t)(colon - hp) >= cap) return false;
   const char *h = hp;
   size_t hl = (size_t)(colon - hp);

@@ -227,7 +227,64 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
       return fail(err, errlen, nums[i].name, why);
     }
   }
+  /* errors by default: /metrics already counts every request by route, status
+   * and latency, so a line per success repeats it at disk speed (26k req/s wrote
+   * 539 MB in a minute); the failures and slow calls are what one reads. */
+  v = get("IOTFIN_ACCESS_LOG");
+  cfg->access_log = CONFIG_ACCESS_LOG_ERRORS;
+  if (!v || strcmp(v, "errors") == 0) {
+    cfg->access_log = CONFIG_ACCESS_LOG_ERRORS;
+  } else if (strcmp(v, "all") == 0) {
+    cfg->access_log = CONFIG_ACCESS_LOG_ALL;
+  } else if (strncmp(v, "sample:", 7) == 0 &&
+             parse_long(v + 7, 1, 1000000000, &cfg->access_log_sample) == 0) {
+    cfg->access_log = CONFIG_ACCESS_LOG_SAMPLE;
+  } else {
+    return fail(err, errlen, "IOTFIN_ACCESS_LOG", "expected all, errors or sample:N (N >= 1)");
+  }
+
   if (cfg->retry_max_ms < cfg->retry_base_ms)
     return fail(err, errlen, "IOTFIN_RETRY_MAX_MS", "must be >= IOTFIN_RETRY_BASE_MS");
+
+  struct {
+    const char *cert_name, *key_name;
+    char *cert, *key;
+  } pairs[] = {
+      {"IOTFIN_TLS_CERT", "IOTFIN_TLS_KEY", cfg->tls_cert, cfg->tls_key},
+      {"IOTFIN_MQTT_TLS_CERT", "IOTFIN_MQTT_TLS_KEY", cfg->mqtt_tls_cert, cfg->mqtt_tls_key},
+  };
+  for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+    const char *c = get(pairs[i].cert_name), *k = get(pairs[i].key_name);
+    if (c && !*c) c = NULL;
+    if (k && !*k) k = NULL;
+    if (c && !k) return fail(err, errlen, pairs[i].key_name, "needed with a certificate");
+    if (k && !c) return fail(err, errlen, pairs[i].cert_name, "needed with a key");
+    if (c && (copy_str(pairs[i].cert, 1024, c, pairs[i].cert_name, err, errlen) ||
+              copy_str(pairs[i].key, 1024, k, pairs[i].key_name, err, errlen)))
+      return -1;
+  }
+  if (cfg->mqtt_tls_cert[0] && !cfg->broker_managed)
+    return fail(err, errlen, "IOTFIN_MQTT_TLS_CERT",
+                "only for the managed broker (an external one has its own TLS settings)");
+
+  v = get("IOTFIN_RETENTION");
+  if (config_parse_duration(v ? v : "90d", &cfg->retention_s) < 0 || cfg->retention_s < 1)
+    return fail(err, errlen, "IOTFIN_RETENTION",
+                "expected a duration such as 90d, 12h, 30m or 45s (at least 1s)");
+  return 0;
+}
+
+int config_parse_duration(const char *v, int64_t *seconds) {
+  char *end;
+  errno = 0;
+  long long n = strtoll(v, &end, 10);
+  if (errno || end == v || n < 0 || strlen(end) != 1) return -1;
+  long long unit = *end == 's'   ? 1
+                   : *end == 'm' ? 60
+                   : *end == 'h' ? 3600
+                   : *end == 'd' ? 86400
+                                 : 0;
+  if (!unit || n > 100LL * 365 * 86400 / unit) return -1;
+  *seconds = n * unit;
   return 0;
 }

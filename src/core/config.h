@@ -20,6 +20,13 @@ typedef struct {
   long timeout_ms;
 } config_partner_t;
 
+/* IOTFIN_ACCESS_LOG: which requests get an access-log line. */
+typedef enum {
+  CONFIG_ACCESS_LOG_ERRORS, /* 4xx, 5xx and slow requests (the default) */
+  CONFIG_ACCESS_LOG_ALL,
+  CONFIG_ACCESS_LOG_SAMPLE /* errors, slow ones, and one success in access_log_sample */
+} config_access_log_t;
+
 typedef struct {
   char listen_host[256];
   int listen_port; /* 0: pick a free port */
@@ -43,12 +50,23 @@ typedef struct {
   long command_ttl_s;
   long access_ttl_s, device_token_ttl_s;
   long auth_rate;
+  /* TLS: PEM files; empty: plain. Both of a pair or neither (checked here); that
+   * they can be read and belong together is checked at start (core/tls.c). */
+  char tls_cert[1024], tls_key[1024];
+  char mqtt_tls_cert[1024], mqtt_tls_key[1024];
+  /* Finished records older than this are deleted in the background (IOTFIN_RETENTION). */
+  int64_t retention_s;
+  config_access_log_t access_log;
+  long access_log_sample; /* N of sample:N */
 } config_t;
 
 /* Fills cfg from the environment (getter, so tests can pass their own). Returns 0,
  * or -1 with a one-line message naming the bad setting in err. */
 typedef const char *(*config_getenv_fn)(const char *name);
 int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen);
+
+/* Parses a duration "<n>s|m|h|d" (at most 100 years) into seconds; -1 when malformed. */
+int config_parse_duration(const char *v, int64_t *seconds);
 
 /* Lower-case partner name ("kyc", ...) and upper-case env name ("KYC", ...). */
 const char *config_partner_name(partner_id_t p);

@@ -7,6 +7,7 @@
 /* X(name, http status, stable code, title) */
 #define ERRORS_TABLE(X)                                                                            \
   X(INVALID_JSON, 400, "invalid_json", "Body is not valid JSON")                                   \
+  X(BAD_REQUEST, 400, "bad_request", "Malformed HTTP request")                                     \
   X(VALIDATION_FAILED, 400, "validation_failed", "Request validation failed")                      \
   X(UNAUTHENTICATED, 401, "unauthenticated", "Authentication required")                            \
   X(INVALID_CREDENTIALS, 401, "invalid_credentials", "Invalid credentials")                        \
@@ -20,9 +21,11 @@
   X(DEVICE_NOT_ACTIVE, 409, "device_not_active", "Device is not active")                           \
   X(EMAIL_TAKEN, 409, "email_taken", "Email already registered")                                   \
   X(PAYLOAD_TOO_LARGE, 413, "payload_too_large", "Payload too large")                              \
+  X(URI_TOO_LONG, 414, "uri_too_long", "URI too long")                                             \
   X(UNSUPPORTED_MEDIA_TYPE, 415, "unsupported_media_type", "Unsupported media type")               \
   X(IDEMPOTENCY_KEY_REUSED, 422, "idempotency_key_reused", "Idempotency key reused")               \
   X(RATE_LIMITED, 429, "rate_limited", "Too many requests")                                        \
+  X(HEADERS_TOO_LARGE, 431, "headers_too_large", "Request header fields too large")                \
   X(INTERNAL, 500, "internal", "Internal error")                                                   \
   X(UPSTREAM_UNAVAILABLE, 502, "upstream_unavailable", "Upstream partner unavailable")             \
   X(UNAVAILABLE, 503, "unavailable", "Service unavailable")

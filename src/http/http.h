@@ -108,6 +108,19 @@ void *http_req_connection(http_req_t *req);
 void http_conn_suspend(void *conn);
 void http_conn_resume(void *conn);
 
+/* Runs fn (a handler) on the gateway's bounded pool of worker threads instead of
+ * this request thread, for work that waits on a partner: the connection is
+ * suspended until fn has replied, so the request threads never wait. The handler
+ * returns what this returns, HTTP_OFFLOADED, and then must not touch req again: a
+ * worker may already be running fn. When the pool's queue is full it answers 503
+ * unavailable with Retry-After and returns 0. fn follows the handler contract; on
+ * the worker, replies are held and sent when the connection resumes. */
+#define HTTP_OFFLOADED 1
+int http_req_offload(http_req_t *req, http_handler_fn fn);
+/* The next reply is sent delay_ms later. No thread waits meanwhile: the connection
+ * is suspended and the gateway's timer resumes it. Request threads only. */
+void http_reply_delay(http_req_t *req, long delay_ms);
+
 /* Adds a header to the reply about to be sent. */
 void http_reply_header(http_req_t *req, const char *name, const char *value);
 

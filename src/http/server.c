@@ -1,7 +1,11 @@
 /* Gateway glue between libmicrohttpd and the route table. For each request, in
  * order: request id, route match (404/405), body limit, content type, token and
  * tier, JSON parse and body validation, the handler, and problem+json for any
- * error. One access-log line and the HTTP metrics are written when it completes. */
+ * error. The HTTP metrics, and an access-log line as IOTFIN_ACCESS_LOG says, are
+ * written when it completes. Nothing here waits: a handler that must wait on a
+ * partner hands its work to the defer pool (http/defer.c) with its connection
+ * suspended, and a delayed reply waits on the defer timer; either resumes the
+ * connection, and libmicrohttpd then calls on_request again to send the reply. */
 #include "http/server.h"
 
 #include <arpa/inet.h>
@@ -22,13 +26,29 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/timeutil.h"
+#include "http/defer.h"
 #include "http/ratelimit.h"
 #include "http/router.h"
 #include "http/validate.h"
 #include "services/idempotency.h"
 #include "services/sessions.h"
+#include "store/store.h"
 
 #define MAX_REPLY_HEADERS 8
+/* Partner calls waiting at once: workers running them, and queued beyond that.
+ * A call that finds the queue full is answered 503 at once. */
+#define DEFER_WORKERS 16
+#define DEFER_QUEUE 1024
+/* Delayed replies (the partner mock's delay_ms) waiting at once. */
+#define DEFER_TIMERS 4096
+/* A request slower than this is logged even when only errors are. */
+#define SLOW_REQUEST_S 1.0
+/* Our own limits on the request head, kept below libmicrohttpd's memory pool
+ * (HEAD_POOL) so that we answer them as problem+json; a head past the pool gets
+ * libmicrohttpd's own plain answer, which it offers no way to replace. */
+#define MAX_URL 8192
+#define MAX_HEADERS (16 * 1024)
+#define HEAD_POOL (64 * 1024)
 
 struct http_server {
   struct MHD_Daemon *daemon;
@@ -37,6 +57,8 @@ struct http_server {
   int nroutes;
   int port;
   atomic_int in_flight;
+  http_defer_t *defer;
+  atomic_ulong access_seq; /* successes seen, for IOTFIN_ACCESS_LOG=sample:N */
 };
 
 struct http_req {
@@ -62,6 +84,12 @@ struct http_req {
   bool streaming;          /* a stream: no longer counted in in_flight */
   bool capture;            /* keep a copy of the reply for the idempotency record */
   char *captured;
+  bool idem_open;             /* an Idempotency-Key record waits for this reply */
+  bool deferred;              /* suspended: a worker or the timer resumes it */
+  bool hold;                  /* replies are kept in held, not queued (off-thread) */
+  long delay_ms;              /* http_reply_delay: hold the next reply this long */
+  http_handler_fn offload_fn; /* the work a defer worker runs */
+  struct MHD_Response *held;  /* queued by on_request once the connection resumes */
 };
 
 static int64_t now_us(void) {
@@ -148,6 +176,22 @@ void http_reply_header(http_req_t *r, const char *name, const char *value) {
   r->nheaders++;
 }
 
+static void resume_fire(void *item, bool cancelled) {
+  http_req_t *r = item;
+  MHD_resume_connection(r->conn); /* last touch: the request may end at once */
+}
+
+/* Suspends the connection of a request whose reply is held until due_ms. Runs in
+ * the access handler. A full timer sends the reply now instead. */
+static void hold_until(http_req_t *r, int64_t due_ms) {
+  r->deferred = true;
+  MHD_suspend_connection(r->conn);
+  if (http_defer_at(r->srv->defer, due_ms, resume_fire, r) < 0) {
+    log_warn("http", "cannot hold a delayed reply (timer full or stopping); sending it now");
+    MHD_resume_connection(r->conn);
+  }
+}
+
 static int send_buffer(http_req_t *r, int status, const char *ctype, char *buf, size_t len) {
   if (r->replied) {
     free(buf);
@@ -164,10 +208,19 @@ static int send_buffer(http_req_t *r, int status, const char *ctype, char *buf, 
   MHD_add_response_header(resp, "X-Request-Id", r->request_id);
   for (int i = 0; i < r->nheaders; i++)
     MHD_add_response_header(resp, r->hnames[i], r->hvalues[i]);
-  MHD_queue_response(r->conn, (unsigned)status, resp);
-  MHD_destroy_response(resp);
   r->status = status;
   r->replied = true;
+  if (r->hold) {
+    r->held = resp; /* a worker's reply: the resumed connection sends it */
+    return 0;
+  }
+  if (r->delay_ms > 0) {
+    r->held = resp;
+    hold_until(r, time_mono_ms() + r->delay_ms);
+    return 0;
+  }
+  MHD_queue_response(r->conn, (unsigned)status, resp);
+  MHD_destroy_response(resp);
   return 0;
 }
 
@@ -220,6 +273,10 @@ void *http_req_connection(http_req_t *r) { return r->conn; }
 void http_conn_suspend(void *conn) { MHD_suspend_connection(conn); }
 void http_conn_resume(void *conn) { MHD_resume_connection(conn); }
 
+void http_reply_delay(http_req_t *r, long delay_ms) {
+  if (!r->hold) r->delay_ms = delay_ms;
+}
+
 int http_reply_text(http_req_t *r, int status, const char *ctype, const char *text) {
   char *buf = strdup(text);
   return buf ? send_buffer(r, status, ctype, buf, strlen(buf)) : -ERR_INTERNAL;
@@ -235,6 +292,8 @@ int http_reply_json(http_req_t *r, int status, json_t *body) {
 int http_reply_problem(http_req_t *r, int err, const char *detail, json_t *errors) {
   if (errors_status(err) == 401 && r->route && r->route->auth)
     http_reply_header(r, "WWW-Authenticate", "Bearer realm=\"iotfin\"");
+  /* A 503 without a word of its own is most often the disk: say so when it is. */
+  if (!detail && errors_status(err) == 503) detail = store_failure(r->srv->app->store);
   json_t *p = http_problem_new(err, detail, errors, r->path);
   char *buf = json_dumps(p, JSON_COMPACT);
   json_decref(p);
@@ -287,6 +346,21 @@ static int authenticate(http_req_t *r) {
 
 static void run_handler(http_req_t *r);
 
+/* Records the reply of a first request under its Idempotency-Key (a 5xx or no
+ * reply releases the key instead). Runs once the reply is known, which for an
+ * offloaded handler is on its worker. */
+static void idem_close(http_req_t *r) {
+  if (!r->idem_open) return;
+  r->idem_open = false;
+  app_t *app = r->srv->app;
+  const char *principal = r->has_claims ? r->claims.sub : "admin";
+  const char *key = http_req_header(r, "Idempotency-Key");
+  if (r->status >= 500 || !r->captured)
+    idem_abort(app, principal, key);
+  else
+    idem_finish(app, principal, key, r->status, r->captured);
+}
+
 /* The Idempotency-Key middleware: replays the first answer to a key, refuses the
  * key with another body, and records the answer of a first request. */
 static void run_idempotent(http_req_t *r) {
@@ -326,11 +400,9 @@ static void run_idempotent(http_req_t *r) {
     return;
   }
   r->capture = true;
+  r->idem_open = true;
   run_handler(r);
-  if (r->status >= 500 || !r->captured)
-    idem_abort(app, principal, key);
-  else
-    idem_finish(app, principal, key, r->status, r->captured);
+  if (!r->deferred) idem_close(r);
 }
 
 /* Everything after the body has arrived. */
@@ -399,9 +471,12 @@ static void dispatch(http_req_t *r) {
   run_handler(r);
 }
 
-static void run_handler(http_req_t *r) {
+/* Runs fn as the route's handler and answers for it when it did not. */
+static void run_fn(http_req_t *r, http_handler_fn fn) {
   const http_route_t *rt = r->route;
-  int rc = rt->handler(r);
+  int rc = fn(r);
+  /* Offloaded: the worker owns r now; touch nothing. */
+  if (rc == HTTP_OFFLOADED) return;
   if (rc < 0 && !r->replied) {
     if (errors_status(rc) >= 500)
       log_error("http", "%s %s failed: %s (request %s)", r->method, rt->path, errors_code(rc),
@@ -411,6 +486,39 @@ static void run_handler(http_req_t *r) {
     log_error("http", "handler for %s %s returned without replying", r->method, rt->path);
     http_reply_problem(r, ERR_INTERNAL, NULL, NULL);
   }
+}
+
+static void run_handler(http_req_t *r) { run_fn(r, r->route->handler); }
+
+/* A defer worker runs an offloaded handler; its reply is held, and resuming the
+ * connection hands it to libmicrohttpd. */
+static void offload_run(void *item, bool cancelled) {
+  http_req_t *r = item;
+  r->hold = true;
+  if (cancelled) {
+    http_reply_header(r, "Retry-After", "1");
+    http_reply_problem(r, ERR_UNAVAILABLE, "the server is stopping", NULL);
+  } else {
+    run_fn(r, r->offload_fn);
+  }
+  idem_close(r);
+  MHD_resume_connection(r->conn); /* last touch: the request may end at once */
+}
+
+int http_req_offload(http_req_t *r, http_handler_fn fn) {
+  if (r->hold) return fn(r); /* already off the request thread */
+  r->offload_fn = fn;
+  r->deferred = true;
+  MHD_suspend_connection(r->conn);
+  if (http_defer_submit(r->srv->defer, offload_run, r) == 0) return HTTP_OFFLOADED;
+  /* Full: answer 503 now. The reply is held like a worker's, and the resumed
+   * connection sends it. */
+  r->hold = true;
+  http_reply_header(r, "Retry-After", "1");
+  http_reply_problem(r, ERR_UNAVAILABLE, "too many partner calls are waiting; try again shortly",
+                     NULL);
+  MHD_resume_connection(r->conn);
+  return 0;
 }
 
 static bool valid_request_id(const char *s) {
@@ -449,6 +557,62 @@ static http_req_t *req_new(http_server_t *srv, struct MHD_Connection *conn, cons
   return r;
 }
 
+typedef struct {
+  size_t bytes;
+  int content_lengths, transfer_encodings;
+  const char *first_cl;
+  bool cl_differ;
+} head_scan_t;
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value) {
+  head_scan_t *h = cls;
+  h->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
+  if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+    if (h->content_lengths++ == 0)
+      h->first_cl = value ? value : "";
+    else if (strcmp(h->first_cl, value ? value : "") != 0)
+      h->cl_differ = true;
+  } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+    h->transfer_encodings++;
+  }
+  return MHD_YES;
+}
+
+/* Refuses a head that is too big or frames its body ambiguously (two different
+ * Content-Lengths, or Content-Length with Transfer-Encoding: the request
+ * smuggling shapes). Returns true when it replied. */
+static enum MHD_Result scan_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value) {
+  *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 2;
+  return MHD_YES;
+}
+
+static bool refuse_bad_head(http_req_t *r, const char *url) {
+  head_scan_t h = {0};
+  MHD_get_connection_values(r->conn, MHD_HEADER_KIND, scan_header, &h);
+  size_t url_bytes = strlen(url);
+  MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, scan_arg, &url_bytes);
+  if (url_bytes > MAX_URL) {
+    if (strlen(r->path) > 200) r->path[200] = 0; /* the problem and the log name the start only */
+    http_reply_problem(r, ERR_URI_TOO_LONG, "the URI is longer than 8192 bytes", NULL);
+    return true;
+  }
+  if (h.bytes > MAX_HEADERS) {
+    http_reply_problem(r, ERR_HEADERS_TOO_LARGE, "the header fields exceed 16 KiB", NULL);
+    return true;
+  }
+  if (h.cl_differ) {
+    http_reply_problem(r, ERR_BAD_REQUEST, "conflicting Content-Length headers", NULL);
+    return true;
+  }
+  if (h.content_lengths && h.transfer_encodings) {
+    http_reply_problem(r, ERR_BAD_REQUEST, "Content-Length together with Transfer-Encoding", NULL);
+    return true;
+  }
+  return false;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_size, void **con_cls) {
@@ -458,6 +622,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     r = req_new(srv, conn, url, method);
     if (!r) return MHD_NO;
     *con_cls = r;
+    if (refuse_bad_head(r, url)) return MHD_YES;
     int idx = http_router_match(srv->routes, srv->nroutes, method, url, &r->match);
     if (idx == -ERR_METHOD_NOT_ALLOWED) {
       r->route_label = r->match.pattern;
@@ -506,6 +671,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     *upload_size = 0;
     return MHD_YES;
   }
+  if (r->held) {
+    /* Back from a worker or the timer: send what it left. */
+    struct MHD_Response *resp = r->held;
+    r->held = NULL;
+    MHD_queue_response(conn, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return MHD_YES;
+  }
+  if (r->deferred) {
+    log_error("http", "%s %s resumed without a reply", r->method, r->path);
+    return MHD_NO;
+  }
   if (!r->replied) dispatch(r);
   return MHD_YES;
 }
@@ -528,21 +705,47 @@ static size_t json_escape(char *out, size_t cap, const char *s) {
   return n;
 }
 
+/* Whether IOTFIN_ACCESS_LOG wants this request's line: every line (all), errors
+ * and slow requests only (errors), or those plus one success in N (sample:N). */
+static bool access_wanted(http_server_t *srv, const http_req_t *r, double secs) {
+  const config_t *cfg = srv->app->cfg;
+  if (cfg->access_log == CONFIG_ACCESS_LOG_ALL) return true;
+  if (r->status >= 400 || secs >= SLOW_REQUEST_S) return true;
+  if (cfg->access_log == CONFIG_ACCESS_LOG_SAMPLE)
+    return atomic_fetch_add(&srv->access_seq, 1) % (unsigned long)cfg->access_log_sample == 0;
+  return false;
+}
+
 /* The access-log line, formatted by hand: it is written once per request and
  * building it through jansson cost more than many handlers. Same shape as
- * log_write's lines. */
-static void log_access(const http_req_t *r, const char *route, double secs) {
-  if (!log_enabled(LOG_INFO)) return;
-  char ts[32], path[600], line[1200];
-  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
+ * log_write's lines. Error lines share the log's storm limit per route and
+ * status, so a flood of bad requests cannot fill the disk. */
+static void log_access(http_server_t *srv, const http_req_t *r, const char *route, double secs) {
+  if (!log_enabled(LOG_INFO) || !access_wanted(srv, r, secs)) return;
+  char ts[32], path[600], method[40], line[1300];
   json_escape(path, sizeof(path), r->path);
+  json_escape(method, sizeof(method), r->method);
+  if (r->status >= 400) {
+    char what[700];
+    snprintf(what, sizeof(what), "%s %s %d", method, path, r->status);
+    if (!log_admit(LOG_INFO, "access", route, r->status, what)) return;
+  }
+  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
   int n = snprintf(line, sizeof(line),
                    "{\"time\":\"%s\",\"level\":\"info\",\"module\":\"access\",\"msg\":\"%s %s %d\","
                    "\"request_id\":\"%s\",\"method\":\"%s\",\"path\":\"%s\",\"route\":\"%s\","
                    "\"status\":%d,\"duration_ms\":%.3f,\"client\":\"%s\"}\n",
-                   ts, r->method, path, r->status, r->request_id, r->method, path, route, r->status,
+                   ts, method, path, r->status, r->request_id, method, path, route, r->status,
                    secs * 1000.0, r->client);
   if (n > 0) log_raw(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+/* The method as a metrics label: made-up methods would each add series. */
+static const char *method_label(const char *m) {
+  static const char *known[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
+  for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+    if (strcmp(m, known[i]) == 0) return known[i];
+  return "other";
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -553,12 +756,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   double secs = (double)(now_us() - r->start_us) / 1e6;
   const char *route = r->route ? r->route->path : r->route_label ? r->route_label : "unmatched";
   char labels[256];
-  snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\",status=\"%d\"", r->method, route,
+  const char *method = method_label(r->method);
+  snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\",status=\"%d\"", method, route,
            r->status);
   metrics_counter_add("iotfin_http_requests_total", labels, 1);
-  snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\"", r->method, route);
+  snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\"", method, route);
   metrics_histogram_observe("iotfin_http_request_duration_seconds", labels, secs);
-  log_access(r, route, secs);
+  log_access(srv, r, route, secs);
+  if (r->held) MHD_destroy_response(r->held); /* the client left before it was sent */
   json_decref(r->json);
   for (int i = 0; i < r->nheaders; i++) {
     free(r->hnames[i]);
@@ -589,19 +794,36 @@ int http_server_start(app_t *app, const http_route_t *routes, int n, const char 
   srv->app = app;
   srv->routes = routes;
   srv->nroutes = n;
+  if (http_defer_start(DEFER_WORKERS, DEFER_QUEUE, DEFER_TIMERS, &srv->defer) < 0) {
+    log_error("http", "cannot start the partner-call workers");
+    freeaddrinfo(ai);
+    free(srv);
+    return -ERR_UNAVAILABLE;
+  }
   metrics_describe("iotfin_http_requests_total", "counter", "HTTP requests by route and status.");
   metrics_describe("iotfin_http_request_duration_seconds", "histogram",
                    "HTTP request latency by route.");
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
   if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+  /* HTTPS: libmicrohttpd keeps pointers to the PEM text, which app holds for good. */
+  struct MHD_OptionItem tls[] = {
+      {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
+  if (app->tls_cert_pem && app->tls_key_pem) {
+    flags |= MHD_USE_TLS;
+    tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, app->tls_cert_pem};
+    tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, app->tls_key_pem};
+  }
   srv->daemon =
       MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_CONNECTION_LIMIT,
-                       (unsigned)10000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+                       (unsigned)10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HEAD_POOL,
+                       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED,
+                       on_completed, srv, MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!srv->daemon) {
     log_error("http", "cannot listen on %s:%d (address in use or not local?)", host, port);
+    http_defer_stop(srv->defer);
+    http_defer_free(&srv->defer);
     free(srv);
     return -ERR_UNAVAILABLE;
   }
@@ -618,10 +840,16 @@ void http_server_stop(http_server_t **psrv, int timeout_ms) {
   if (!srv) return;
   MHD_socket s = MHD_quiesce_daemon(srv->daemon);
   if (s != MHD_INVALID_SOCKET) close(s);
+  /* Delayed replies go out now; partner calls get the time left to finish. */
+  http_defer_flush_timers(srv->defer);
   int64_t deadline = time_mono_ms() + timeout_ms;
   while (atomic_load(&srv->in_flight) > 0 && time_mono_ms() < deadline)
     usleep(10000);
+  /* Joins the workers: queued calls are answered 503 and every suspended request
+   * is resumed, as libmicrohttpd requires before it stops. */
+  http_defer_stop(srv->defer);
   MHD_stop_daemon(srv->daemon);
+  http_defer_free(&srv->defer);
   free(srv);
   *psrv = NULL;
 }

@@ -45,6 +45,7 @@ struct hub_broker {
   /* Open for the broker's lifetime and inherited by each launch; state_fd is new per
    * launch (keys rotate, revocations grow). */
   int plugin_fd, spool_fd, state_fd;
+  int cert_fd, key_fd; /* IOTFIN_MQTT_TLS_CERT/KEY, or -1 */
   /* The broker's last error line, for a start that fails: its reason, not a guess.
    * Guarded by err_lock (written by the log relay thread). */
   pthread_mutex_t err_lock;
@@ -132,6 +133,37 @@ static const struct passwd *broker_user(void) {
   return pw ? pw : getpwnam("nobody");
 }
 
+/* A copy of a file in a memfd. The broker reopens what it inherits through
+ * /proc/self/fd/N, which checks the file's own permissions: a key kept 0600, or a build
+ * made under umask 077, would be refused to the broker's user. A memfd only it and we
+ * hold has no such problem. Returns the fd (close-on-exec) or -1 with errno. */
+static int memfd_of_file(const char *path, const char *name) {
+  int in = open(path, O_RDONLY | O_CLOEXEC);
+  if (in < 0) return -1;
+  int out = (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC);
+  char buf[65536];
+  ssize_t n = 0;
+  while (out >= 0 && (n = read(in, buf, sizeof(buf))) > 0) {
+    for (ssize_t off = 0; off < n;) {
+      ssize_t w = write(out, buf + off, (size_t)(n - off));
+      if (w <= 0) {
+        n = -1;
+        break;
+      }
+      off += w;
+    }
+    if (n < 0) break;
+  }
+  int err = errno;
+  close(in);
+  if (out >= 0 && n < 0) {
+    close(out);
+    out = -1;
+  }
+  errno = err;
+  return out;
+}
+
 /* The start state for the plugin: the keys and every revocation, so a device is
  * judged correctly from the broker's first moment, before iotfin's client connects. */
 static int make_state(hub_broker_t *b) {
@@ -195,6 +227,9 @@ static int write_config(hub_broker_t *b) {
           b->port, b->cfg->mqtt_host, b->plugin_fd, HUB_INTERNAL_USER, b->password,
           b->parent_pipe[0], b->spool_fd);
   if (b->state_fd >= 0) fprintf(f, "plugin_opt_state_fd %d\n", b->state_fd);
+  /* Read after the privilege drop, hence descriptors too. */
+  if (b->cert_fd >= 0)
+    fprintf(f, "certfile /proc/self/fd/%d\nkeyfile /proc/self/fd/%d\n", b->cert_fd, b->key_fd);
   if (user) fprintf(f, "user %s\n", user->pw_name);
   return fclose(f) == 0 ? 0 : -ERR_UNAVAILABLE;
 }
@@ -258,6 +293,10 @@ static int spawn(hub_broker_t *b) {
     fcntl(b->parent_pipe[0], F_SETFD, 0);
     fcntl(b->plugin_fd, F_SETFD, 0);
     fcntl(b->spool_fd, F_SETFD, 0);
+    if (b->cert_fd >= 0) {
+      fcntl(b->cert_fd, F_SETFD, 0);
+      fcntl(b->key_fd, F_SETFD, 0);
+    }
     if (b->state_fd >= 0) fcntl(b->state_fd, F_SETFD, 0);
     sigset_t none;
     sigemptyset(&none);
@@ -399,7 +438,7 @@ static void *supervise(void *arg) {
 /* Opens what the broker inherits. The spool directory belongs to the broker's user,
  * which must create files in it; iotfin, root or the same user, reads it. */
 static int prepare_files(hub_broker_t *b) {
-  b->plugin_fd = open(b->plugin_path, O_RDONLY | O_CLOEXEC);
+  b->plugin_fd = memfd_of_file(b->plugin_path, "mosquitto_iotfin_auth.so");
   if (b->plugin_fd < 0) {
     log_error("broker", "cannot open the broker plugin %s: %s", b->plugin_path, strerror(errno));
     return -1;
@@ -419,6 +458,14 @@ static int prepare_files(hub_broker_t *b) {
     log_error("broker", "cannot open %s: %s", b->spool_path, strerror(errno));
     return -1;
   }
+  if (b->cfg->mqtt_tls_cert[0]) {
+    b->cert_fd = memfd_of_file(b->cfg->mqtt_tls_cert, "mqtt-tls-cert");
+    b->key_fd = memfd_of_file(b->cfg->mqtt_tls_key, "mqtt-tls-key");
+    if (b->cert_fd < 0 || b->key_fd < 0) {
+      log_error("broker", "cannot open the MQTT TLS certificate or key: %s", strerror(errno));
+      return -1;
+    }
+  }
   return 0;
 }
 
@@ -426,6 +473,8 @@ static void close_files(hub_broker_t *b) {
   if (b->plugin_fd >= 0) close(b->plugin_fd);
   if (b->spool_fd >= 0) close(b->spool_fd);
   if (b->state_fd >= 0) close(b->state_fd);
+  if (b->cert_fd >= 0) close(b->cert_fd);
+  if (b->key_fd >= 0) close(b->key_fd);
 }
 
 int hub_broker_start(app_t *app, const char *internal_password, hub_broker_t **out) {
@@ -434,7 +483,7 @@ int hub_broker_start(app_t *app, const char *internal_password, hub_broker_t **o
   if (!b) return -ERR_INTERNAL;
   b->app = app;
   b->cfg = app->cfg;
-  b->plugin_fd = b->spool_fd = b->state_fd = -1;
+  b->plugin_fd = b->spool_fd = b->state_fd = b->cert_fd = b->key_fd = -1;
   b->parent_pipe[0] = b->parent_pipe[1] = -1;
   pthread_mutex_init(&b->err_lock, NULL);
   const config_t *cfg = b->cfg;

@@ -1,8 +1,10 @@
-/* The device hub. See hub.h for the threads; each lane has its own queue (guarded
- * by the lane's lock), the transit table of commands handed to the broker and the
- * set of listening devices are guarded by hub->lock. */
+/* The device hub. See hub.h for the threads; each lane has its own bounded queue
+ * (guarded by the lane's lock), the transit table of commands handed to the broker
+ * and the set of listening devices are guarded by hub->lock. A lane whose store
+ * write fails for want of storage keeps the work and retries it, in order. */
 #include "hub/hub.h"
 
+#include <mqtt_protocol.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,15 +28,30 @@
 #define TRANSIT_SLOTS 4096
 #define LISTENING_SLOTS 8192
 #define REQUEST_DEADLINE_MS 2500
+#define REQUEST_PROMISE_MS 3000
+/* Per lane: past this, the network thread waits for room (the broker holds the
+ * rest) rather than drop what it received. */
+#define LANE_MAX 20000
+#define RETRY_MS 200
 
-typedef enum { W_EVENT, W_ACK, W_PRESENCE, W_FLUSH, W_DELIVERED, W_REQUEST, W_REJECT } work_kind_t;
+typedef enum {
+  W_EVENT,
+  W_ACK,
+  W_PRESENCE,
+  W_FLUSH,
+  W_DELIVERED,
+  W_UNDELIVERED,
+  W_OFFLINE,
+  W_REQUEST,
+  W_REJECT
+} work_kind_t;
 
 typedef struct work {
   work_kind_t kind;
   char device[64];
   char arg[160]; /* command id, request name, or rejection reason */
   char topic[256];
-  int64_t arrived_ms; /* monotonic; a request's 3 s promise runs from here */
+  int64_t arrived_ms; /* unix ms the broker got it; a request's 3 s promise runs from here */
   char *payload;
   size_t len;
   struct work *next;
@@ -44,7 +61,9 @@ typedef struct {
   pthread_t thread;
   pthread_mutex_t lock;
   pthread_cond_t cond;
+  pthread_cond_t room; /* signalled when len drops below LANE_MAX */
   work_t *head, *tail;
+  int len;
 } lane_t;
 
 typedef struct {
@@ -60,6 +79,7 @@ struct hub {
   pthread_t request_threads[NREQUEST_THREADS];
   pthread_t timer;
   atomic_bool stopping;
+  atomic_bool closing; /* hub_stop began: nothing waits for room or storage any more */
   pthread_mutex_t lock;
   transit_t transit[TRANSIT_SLOTS]; /* mid == 0: free */
   char *listening[LISTENING_SLOTS]; /* devices subscribed to their commands */
@@ -76,8 +96,17 @@ static void count(const char *name, const char *labels) { metrics_counter_add(na
 
 /* --- queues ------------------------------------------------------------------ */
 
-static void push(lane_t *l, work_t *w) {
+/* Appends w. wait: a device message, which waits for room rather than be dropped;
+ * other work (flushes, broker answers) always goes in. */
+static void push_wait(hub_t *hub, lane_t *l, work_t *w, bool wait) {
   pthread_mutex_lock(&l->lock);
+  while (wait && l->len >= LANE_MAX && !atomic_load(&hub->closing)) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    pthread_cond_timedwait(&l->room, &l->lock, &ts);
+  }
+  l->len++;
   if (l->tail)
     l->tail->next = w;
   else
@@ -99,10 +128,13 @@ static work_t *pop(hub_t *hub, lane_t *l) {
   if (w) {
     l->head = w->next;
     if (!l->head) l->tail = NULL;
+    if (l->len-- == LANE_MAX) pthread_cond_broadcast(&l->room);
   }
   pthread_mutex_unlock(&l->lock);
   return w;
 }
+
+static void push(lane_t *l, work_t *w) { push_wait(NULL, l, w, false); }
 
 static void work_free(work_t *w) {
   free(w->payload);
@@ -114,7 +146,7 @@ static work_t *work_new(work_kind_t kind, const char *device, const char *arg, c
   work_t *w = calloc(1, sizeof(*w));
   if (!w) return NULL;
   w->kind = kind;
-  w->arrived_ms = time_mono_ms();
+  w->arrived_ms = time_now_ms();
   snprintf(w->device, sizeof(w->device), "%s", device);
   snprintf(w->arg, sizeof(w->arg), "%s", arg ? arg : "");
   snprintf(w->topic, sizeof(w->topic), "%s", topic ? topic : "");
@@ -133,6 +165,13 @@ static work_t *work_new(work_kind_t kind, const char *device, const char *arg, c
 
 static lane_t *lane_of(hub_t *hub, const char *device) {
   return &hub->lanes[hash(device) % NLANES];
+}
+
+/* Sleeps RETRY_MS in slices; false once the hub is closing. */
+static bool retry_pause(hub_t *hub) {
+  for (int t = 0; t < RETRY_MS && !atomic_load(&hub->closing); t += 20)
+    usleep(20 * 1000);
+  return !atomic_load(&hub->closing);
 }
 
 /* --- listening set and transit table (hub->lock) ------------------------------ */
@@ -266,7 +305,9 @@ static json_t *parse_event(hub_t *hub, work_t *w) {
 
 /* Stores w's event and the events queued right behind it on the lane in one
  * transaction: under load a lane then pays one commit for many events. The lane
- * is FIFO and a device always uses one lane, so per-device order is kept. */
+ * is FIFO and a device always uses one lane, so per-device order is kept. While
+ * storage fails the batch is kept and retried, holding the lane (and so the
+ * order) until it is stored. */
 static void handle_events(hub_t *hub, lane_t *l, work_t *w) {
   work_t *batch[EVENT_BATCH];
   int n = 0;
@@ -276,6 +317,7 @@ static void handle_events(hub_t *hub, lane_t *l, work_t *w) {
     batch[n++] = l->head;
     l->head = l->head->next;
     if (!l->head) l->tail = NULL;
+    if (l->len-- == LANE_MAX) pthread_cond_broadcast(&l->room);
   }
   pthread_mutex_unlock(&l->lock);
   const char *ids[EVENT_BATCH];
@@ -287,15 +329,27 @@ static void handle_events(hub_t *hub, lane_t *l, work_t *w) {
     ids[m] = batch[i]->device;
     events[m++] = e;
   }
-  if (m && devices_events_store_many(hub->app, ids, events, m) < 0)
-    log_error("hub", "could not store %d device event(s)", m);
+  int rc = 0;
+  while (m && (rc = devices_events_store_many(hub->app, ids, events, m)) == -ERR_UNAVAILABLE &&
+         retry_pause(hub)) {
+  }
+  if (rc == -ERR_UNAVAILABLE) {
+    log_error("hub", "stopping with %d device event(s) not stored: storage unavailable", m);
+  } else if (rc < 0) {
+    /* Not the disk: one bad event must not take the others with it. */
+    for (int i = 0; i < m; i++)
+      if (devices_events_store_many(hub->app, &ids[i], &events[i], 1) < 0)
+        log_error("hub", "could not store event of device %s", ids[i]);
+  }
   for (int i = 0; i < m; i++)
     json_decref(events[i]);
   for (int i = 1; i < n; i++)
     work_free(batch[i]); /* batch[0] is freed by the caller */
 }
 
-static void handle_ack(hub_t *hub, work_t *w) {
+/* The handlers below answer -ERR_UNAVAILABLE when storage refused their write: the
+ * lane then retries the same work later, keeping the device's order. */
+static int handle_ack(hub_t *hub, work_t *w) {
   json_t *a = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
   const char *status = json_string_value(json_object_get(a, "status"));
   json_t *result = json_object_get(a, "result");
@@ -305,37 +359,92 @@ static void handle_ack(hub_t *hub, work_t *w) {
                      a ? "ack needs status succeeded|failed and an optional result object"
                        : "not JSON");
     json_decref(a);
-    return;
+    return 0;
   }
-  count("iotfin_mqtt_messages_in_total", "kind=\"ack\"");
   int rc = devices_command_ack(hub->app, w->device, w->arg, status,
                                json_is_object(result) ? result : NULL);
+  if (rc != -ERR_UNAVAILABLE) count("iotfin_mqtt_messages_in_total", "kind=\"ack\"");
   if (rc == -ERR_NOT_FOUND)
     record_rejection(hub, w->device, w->topic, "unknown command");
   else if (rc == -ERR_CONFLICT)
     log_info("hub", "late ack for command %s of %s ignored (already final)", w->arg, w->device);
   json_decref(a);
+  return rc == -ERR_UNAVAILABLE ? rc : 0;
 }
 
-static void handle_presence(hub_t *hub, work_t *w) {
+static int handle_presence(hub_t *hub, work_t *w) {
   json_t *p = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
   json_t *online = json_object_get(p, "online");
+  int rc = 0;
   if (json_is_boolean(online)) {
     bool on = json_is_true(online);
     if (!on) listening_set(hub, w->device, false);
-    devices_presence(hub->app, w->device, on);
+    rc = devices_presence(hub->app, w->device, on);
   } else if (json_is_true(json_object_get(p, "subscribed"))) {
     listening_set(hub, w->device, true);
     flush_commands(hub, w->device);
   }
   json_decref(p);
+  return rc == -ERR_UNAVAILABLE ? rc : 0;
 }
 
-static void handle_delivered(hub_t *hub, work_t *w) {
-  devices_command_delivered(hub->app, w->device, w->arg);
+static int handle_delivered(hub_t *hub, work_t *w) {
+  int rc = devices_command_delivered(hub->app, w->device, w->arg);
+  return rc == -ERR_UNAVAILABLE ? rc : 0;
+}
+
+/* The broker took a command but had nobody to give it to (or refused it): the
+ * device is not listening after all. The command stays queued and goes out again
+ * when the plugin next reports the device subscribed. */
+static int handle_undelivered(hub_t *hub, work_t *w) {
+  /* Said once per device, not once per command of a long queue. */
+  if (is_listening(hub, w->device))
+    log_info("hub", "command %s not delivered to %s: %s; its commands stay queued", w->arg,
+             w->device, w->topic);
+  listening_set(hub, w->device, false);
+  return 0;
+}
+
+static int offline_lane_tx(store_tx_t *tx, void *arg);
+
+/* iotfin lost the broker: the devices of this lane that were online are not any
+ * more, as far as anyone can tell. Run on the lane, after what came before. */
+static int handle_offline(hub_t *hub, lane_t *l) {
+  void *a[2] = {hub, l};
+  int rc = store_write(hub->app->store, offline_lane_tx, a);
+  if (rc > 0) log_info("hub", "%d device(s) marked offline: the broker connection was lost", rc);
+  return rc == -ERR_UNAVAILABLE ? rc : 0;
 }
 
 static void handle_request(hub_t *hub, work_t *w);
+
+static int handle(hub_t *hub, lane_t *l, work_t *w) {
+  switch (w->kind) {
+  case W_EVENT:
+    handle_events(hub, l, w);
+    return 0;
+  case W_ACK:
+    return handle_ack(hub, w);
+  case W_PRESENCE:
+    return handle_presence(hub, w);
+  case W_FLUSH:
+    flush_commands(hub, w->device);
+    return 0;
+  case W_DELIVERED:
+    return handle_delivered(hub, w);
+  case W_UNDELIVERED:
+    return handle_undelivered(hub, w);
+  case W_OFFLINE:
+    return handle_offline(hub, l);
+  case W_REJECT:
+    record_rejection(hub, w->device, w->topic, w->arg);
+    return 0;
+  case W_REQUEST:
+    handle_request(hub, w);
+    return 0;
+  }
+  return 0;
+}
 
 static void *lane_main(void *arg) {
   hub_t *hub = ((void **)arg)[0];
@@ -345,28 +454,12 @@ static void *lane_main(void *arg) {
   work_t *w;
   while ((w = pop(hub, l)) || !atomic_load(&hub->stopping)) {
     if (!w) continue;
-    switch (w->kind) {
-    case W_EVENT:
-      handle_events(hub, l, w);
-      break;
-    case W_ACK:
-      handle_ack(hub, w);
-      break;
-    case W_PRESENCE:
-      handle_presence(hub, w);
-      break;
-    case W_FLUSH:
-      flush_commands(hub, w->device);
-      break;
-    case W_DELIVERED:
-      handle_delivered(hub, w);
-      break;
-    case W_REJECT:
-      record_rejection(hub, w->device, w->topic, w->arg);
-      break;
-    case W_REQUEST:
-      handle_request(hub, w);
-      break;
+    while (handle(hub, l, w) == -ERR_UNAVAILABLE) {
+      if (!retry_pause(hub)) {
+        log_error("hub", "stopping with a device message of %s not stored: storage unavailable",
+                  w->device);
+        break;
+      }
     }
     work_free(w);
   }
@@ -404,7 +497,17 @@ static void handle_request(hub_t *hub, work_t *w) {
   }
   count("iotfin_mqtt_messages_in_total", "kind=\"request\"");
   const char *name = w->arg;
-  if (strcmp(name, "ping") == 0) {
+  int64_t age = time_now_ms() - w->arrived_ms;
+  if (age < 0) age = 0; /* the plugin's clock may run a little ahead of ours */
+  if (age >= REQUEST_PROMISE_MS) {
+    /* The device was promised an answer within 3 s; past that, acting on the
+     * request (an authorization, say) would surprise it more than a refusal. */
+    count("iotfin_mqtt_requests_timed_out_total", "");
+    respond(hub, w->device, rid,
+            json_pack("{s:s,s:s,s:{s:s,s:s}}", "request_id", rid, "status", "error", "error",
+                      "code", "timeout", "message",
+                      "the request waited longer than 3 s and was not acted on"));
+  } else if (strcmp(name, "ping") == 0) {
     char ts[32];
     time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
     respond(hub, w->device, rid,
@@ -418,7 +521,7 @@ static void handle_request(hub_t *hub, work_t *w) {
     } else {
       /* The device was promised an answer within 3 s of sending: what is left of
        * the BANK's 2.5 s share after waiting in the queue is its deadline. */
-      long left = (long)(REQUEST_DEADLINE_MS - (time_mono_ms() - w->arrived_ms));
+      long left = (long)(REQUEST_DEADLINE_MS - (time_now_ms() - w->arrived_ms));
       json_t *body = json_pack("{s:s,s:s,s:O}", "device_id", ext, "request_id", rid, "data", data);
       partner_result_t res;
       if (left >= 50) {
@@ -471,14 +574,20 @@ static bool split_device_topic(const char *topic, char device[64], const char **
   return true;
 }
 
-static void on_message(void *arg, const char *topic, const void *payload, size_t len) {
+/* Device messages wait for room on a full lane rather than be dropped. */
+static void push_device(hub_t *hub, const char *device, work_t *w) {
+  push_wait(hub, lane_of(hub, device), w, true);
+}
+
+static void on_message(void *arg, const char *topic, const void *payload, size_t len,
+                       int64_t arrived_ms) {
   hub_t *hub = arg;
   char device[64];
   const char *rest;
   if (strncmp(topic, "iotfin/presence/", 16) == 0) {
     snprintf(device, sizeof(device), "%s", topic + 16);
     work_t *w = work_new(W_PRESENCE, device, NULL, topic, payload, len);
-    if (w) push(lane_of(hub, device), w);
+    if (w) push_device(hub, device, w);
     return;
   }
   if (!split_device_topic(topic, device, &rest)) return;
@@ -501,26 +610,56 @@ static void on_message(void *arg, const char *topic, const void *payload, size_t
     /* Only authorize waits on a partner; everything else is answered on the lane
      * at once, never queued behind slow BANK calls. */
     w = work_new(W_REQUEST, device, rest + 9, topic, payload, len);
+    if (w) w->arrived_ms = arrived_ms;
     if (w && strcmp(rest + 9, "authorize") == 0) {
       push(&hub->requests, w);
       return;
     }
   }
   if (!w) w = work_new(W_REJECT, device, "unknown topic", topic, NULL, 0);
-  if (w) push(lane_of(hub, device), w);
+  if (w) push_device(hub, device, w);
 }
 
-static void on_published(void *arg, int mid) {
+/* The broker's PUBACK for a command. Reason 0 means a subscriber took it: the
+ * device, connected and listening. 0x10 (no matching subscribers) or a refusal
+ * means it reached nobody. */
+static void on_published(void *arg, int mid, int reason) {
   hub_t *hub = arg;
   pthread_mutex_lock(&hub->lock);
   transit_t *t = &hub->transit[(unsigned)mid % TRANSIT_SLOTS];
   work_t *w = NULL;
   if (t->mid == mid) {
-    w = work_new(W_DELIVERED, t->device, t->cid, NULL, NULL, 0);
+    if (reason == 0) {
+      w = work_new(W_DELIVERED, t->device, t->cid, NULL, NULL, 0);
+    } else {
+      char why[64];
+      snprintf(why, sizeof(why), "%s (0x%02x)",
+               reason == MQTT_RC_NO_MATCHING_SUBSCRIBERS ? "no subscriber" : "broker refused",
+               reason);
+      w = work_new(W_UNDELIVERED, t->device, t->cid, why, NULL, 0);
+    }
     t->mid = 0;
   }
   pthread_mutex_unlock(&hub->lock);
   if (w) push(lane_of(hub, w->device), w);
+}
+
+/* iotfin's client lost the broker: whatever it believed about devices is void.
+ * Nobody listens, nothing is in transit, and each lane marks its online devices
+ * offline after the messages it already holds. Network thread. */
+static void on_lost(void *arg) {
+  hub_t *hub = arg;
+  pthread_mutex_lock(&hub->lock);
+  for (int i = 0; i < LISTENING_SLOTS; i++) {
+    free(hub->listening[i]);
+    hub->listening[i] = NULL;
+  }
+  memset(hub->transit, 0, sizeof(hub->transit));
+  pthread_mutex_unlock(&hub->lock);
+  for (int i = 0; i < NLANES; i++) {
+    work_t *w = work_new(W_OFFLINE, "", NULL, NULL, NULL, 0);
+    if (w) push(&hub->lanes[i], w);
+  }
 }
 
 static void send_control(hub_t *hub, const char *what, json_t *body) {
@@ -602,6 +741,28 @@ static void collect(void *arg) {
     metrics_gauge_set("iotfin_devices_online", "", (double)online);
 }
 
+/* Marks offline, with device.disconnected each, the online devices of one lane. */
+static int offline_lane_tx(store_tx_t *tx, void *arg) {
+  hub_t *hub = ((void **)arg)[0];
+  lane_t *l = ((void **)arg)[1];
+  store_rows_t *rows = NULL;
+  int n = store_exec(tx, &rows, "SELECT id FROM devices WHERE online = 1", "");
+  int rc = n < 0 ? n : 0, marked = 0;
+  for (int i = 0; i < n && rc >= 0; i++) {
+    const char *id = store_rows_text(rows, i, 0);
+    if (lane_of(hub, id) != l) continue;
+    rc = store_exec(tx, NULL, "UPDATE devices SET online = 0 WHERE id = ? AND online = 1", "s", id);
+    if (rc <= 0) continue;
+    char subject[80];
+    snprintf(subject, sizeof(subject), "devices/%s", id);
+    rc = events_record(tx, "device.disconnected", subject, json_pack("{s:s}", "device_id", id),
+                       NULL);
+    marked++;
+  }
+  store_rows_free(&rows);
+  return rc < 0 ? rc : marked;
+}
+
 static int all_offline_tx(store_tx_t *tx, void *arg) {
   store_rows_t *rows = NULL;
   int n = store_exec(tx, &rows, "SELECT id FROM devices WHERE online = 1", "");
@@ -631,6 +792,8 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
   metrics_describe("iotfin_mqtt_messages_rejected_total", "counter",
                    "Malformed device messages dropped, by reason.");
   metrics_describe("iotfin_devices_online", "gauge", "Devices connected right now.");
+  metrics_describe("iotfin_mqtt_requests_timed_out_total", "counter",
+                   "Device requests answered timeout: older than 3 s when their turn came.");
   metrics_add_collector(collect, hub);
   if (managed) {
     /* A fresh managed broker has no device connected, whatever the store says. */
@@ -640,6 +803,7 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
   for (int i = 0; i < NLANES; i++) {
     pthread_mutex_init(&hub->lanes[i].lock, NULL);
     pthread_cond_init(&hub->lanes[i].cond, NULL);
+    pthread_cond_init(&hub->lanes[i].room, NULL);
     void **a = malloc(2 * sizeof(void *));
     a[0] = hub;
     a[1] = &hub->lanes[i];
@@ -650,7 +814,13 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
   for (int i = 0; i < NREQUEST_THREADS; i++)
     pthread_create(&hub->request_threads[i], NULL, request_main, hub);
   pthread_create(&hub->timer, NULL, timer_main, hub);
-  hub_mqtt_handlers_t h = {on_connect, on_message, on_published, hub};
+  hub_mqtt_handlers_t h = {
+      .on_connect = on_connect,
+      .on_message = on_message,
+      .on_published = on_published,
+      .on_lost = on_lost,
+      .arg = hub,
+  };
   int rc = hub_mqtt_start(host, port, user, pass, 5000, &h, &hub->mqtt);
   if (rc < 0) {
     hub_stop(&hub);
@@ -664,6 +834,12 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
 void hub_stop(hub_t **phub) {
   hub_t *hub = *phub;
   if (!hub) return;
+  atomic_store(&hub->closing, true);
+  for (int i = 0; i < NLANES; i++) { /* the network thread may wait for room */
+    pthread_mutex_lock(&hub->lanes[i].lock);
+    pthread_cond_broadcast(&hub->lanes[i].room);
+    pthread_mutex_unlock(&hub->lanes[i].lock);
+  }
   hub_mqtt_stop(&hub->mqtt);
   hub->app->mqtt = NULL;
   atomic_store(&hub->stopping, true);

@@ -95,8 +95,8 @@ static int apply_segment(app_t *app, const unsigned char *buf, size_t size) {
     if (!split(&r, device, rest, sizeof(rest))) continue;
     if (strcmp(rest, "events") == 0) {
       const char *why;
-      json_t *e = r.payload_len <= 16 * 1024 ? hub_event_parse(r.payload, r.payload_len, &why)
-                                             : NULL;
+      json_t *e =
+          r.payload_len <= 16 * 1024 ? hub_event_parse(r.payload, r.payload_len, &why) : NULL;
       if (!e) continue; /* the MQTT path records malformed messages; nothing to store */
       snprintf(b->ids[b->n], 64, "%s", device);
       b->idp[b->n] = b->ids[b->n];
@@ -109,7 +109,8 @@ static int apply_segment(app_t *app, const unsigned char *buf, size_t size) {
     }
     applied++;
   }
-  if (rc >= 0) rc = flush(app, b);
+  if (rc >= 0)
+    rc = flush(app, b);
   else
     flush(app, b); /* only frees */
   free(b);

@@ -1,7 +1,9 @@
 /* The partner mock. Overrides and the request log live in memory (a test fixture
  * sets them through the control API); answer files are read on every call so that
- * edits apply at once. Callbacks wait on one scheduler thread ("mock-callbacks")
- * and are POSTed, signed with the partner's secret, to iotfin's own HTTP address. */
+ * edits apply at once. A delayed answer waits on the gateway's timer, not on a
+ * thread (http_reply_delay). Callbacks wait on one scheduler thread
+ * ("mock-callbacks") and are POSTed, signed with the partner's secret, to iotfin's
+ * own HTTP address, counting from when the answer goes out. */
 #include "partners/mock.h"
 
 #include <ctype.h>
@@ -301,6 +303,7 @@ static void deliver(partner_mock_t *mk, callback_t *c) {
   struct curl_slist *hs = curl_slist_append(NULL, "Content-Type: application/json");
   hs = curl_slist_append(hs, hdr);
   curl_easy_setopt(h, CURLOPT_URL, url);
+  partner_trust_self(h, mk->app, url);
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, hs);
   curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->body);
   curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -446,7 +449,9 @@ int api_mock_any(http_req_t *req) {
   }
   long delay = (long)json_integer_value(json_object_get(ans, "delay_ms"));
   if (delay > MAX_DELAY_MS) delay = MAX_DELAY_MS;
-  if (delay > 0) usleep((useconds_t)delay * 1000);
+  if (delay < 0) delay = 0;
+  /* The gateway holds the answer on its timer: no thread sleeps through it. */
+  if (delay > 0) http_reply_delay(req, delay);
   json_t *body = partner_mock_fill(json_object_get(ans, "body"), reqbody, NULL);
   json_t *cb = json_object_get(ans, "callback");
   if (json_is_object(cb)) {
@@ -454,7 +459,7 @@ int api_mock_any(http_req_t *req) {
     json_t *cbody = partner_mock_fill(json_object_get(cb, "body"), reqbody, body);
     if (cpath && cpath[0] == '/')
       schedule(mk, partner, cpath, cbody ? cbody : json_object(),
-               (long)json_integer_value(json_object_get(cb, "delay_ms")));
+               delay + (long)json_integer_value(json_object_get(cb, "delay_ms")));
     json_decref(cbody);
   }
   const char *k;

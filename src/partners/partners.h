@@ -30,6 +30,9 @@ int partner_call(const app_t *app, partner_id_t p, const char *method, const cha
                  json_t *body, const char *content_type, long timeout_ms, partner_result_t *out);
 void partner_result_free(partner_result_t *r);
 
+/* When url is iotfin's own (the mock, reached over HTTPS), makes the curl handle trust
+ * our own certificate. Otherwise does nothing. Any thread. */
+void partner_trust_self(void *curl, const app_t *app, const char *url);
 /* The partner's base URL: its setting, else the built-in mock while it is on. */
 void partner_base_url(const app_t *app, partner_id_t p, char *out, size_t cap);
 

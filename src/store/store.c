@@ -24,6 +24,7 @@ void store_close(store_t **s) {
 int store_write(store_t *s, store_tx_fn fn, void *arg) { return s->ops->write(s, fn, arg); }
 int store_read(store_t *s, store_tx_fn fn, void *arg) { return s->ops->read(s, fn, arg); }
 int store_ping(store_t *s) { return s->ops->ping(s); }
+const char *store_failure(store_t *s) { return s && s->ops->failure ? s->ops->failure(s) : NULL; }
 const char *store_backend(const store_t *s) { return s->ops->name; }
 
 void store_set_commit_hook(store_t *s, void (*hook)(void *arg), void *arg) {

@@ -27,7 +27,8 @@ int store_open(const char *url, store_t **out);
 void store_close(store_t **s);
 
 /* Runs fn in a durable write transaction (see above). Any thread; blocks until the
- * commit is on disk. */
+ * commit is on disk. When the disk refuses the write (full, I/O error, read-only)
+ * it returns -ERR_UNAVAILABLE and nothing of fn's work is kept. */
 int store_write(store_t *s, store_tx_fn fn, void *arg);
 /* Runs fn in a read-only snapshot on the calling thread's own connection. */
 int store_read(store_t *s, store_tx_fn fn, void *arg);
@@ -49,8 +50,12 @@ int64_t store_rows_int(const store_rows_t *r, int row, int col);
 int store_rows_is_null(const store_rows_t *r, int row, int col);
 void store_rows_free(store_rows_t **r);
 
-/* 0 when the database answers a trivial query, else -ERR_UNAVAILABLE. */
+/* 0 when the database answers and takes writes, else -ERR_UNAVAILABLE. While
+ * writes fail the store probes every 250 ms, so this turns 0 again without traffic. */
 int store_ping(store_t *s);
+/* While writes fail: a static sentence naming the cause for a problem's detail
+ * ("storage unavailable: disk full"); NULL while healthy. Any thread. */
+const char *store_failure(store_t *s);
 /* Name of the backend ("sqlite" or "postgres"), for logs and metrics. */
 const char *store_backend(const store_t *s);
 

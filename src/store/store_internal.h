@@ -16,6 +16,7 @@ typedef struct {
   int (*exec)(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types, va_list ap);
   int (*ping)(store_t *s);
   void (*set_commit_hook)(store_t *s, void (*hook)(void *), void *arg);
+  const char *(*failure)(store_t *s);
 } store_ops_t;
 
 /* Every backend's store_t starts with this header. */

@@ -1,20 +1,27 @@
 /* SQLite backend: WAL, synchronous=FULL, and group commit. One writer thread owns
  * the write connection and commits every callback waiting at that moment in one
- * transaction, each in its own savepoint; readers use a connection per thread. */
+ * transaction, each in its own savepoint; readers use a connection per thread.
+ * When the disk refuses writes (full, I/O error, read-only) the store says so once,
+ * answers -ERR_UNAVAILABLE, probes every PROBE_MS and says so again when it heals. */
 #include <pthread.h>
 #include <semaphore.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/errors.h"
 #include "core/log.h"
+#include "core/timeutil.h"
 #include "store/migrations.h"
 #include "store/store_internal.h"
 
 #define STMT_CACHE 96
 #define BATCH_MAX 512
+#define PROBE_MS 250
 
 typedef struct {
   char *sql;
@@ -25,6 +32,7 @@ typedef struct conn {
   sqlite3 *db;
   cached_stmt_t cache[STMT_CACHE];
   int ncache, next_evict;
+  int storage_error; /* the last SQLite result code that blamed the disk, 0 if none */
   struct conn *next;
 } conn_t;
 
@@ -57,7 +65,41 @@ typedef struct {
   pthread_key_t reader_key;
   void (*hook)(void *);
   void *hook_arg;
+  /* Written by the writer thread only; read by /readyz and the HTTP error path.
+   * failure holds a static string naming the cause while failing is true. */
+  atomic_bool failing;
+  _Atomic(const char *) failure;
+  int64_t last_probe_ms;
 } sqlite_store_t;
+
+/* True for result codes that say the disk, not the SQL, is at fault. */
+static bool is_storage_error(int rc) {
+  switch (rc & 0xff) {
+  case SQLITE_FULL:
+  case SQLITE_IOERR:
+  case SQLITE_READONLY:
+  case SQLITE_CANTOPEN:
+  case SQLITE_NOMEM:
+    return true;
+  default:
+    return false;
+  }
+}
+
+static const char *storage_cause(int rc) {
+  switch (rc & 0xff) {
+  case SQLITE_FULL:
+    return "storage unavailable: disk full";
+  case SQLITE_READONLY:
+    return "storage unavailable: the database is read-only";
+  case SQLITE_CANTOPEN:
+    return "storage unavailable: cannot open the database files";
+  case SQLITE_NOMEM:
+    return "storage unavailable: out of memory";
+  default:
+    return "storage unavailable: disk I/O error";
+  }
+}
 
 static int conn_open(const char *path, conn_t **out) {
   conn_t *c = calloc(1, sizeof(*c));
@@ -177,6 +219,10 @@ static int sq_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
     int ext = sqlite3_extended_errcode(tx->conn->db);
     if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY) {
       rc = -ERR_CONFLICT;
+    } else if (is_storage_error(ext)) {
+      /* Not logged here: the writer logs the store's state changes, not each failure. */
+      tx->conn->storage_error = ext;
+      rc = -ERR_UNAVAILABLE;
     } else {
       log_error("store", "sqlite step failed: %s", sqlite3_errmsg(tx->conn->db));
       rc = -ERR_INTERNAL;
@@ -199,16 +245,125 @@ static void step_reset(sqlite3_stmt *st) {
   sqlite3_reset(st);
 }
 
-/* The writer: takes every waiting job, runs each in a savepoint of one transaction,
- * commits once, then wakes the callers. */
+/* The store's health, as the writer last saw it: err 0 after a commit that wrote
+ * something, else the SQLite code that blamed the disk. Logs changes only, so a
+ * full disk costs two log lines, not one per refused write. Writer thread only. */
+static void set_health(sqlite_store_t *s, int err) {
+  if (err) {
+    const char *cause = storage_cause(err);
+    const char *was = atomic_exchange(&s->failure, cause);
+    if (!atomic_exchange(&s->failing, true) || was != cause)
+      log_error("store", "storage failing (%s); writes are refused until it recovers", cause + 21);
+  } else if (atomic_exchange(&s->failing, false)) {
+    log_info("store", "storage recovered: writes are accepted again");
+  }
+}
+
+/* Ends a transaction that could not commit; SQLite may have rolled it back itself. */
+static void abandon(conn_t *c) {
+  if (!sqlite3_get_autocommit(c->db)) sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* While failing, a one-row write tells when the disk takes writes again, so that
+ * /readyz recovers without waiting for real traffic. */
+static void probe(sqlite_store_t *s) {
+  s->last_probe_ms = time_mono_ms();
+  char sql[160];
+  snprintf(sql, sizeof(sql),
+           "BEGIN IMMEDIATE; INSERT OR REPLACE INTO store_probe (id, at_ms) VALUES (1, %lld);"
+           " COMMIT",
+           (long long)time_now_ms());
+  if (sqlite3_exec(s->writer->db, sql, NULL, NULL, NULL) == SQLITE_OK) {
+    set_health(s, 0);
+    return;
+  }
+  int err = sqlite3_extended_errcode(s->writer->db);
+  abandon(s->writer);
+  if (is_storage_error(err)) set_health(s, err);
+}
+
+static void fail_jobs(job_t *from, job_t *to) {
+  for (job_t *j = from; j; j = j == to ? NULL : j->next)
+    j->rc = -ERR_UNAVAILABLE;
+}
+
+/* Runs one batch in one transaction. A callback that hit a storage error fails
+ * with -ERR_UNAVAILABLE whatever it returned; if SQLite rolled the whole
+ * transaction back on its own (it may, on a full disk), every job of the batch
+ * fails, since the work of those before is gone too. */
+static int run_batch(sqlite_store_t *s, job_t *batch, bool *committed) {
+  conn_t *c = s->writer;
+  store_tx_t tx = {s->base.ops, c};
+  int err = 0;
+  int64_t wrote = 0;
+  if (sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+    err = sqlite3_extended_errcode(c->db);
+    if (!is_storage_error(err)) log_error("store", "sqlite BEGIN: %s", sqlite3_errmsg(c->db));
+    abandon(c);
+    fail_jobs(batch, NULL);
+    return err;
+  }
+  for (job_t *j = batch; j; j = j->next) {
+    c->storage_error = 0;
+    int64_t before = sqlite3_total_changes64(c->db);
+    step_reset(s->sp_begin);
+    j->rc = j->fn(&tx, j->arg);
+    if (c->storage_error) {
+      err = c->storage_error;
+      if (j->rc >= 0) j->rc = -ERR_UNAVAILABLE;
+    }
+    if (sqlite3_get_autocommit(c->db)) {
+      fail_jobs(batch, NULL);
+      return err ? err : SQLITE_IOERR;
+    }
+    if (j->rc < 0)
+      step_reset(s->sp_rollback);
+    else
+      wrote += sqlite3_total_changes64(c->db) - before;
+    step_reset(s->sp_release);
+  }
+  if (sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    int cerr = sqlite3_extended_errcode(c->db);
+    if (!is_storage_error(cerr)) log_error("store", "sqlite COMMIT: %s", sqlite3_errmsg(c->db));
+    abandon(c);
+    fail_jobs(batch, NULL);
+    return cerr ? cerr : SQLITE_IOERR;
+  }
+  *committed = true;
+  /* Only a commit that wrote something proves the disk healthy again. */
+  if (wrote > 0 && !err) return 0;
+  return err ? err : -1;
+}
+
+/* The writer: takes every waiting job, runs them as one batch, commits once, then
+ * wakes the callers. While storage is failing it probes between batches. */
 static void *writer_main(void *p) {
   sqlite_store_t *s = p;
   pthread_setname_np(pthread_self(), "store-writer");
-  store_tx_t tx = {s->base.ops, s->writer};
   for (;;) {
     pthread_mutex_lock(&s->lock);
-    while (!s->queue_head && !s->stopping)
-      pthread_cond_wait(&s->work_cond, &s->lock);
+    while (!s->queue_head && !s->stopping) {
+      if (!atomic_load(&s->failing)) {
+        pthread_cond_wait(&s->work_cond, &s->lock);
+        continue;
+      }
+      int64_t wait = s->last_probe_ms + PROBE_MS - time_mono_ms();
+      if (wait <= 0) {
+        pthread_mutex_unlock(&s->lock);
+        probe(s);
+        pthread_mutex_lock(&s->lock);
+        continue;
+      }
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_sec += wait / 1000;
+      ts.tv_nsec += (wait % 1000) * 1000000L;
+      if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+      }
+      pthread_cond_timedwait(&s->work_cond, &s->lock, &ts);
+    }
     if (!s->queue_head && s->stopping) {
       pthread_mutex_unlock(&s->lock);
       break;
@@ -224,24 +379,11 @@ static void *writer_main(void *p) {
     last->next = NULL;
     pthread_mutex_unlock(&s->lock);
 
-    int brc = plain_exec(s->writer, "BEGIN IMMEDIATE");
-    for (job_t *j = batch; j; j = j->next) {
-      if (brc < 0) {
-        j->rc = -ERR_UNAVAILABLE;
-        continue;
-      }
-      step_reset(s->sp_begin);
-      j->rc = j->fn(&tx, j->arg);
-      if (j->rc < 0) step_reset(s->sp_rollback);
-      step_reset(s->sp_release);
-    }
-    if (brc == 0 && plain_exec(s->writer, "COMMIT") < 0) {
-      plain_exec(s->writer, "ROLLBACK");
-      for (job_t *j = batch; j; j = j->next)
-        j->rc = -ERR_UNAVAILABLE;
-      brc = -1;
-    }
-    if (brc == 0 && s->hook) s->hook(s->hook_arg);
+    bool committed = false;
+    int health = run_batch(s, batch, &committed);
+    if (health == 0 || is_storage_error(health)) set_health(s, health);
+    if (committed && s->hook) s->hook(s->hook_arg);
+    if (is_storage_error(health)) s->last_probe_ms = time_mono_ms();
 
     /* Wake only the first caller; each woken caller wakes the next (see
      * sq_write), so the writer spends one futex call per batch, not one per job. */
@@ -305,8 +447,14 @@ static int sq_read(store_t *base, store_tx_fn fn, void *arg) {
 
 static int sq_ping(store_t *base) {
   sqlite_store_t *s = (sqlite_store_t *)base;
-  (void)s;
-  return 0; /* an embedded database is reachable while the process lives */
+  /* An embedded database is reachable while the process lives; it is ready while
+   * the disk takes its writes. */
+  return atomic_load(&s->failing) ? -ERR_UNAVAILABLE : 0;
+}
+
+static const char *sq_failure(store_t *base) {
+  sqlite_store_t *s = (sqlite_store_t *)base;
+  return atomic_load(&s->failing) ? atomic_load(&s->failure) : NULL;
 }
 
 static void sq_set_commit_hook(store_t *base, void (*hook)(void *), void *arg) {
@@ -358,6 +506,10 @@ static int sq_open(const char *path, store_t **out) {
   pthread_key_create(&s->reader_key, NULL);
   int rc = conn_open(path, &s->writer);
   if (rc == 0) rc = migrate(s->writer);
+  /* Not a migration: the probe row is the store's own business, not the schema's. */
+  if (rc == 0 && plain_exec(s->writer, "CREATE TABLE IF NOT EXISTS store_probe (id INTEGER "
+                                       "PRIMARY KEY, at_ms INTEGER NOT NULL)") < 0)
+    rc = -ERR_UNAVAILABLE;
   if (rc == 0 &&
       (sqlite3_prepare_v2(s->writer->db, "SAVEPOINT job", -1, &s->sp_begin, NULL) != SQLITE_OK ||
        sqlite3_prepare_v2(s->writer->db, "RELEASE job", -1, &s->sp_release, NULL) != SQLITE_OK ||
@@ -408,4 +560,5 @@ const store_ops_t store__sqlite_ops = {
     .exec = sq_exec,
     .ping = sq_ping,
     .set_commit_hook = sq_set_commit_hook,
+    .failure = sq_failure,
 };

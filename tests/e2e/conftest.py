@@ -28,8 +28,10 @@ READY_TIMEOUT_S = 10
 
 # The one line iotfin prints when everything is up (CONTRACT section 1).
 READY_RE = re.compile(
-    r"iotfin ready http=http://(?P<http_host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<http_port>[0-9]+)"
-    r" mqtt=mqtt://(?P<mqtt_host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<mqtt_port>[0-9]+)"
+    r"iotfin ready http=(?P<http_scheme>https?)://"
+    r"(?P<http_host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<http_port>[0-9]+)"
+    r" mqtt=(?P<mqtt_scheme>mqtts?)://"
+    r"(?P<mqtt_host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<mqtt_port>[0-9]+)"
 )
 
 # Deployment knobs that locate helper programs; every other IOTFIN_* variable of the
@@ -182,8 +184,8 @@ class Iotfin:
         self.http_port = int(m["http_port"])
         self.mqtt_host = m["mqtt_host"].strip("[]")
         self.mqtt_port = int(m["mqtt_port"])
-        self.url = f"http://{m['http_host']}:{self.http_port}"
-        self.mqtt_url = f"mqtt://{m['mqtt_host']}:{self.mqtt_port}"
+        self.url = f"{m['http_scheme']}://{m['http_host']}:{self.http_port}"
+        self.mqtt_url = f"{m['mqtt_scheme']}://{m['mqtt_host']}:{self.mqtt_port}"
 
     @property
     def admin_token(self):

@@ -7,6 +7,9 @@ FakeKyc         the KYC partner: POST /verifications -> 201 {id, status} with th
                 the status set later.
 FakeIdentity    the IDENTITY partner: POST /sessions -> 200 {subject, email, name}
                 for a known username/password, 401 otherwise; 500 or down on demand.
+FakeBank        the BANK partner's POST /notifications: answers 200 and records each
+                delivery, or on command hangs (accepts, never answers), fails with
+                503, or refuses connections (down()); heal() makes it answer again.
 ForwardProxy    a plain forwarding HTTP proxy (absolute-URI requests) that counts
                 and logs what goes through it.
 sign_webhook    the `Iotfin-Signature` header value for a webhook body.
@@ -307,6 +310,75 @@ class FakeIdentity(FakeServer):
         if u["email"] is not None:
             out["email"] = u["email"]
         return Response(200, out)
+
+
+class FakeBank(FakeServer):
+    """BANK notifications. mode "ok" answers 200 and appends the CloudEvent to
+    `delivered` (only answered calls count as deliveries); "hang" accepts the call
+    and never answers (the handler waits until heal(), then drops the connection);
+    "503" answers 503. down()/up() make the port refuse connections. `log` (from
+    FakeServer) keeps every call, answered or not."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.delivered = []
+        self.healed_at = None
+        self._healed = threading.Event()
+        self._healed.set()
+        super().__init__("bank")
+        self.set("POST", "/notifications", self._notify)
+
+    def hang(self):
+        with self._lock:
+            self._healed = threading.Event()
+            self.mode = "hang"
+
+    def fail(self, status=503):
+        with self._lock:
+            self.mode = str(status)
+
+    def heal(self):
+        """Answers 200 again from now on (and up() if it was down); returns the
+        time.monotonic() of the heal."""
+        self.up()
+        with self._lock:
+            self.mode = "ok"
+            self._healed.set()
+            self.healed_at = time.monotonic()
+            return self.healed_at
+
+    def stop(self):
+        self._healed.set()
+        self.down()
+
+    def deliveries(self):
+        """[(subject, data.event_id or event id)] answered 200, in arrival order."""
+        with self._lock:
+            return [
+                (b.get("subject"), (b.get("data") or {}).get("event_id") or b.get("id"))
+                for b in self.delivered
+            ]
+
+    def attempts(self):
+        """[(subject, data.event_id)] of every notification call received."""
+        out = []
+        for r in self.requests("POST", "/notifications"):
+            b = r.json if isinstance(r.json, dict) else {}
+            out.append((b.get("subject"), (b.get("data") or {}).get("event_id") or b.get("id")))
+        return out
+
+    def _notify(self, req):
+        with self._lock:
+            mode, healed = self.mode, self._healed
+        if mode == "hang":
+            healed.wait(60)
+            return Response(drop=True)
+        if mode != "ok":
+            return Response(int(mode), {"error": "bank unavailable"})
+        body = req.json
+        with self._lock:
+            self.delivered.append(body if isinstance(body, dict) else {})
+        return Response(200, {"accepted": True})
 
 
 class ForwardProxy:

@@ -120,12 +120,15 @@ def test_readyz_is_503_while_the_managed_broker_is_down(iotfin):
     assert len(pids) == 1, pids
     # Step 2: the broker dies; readiness turns 503 `unavailable` quickly.
     os.kill(pids[0], signal.SIGKILL)
+    # A 503 Response is falsy (requests' Response.__bool__ is .ok): wrap it, or the
+    # poll only ends well if the broker is still down at its deadline.
     def readyz_if_503():
         r = iotfin.get("/readyz")
-        return r if r.status_code == 503 else None
+        return [r] if r.status_code == 503 else None
 
-    r = wait_until(readyz_if_503, 3)
-    assert r is not None, "readyz stayed 200 with the broker dead"
+    got = wait_until(readyz_if_503, 3)
+    assert got, "readyz stayed 200 with the broker dead"
+    r = got[0]
     assert_problem(r, 503, "unavailable")
     # Step 3: liveness is unaffected.
     assert iotfin.get("/healthz").status_code == 200

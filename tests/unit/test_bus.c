@@ -836,6 +836,281 @@ static void test_fifo_dead_letter_unblocks_its_group(void **state) {
   pthread_mutex_unlock(&T.lock);
 }
 
+/* ---- FIFO under hangs, early settlement, lease expiry and redrive ------------------ */
+
+/* The order of first receives of subject's messages (data.n), into out; returns how
+ * many distinct ones. */
+static int first_seen(const char *subject, int *out, int cap) {
+  int k = 0;
+  pthread_mutex_lock(&T.lock);
+  for (int i = 0; i < T.nlog; i++) {
+    if (strcmp(T.log[i].subject, subject) != 0) continue;
+    bool dup = false;
+    for (int j = 0; j < k; j++)
+      dup |= out[j] == T.log[i].n;
+    if (!dup && k < cap) out[k++] = T.log[i].n;
+  }
+  pthread_mutex_unlock(&T.lock);
+  return k;
+}
+
+static bool seen_n(const char *subject, int n) {
+  bool found = false;
+  pthread_mutex_lock(&T.lock);
+  for (int i = 0; i < T.nlog; i++)
+    found |= strcmp(T.log[i].subject, subject) == 0 && T.log[i].n == n;
+  pthread_mutex_unlock(&T.lock);
+  return found;
+}
+
+static store_t *order_store; /* h_order publishes more events through it */
+
+/* B2 runs long enough for its batch to settle early; B3 publishes A6 and A7 and
+ * waits (at most 1.5 s) for A6 to be received: on the old code another worker took
+ * A's head again with A6 and A7 while A2..A5 stayed in flight in this batch. */
+static bus_outcome_t h_order(app_t *app, const bus_msg_t *m) {
+  (void)app;
+  int n = (int)json_integer_value(json_object_get(m->data, "n"));
+  bool a = strcmp(m->subject, "sessions/A") == 0;
+  bool fail = a && n == 1 && m->receives == 1;
+  record(m, fail ? BUS_FAILED : BUS_DONE);
+  if (fail) return bus_failed("the partner hung up");
+  if (!a && n == 2 && m->receives == 1) sleep_ms(150);
+  if (!a && n == 3 && m->receives == 1) {
+    pub_t p = {.type = "session.started",
+               .subjects = {"sessions/A", "sessions/A"},
+               .ns = {6, 7},
+               .count = 2};
+    if (store_write(order_store, publish_tx, &p) != 0) return bus_failed("publish");
+    for (int waited = 0; waited < 1500 && !seen_n("sessions/A", 6); waited += POLL_MS)
+      sleep_ms(POLL_MS);
+  }
+  return bus_done();
+}
+
+static void test_fifo_head_retried_elsewhere_never_overtakes_its_followers(void **state) {
+  fx_t *f = *state;
+  f->cfg.visibility_timeout_ms = 400; /* a batch settles early after 100 ms */
+  static const bus_queue_t q[] = {
+      {.name = "q-order", .subscribes = "session.started", .handler = h_order, .fifo = true},
+  };
+  bus_set_queues(q, 1);
+  order_store = f->app.store;
+  /* One batch: heads B1 and A1, then B2 B3 and A2..A5 behind them. A1 fails; B2
+   * makes the batch settle early; while B3 runs, A's head is free again. */
+  pub_t p = {.type = "session.started",
+             .subjects = {"sessions/B", "sessions/A", "sessions/B", "sessions/B", "sessions/A",
+                          "sessions/A", "sessions/A", "sessions/A"},
+             .ns = {1, 1, 2, 3, 2, 3, 4, 5},
+             .count = 8};
+  assert_int_equal(store_write(f->app.store, publish_tx, &p), 0);
+  start(f);
+  assert_true(wait_calls(10));
+  assert_true(wait_empty(f, "q-order"));
+  int order[16];
+  int k = first_seen("sessions/A", order, 16);
+  assert_int_equal(k, 7);
+  for (int i = 0; i < k; i++) {
+    if (order[i] != i + 1) print_error("A's first receives: position %d has %d\n", i, order[i]);
+    assert_int_equal(order[i], i + 1);
+  }
+}
+
+/* The head of a group runs for more than twice the visibility timeout. */
+static bus_outcome_t h_long_head(app_t *app, const bus_msg_t *m) {
+  (void)app;
+  int n = (int)json_integer_value(json_object_get(m->data, "n"));
+  record(m, BUS_DONE);
+  if (n == 1 && m->receives == 1) sleep_ms(800);
+  return bus_done();
+}
+
+static void test_fifo_followers_keep_their_leases_while_the_head_runs_long(void **state) {
+  fx_t *f = *state;
+  f->cfg.visibility_timeout_ms = 300;
+  static const bus_queue_t q[] = {
+      {.name = "q-long", .subscribes = "session.started", .handler = h_long_head, .fifo = true},
+  };
+  bus_set_queues(q, 1);
+  pub_t p = {.type = "session.started",
+             .subjects = {"sessions/L", "sessions/L", "sessions/L"},
+             .ns = {1, 2, 3},
+             .count = 3};
+  assert_int_equal(store_write(f->app.store, publish_tx, &p), 0);
+  start(f);
+  /* Twice the visibility timeout into the head's run, its followers are still
+   * leased to its batch (not ready for the other worker). */
+  assert_true(wait_calls(1));
+  sleep_ms(600);
+  assert_int_equal(calls(), 1);
+  assert_int_equal(n_state(f, "q-long", "in_flight"), 3);
+  assert_true(wait_empty(f, "q-long"));
+  sleep_ms(200); /* time for a (wrong) second receive */
+  /* Each once, in order: the followers waited in their batch under renewed leases
+   * instead of timing out and going to the other worker as well. */
+  assert_int_equal(calls(), 3);
+  assert_int_equal(max_receives_seen(), 1);
+  int order[8];
+  assert_int_equal(first_seen("sessions/L", order, 8), 3);
+  assert_int_equal(order[0], 1);
+  assert_int_equal(order[1], 2);
+  assert_int_equal(order[2], 3);
+}
+
+/* A receive that died: the group's head and second message in flight, the head's
+ * lease lapsed and the second's running for another minute. */
+static int stall_group_tx(store_tx_t *tx, void *arg) {
+  (void)arg;
+  int64_t now = time_now_ms();
+  int rc = publish_tx(tx, &(pub_t){.type = "session.started",
+                                   .subjects = {"sessions/X", "sessions/X", "sessions/X"},
+                                   .ns = {1, 2, 3},
+                                   .count = 3});
+  if (rc < 0) return rc;
+  rc = store_exec(tx, NULL,
+                  "UPDATE queue_messages SET state = 'in_flight', receive_count = 1, lease = 1, "
+                  "visible_at_ms = ? WHERE id = (SELECT MIN(id) FROM queue_messages)",
+                  "i", now - 1);
+  if (rc != 1) return -ERR_INTERNAL;
+  rc = store_exec(tx, NULL,
+                  "UPDATE queue_messages SET state = 'in_flight', receive_count = 1, lease = 1, "
+                  "visible_at_ms = ? WHERE id = (SELECT MIN(id) + 1 FROM queue_messages)",
+                  "i", now + 60000);
+  return rc == 1 ? 0 : -ERR_INTERNAL;
+}
+
+static void test_fifo_lease_expiry_returns_the_whole_group_in_order(void **state) {
+  fx_t *f = *state;
+  static const bus_queue_t q[] = {
+      {.name = "q-lapse", .subscribes = "session.started", .handler = h_done, .fifo = true},
+  };
+  bus_set_queues(q, 1);
+  start(f);
+  assert_int_equal(store_write(f->app.store, stall_group_tx, NULL), 0);
+  assert_true(wait_empty(f, "q-lapse"));
+  int order[8];
+  assert_int_equal(first_seen("sessions/X", order, 8), 3);
+  assert_int_equal(order[0], 1);
+  assert_int_equal(order[1], 2); /* not after 3, a minute later */
+  assert_int_equal(order[2], 3);
+}
+
+/* G1 is refused for good on its first receive; G2 waits in its handler until the
+ * test lets it go; G1 redriven is done. */
+static bool redrive_hold;
+static bus_outcome_t h_redrive(app_t *app, const bus_msg_t *m) {
+  (void)app;
+  int n = (int)json_integer_value(json_object_get(m->data, "n"));
+  bool refuse = n == 1 && m->receives == 1 && calls() == 0;
+  record(m, refuse ? BUS_FAILED_PERMANENT : BUS_DONE);
+  if (refuse) return bus_failed_permanent("bad event");
+  for (int waited = 0; n == 2 && waited < 3000; waited += POLL_MS) {
+    pthread_mutex_lock(&T.lock);
+    bool hold = redrive_hold;
+    pthread_mutex_unlock(&T.lock);
+    if (!hold) break;
+    sleep_ms(POLL_MS);
+  }
+  return bus_done();
+}
+
+static void test_fifo_redrive_never_runs_beside_its_group_in_flight(void **state) {
+  fx_t *f = *state;
+  static const bus_queue_t q[] = {
+      {.name = "q-redrive", .subscribes = "session.started", .handler = h_redrive, .fifo = true},
+  };
+  bus_set_queues(q, 1);
+  redrive_hold = true;
+  pub_t p = {.type = "session.started",
+             .subjects = {"sessions/R", "sessions/R"},
+             .ns = {1, 2},
+             .count = 2};
+  assert_int_equal(store_write(f->app.store, publish_tx, &p), 0);
+  start(f);
+  /* G1 dead, G2 running. */
+  assert_true(wait_calls(2));
+  assert_true(wait_state(f, "q-redrive", "dead", 1));
+  int redriven = 0;
+  assert_int_equal(bus_redrive(&f->app, "q-redrive", NULL, &redriven), 0);
+  assert_int_equal(redriven, 1);
+  /* G1 is older than G2 but must not run while G2 is in flight. */
+  sleep_ms(300);
+  assert_int_equal(calls(), 2);
+  pthread_mutex_lock(&T.lock);
+  redrive_hold = false;
+  pthread_mutex_unlock(&T.lock);
+  assert_true(wait_empty(f, "q-redrive"));
+  assert_int_equal(calls(), 3);
+  pthread_mutex_lock(&T.lock);
+  assert_int_equal(T.log[2].n, 1);
+  pthread_mutex_unlock(&T.lock);
+}
+
+/* ---- partner outages ------------------------------------------------------------- */
+
+/* The partner: not answering while T.failing. */
+static bus_outcome_t h_partner(app_t *app, const bus_msg_t *m) {
+  (void)app;
+  pthread_mutex_lock(&T.lock);
+  bool down = T.failing;
+  pthread_mutex_unlock(&T.lock);
+  record(m, down ? BUS_FAILED : BUS_DONE);
+  return down ? bus_unavailable("partner timed out") : bus_done();
+}
+
+static void
+test_outage_probes_one_at_a_time_and_releases_all_when_the_partner_answers(void **state) {
+  fx_t *f = *state;
+  /* Production backoff: without the outage rule, messages would come back only
+   * seconds after the partner does. */
+  f->cfg.retry_base_ms = 1000;
+  f->cfg.retry_max_ms = 300000;
+  f->cfg.visibility_timeout_ms = 5000;
+  static const bus_queue_t q[] = {
+      {.name = "q-partner",
+       .subscribes = "session.started",
+       .handler = h_partner,
+       .fifo = true,
+       .retry_forever = true},
+  };
+  bus_set_queues(q, 1);
+  T.failing = true;
+  pub_t p = {.type = "session.started", .count = 12};
+  const char *subj[] = {"sessions/P0", "sessions/P1", "sessions/P2", "sessions/P3"};
+  for (int i = 0; i < 12; i++) {
+    p.subjects[i] = subj[i % 4];
+    p.ns[i] = i / 4 + 1;
+  }
+  assert_int_equal(store_write(f->app.store, publish_tx, &p), 0);
+  start(f);
+  sleep_ms(2600);
+  /* The outage: a first failure or two, then one probe every 500 ms, not every
+   * message on its own; nothing dead, everything waiting. */
+  int during = calls();
+  if (during < 3 || during > 10) print_error("%d partner calls in 2.6 s of outage\n", during);
+  assert_true(during >= 3);
+  assert_true(during <= 10);
+  json_t *s = stats(f, "q-partner");
+  assert_int_equal(jint(s, "dead"), 0);
+  assert_int_equal(jint(s, "ready") + jint(s, "delayed") + jint(s, "in_flight"), 12);
+  json_decref(s);
+  /* The partner answers again: everything goes within a probe interval or two. */
+  pthread_mutex_lock(&T.lock);
+  T.failing = false;
+  pthread_mutex_unlock(&T.lock);
+  int64_t healed = time_mono_ms();
+  assert_true(wait_empty(f, "q-partner"));
+  int64_t took = time_mono_ms() - healed;
+  if (took >= 1200) print_error("drained %lld ms after the partner answered\n", (long long)took);
+  assert_true(took < 1200);
+  for (int g = 0; g < 4; g++) {
+    int order[8];
+    assert_int_equal(first_seen(subj[g], order, 8), 3);
+    for (int i = 0; i < 3; i++)
+      assert_int_equal(order[i], i + 1);
+  }
+}
+
 /* ---- visibility timeout and leases ----------------------------------------------- */
 
 static const bus_queue_t slow_queues[] = {
@@ -1088,6 +1363,8 @@ static void test_idle_bus_does_not_spin(void **state) {
 int main(void) {
   if (sodium_init() < 0) return 1;
   log_set_level(LOG_ERROR);
+  /* BUS_TEST=pattern runs only the matching tests (while working on one). */
+  if (getenv("BUS_TEST")) cmocka_set_test_filter(getenv("BUS_TEST"));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_fanout_by_subscription_in_the_event_transaction, setup,
                                       teardown),
@@ -1104,6 +1381,17 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_fifo_keeps_order_per_group_across_retries, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_fifo_dead_letter_unblocks_its_group, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_fifo_head_retried_elsewhere_never_overtakes_its_followers, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_fifo_followers_keep_their_leases_while_the_head_runs_long, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fifo_lease_expiry_returns_the_whole_group_in_order,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fifo_redrive_never_runs_beside_its_group_in_flight,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_outage_probes_one_at_a_time_and_releases_all_when_the_partner_answers, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(
           test_visibility_timeout_redelivers_and_stale_answer_is_ignored, setup, teardown),
       cmocka_unit_test_setup_teardown(test_claimed_but_unsettled_message_becomes_visible_again,

@@ -24,6 +24,7 @@ static const struct {
   const char *code, *title;
 } contract[] = {
     {ERR_INVALID_JSON, 400, "invalid_json", "Body is not valid JSON"},
+    {ERR_BAD_REQUEST, 400, "bad_request", "Malformed HTTP request"},
     {ERR_VALIDATION_FAILED, 400, "validation_failed", "Request validation failed"},
     {ERR_UNAUTHENTICATED, 401, "unauthenticated", "Authentication required"},
     {ERR_INVALID_CREDENTIALS, 401, "invalid_credentials", "Invalid credentials"},
@@ -37,9 +38,11 @@ static const struct {
     {ERR_DEVICE_NOT_ACTIVE, 409, "device_not_active", "Device is not active"},
     {ERR_EMAIL_TAKEN, 409, "email_taken", "Email already registered"},
     {ERR_PAYLOAD_TOO_LARGE, 413, "payload_too_large", "Payload too large"},
+    {ERR_URI_TOO_LONG, 414, "uri_too_long", "URI too long"},
     {ERR_UNSUPPORTED_MEDIA_TYPE, 415, "unsupported_media_type", "Unsupported media type"},
     {ERR_IDEMPOTENCY_KEY_REUSED, 422, "idempotency_key_reused", "Idempotency key reused"},
     {ERR_RATE_LIMITED, 429, "rate_limited", "Too many requests"},
+    {ERR_HEADERS_TOO_LARGE, 431, "headers_too_large", "Request header fields too large"},
     {ERR_INTERNAL, 500, "internal", "Internal error"},
     {ERR_UPSTREAM_UNAVAILABLE, 502, "upstream_unavailable", "Upstream partner unavailable"},
     {ERR_UNAVAILABLE, 503, "unavailable", "Service unavailable"},

@@ -532,6 +532,46 @@ static void test_wide_rows(void **state) {
   assert_string_equal(last, "70");
 }
 
+/* A database that may not grow (max_page_count) fails the way a full disk does:
+ * SQLITE_FULL. The store must say -ERR_UNAVAILABLE with the cause, keep nothing of
+ * the refused write, and heal by itself once writes fit again. */
+static int set_max_pages(store_tx_t *tx, void *arg) {
+  char sql[64];
+  snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %d", *(int *)arg);
+  int rc = store_exec(tx, NULL, sql, "");
+  return rc < 0 ? rc : 0;
+}
+
+static int insert_big(store_tx_t *tx, void *arg) {
+  return store_exec(tx, NULL, "INSERT INTO t (id, v) VALUES (?, hex(randomblob(200000)))", "s",
+                    (const char *)arg);
+}
+
+static void test_full_database_is_unavailable_and_recovers(void **state) {
+  fixture_t *f = *state;
+  assert_int_equal(store_ping(f->s), 0);
+  assert_null(store_failure(f->s));
+  int pages = 1; /* SQLite keeps it at the current size */
+  assert_int_equal(store_write(f->s, set_max_pages, &pages), 0);
+  assert_int_equal(store_write(f->s, insert_big, "a"), -ERR_UNAVAILABLE);
+  assert_int_equal(store_ping(f->s), -ERR_UNAVAILABLE);
+  assert_non_null(store_failure(f->s));
+  assert_non_null(strstr(store_failure(f->s), "disk full"));
+  assert_int_equal(read_int(f->s, "SELECT count(*) FROM t"), 0);
+  /* A transaction that writes nothing commits, but proves nothing. */
+  pages = 1000000;
+  assert_int_equal(store_write(f->s, set_max_pages, &pages), 0);
+  int waited = 0;
+  while (store_ping(f->s) != 0 && waited < 3000) {
+    usleep(10 * 1000);
+    waited += 10;
+  }
+  assert_int_equal(store_ping(f->s), 0); /* the writer's probe found room */
+  assert_null(store_failure(f->s));
+  assert_int_equal(store_write(f->s, insert_big, "b"), 1);
+  assert_int_equal(read_int(f->s, "SELECT count(*) FROM t"), 1);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void) {
@@ -549,6 +589,7 @@ int main(void) {
       T(test_rows_accessors),
       T(test_bad_statements_are_internal),
       T(test_read_is_a_snapshot),
+      T(test_full_database_is_unavailable_and_recovers),
       cmocka_unit_test(test_open_failures),
       /* Last: it shows a memory error, which ASan turns into an abort. */
       T(test_wide_rows),

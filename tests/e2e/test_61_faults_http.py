@@ -1,0 +1,434 @@
+"""Faults at the HTTP gateway (issues #10 and #12): a partner that hangs must not
+freeze the API (partner logins and registrations run on a bounded worker pool with
+their connections suspended; the mock's delay_ms waits on a timer), a client that
+leaves while its request is suspended costs nothing, IOTFIN_ACCESS_LOG decides
+which requests get a line, a storm of errors is cut to a bounded number of lines
+with a suppression count, and odd requests (made-up methods, conflicting framing
+headers, oversized heads) get problem+json and cannot grow the metrics table.
+The server is the real binary; IDENTITY and KYC are fakes from fakes.py."""
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+from conftest import assert_problem, bearer, poll
+from fakes import FakeIdentity, FakeKyc, Response
+
+FAST_S = 0.2  # what "answers quickly" means while partners hang
+
+
+@pytest.fixture
+def kyc():
+    k = FakeKyc()
+    k.default_status = "approved"
+    yield k
+    k.down()
+
+
+@pytest.fixture
+def identity():
+    i = FakeIdentity()
+    yield i
+    i.down()
+
+
+def partner_env(kyc, identity, **extra):
+    env = {
+        "IOTFIN_PARTNER_KYC_URL": kyc.url,
+        "IOTFIN_PARTNER_IDENTITY_URL": identity.url,
+        "IOTFIN_KYC_POLL_MS": "200",
+        "IOTFIN_AUTH_RATE": "100000",
+        "IOTFIN_PARTNER_IDENTITY_TIMEOUT_MS": "15000",
+    }
+    env.update(extra)
+    return env
+
+
+def timed_get(inst, path):
+    t0 = time.monotonic()
+    r = inst.get(path, timeout=5)
+    return r, time.monotonic() - t0
+
+
+def assert_fast(inst):
+    """/healthz and a cheap POST both answer within FAST_S, five times over."""
+    for _ in range(5):
+        r, secs = timed_get(inst, "/healthz")
+        assert r.status_code == 200 and secs < FAST_S, f"/healthz took {secs:.3f} s"
+        t0 = time.monotonic()
+        r = inst.post("/v1/sessions/anonymous", timeout=5)
+        secs = time.monotonic() - t0
+        assert r.status_code == 201 and secs < FAST_S, f"anonymous session took {secs:.3f} s"
+
+
+def approved_partner_user(inst, identity):
+    """Registers a partner user through IDENTITY and waits for KYC to approve it."""
+    username = "u-" + uuid.uuid4().hex[:10]
+    identity.add_user(username, "pw-" + username, email=f"{username}@example.com")
+    creds = {"type": "partner", "username": username, "password": "pw-" + username}
+    r = inst.post("/v1/registrations", json=creds, headers=bearer(inst.anonymous_token()))
+    assert r.status_code == 202, r.text
+    reg, tok = r.json()["registration"], r.json()["access_token"]
+    poll(
+        lambda: inst.get(f"/v1/registrations/{reg['id']}", headers=bearer(tok)).json()["status"]
+        == "approved",
+        timeout=10,
+    ) or pytest.fail("the registration was not approved")
+    return creds
+
+
+def fd_count(inst):
+    """Open sockets of the server (files such as per-thread SQLite readers vary)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{inst.proc.pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{inst.proc.pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def access_lines(inst, **match):
+    out = []
+    for line in inst.stderr_lines():
+        try:
+            o = json.loads(line)
+        except ValueError:
+            continue
+        if o.get("module") == "access" and all(o.get(k) == v for k, v in match.items()):
+            out.append(o)
+    return out
+
+
+# -- nothing blocks the request threads ----------------------------------------
+
+
+def test_100_hanging_partner_logins_leave_the_api_fast(start_iotfin, kyc, identity):
+    inst = start_iotfin(env=partner_env(kyc, identity))
+    creds = approved_partner_user(inst, identity)
+
+    # Step 1: IDENTITY now holds every call until the gate opens.
+    gate = threading.Event()
+
+    def hanging(req):
+        gate.wait(20)
+        return identity._sessions(req)
+
+    identity.clear_log()
+    identity.set("POST", "/sessions", hanging)
+
+    # Step 2: 100 partner logins at once; all of them wait on IDENTITY.
+    results = [None] * 100
+
+    def login(i):
+        try:
+            r = requests.post(inst.url + "/v1/sessions", json=creds, timeout=30)
+            results[i] = (r.status_code, r.json())
+        except Exception as e:  # noqa: BLE001 - reported below
+            results[i] = ("error", repr(e))
+
+    threads = [threading.Thread(target=login, args=(i,)) for i in range(100)]
+    try:
+        for t in threads:
+            t.start()
+        # The worker pool is busy with IDENTITY (more than the 4 request threads).
+        assert poll(lambda: len(identity.requests("POST", "/sessions")) >= 8, timeout=10), len(
+            identity.requests("POST", "/sessions")
+        )
+
+        # Step 3: meanwhile the API answers at once.
+        assert_fast(inst)
+        assert all(r is None for r in results), "a login answered while IDENTITY hung"
+    finally:
+        # Step 4: IDENTITY answers; every login completes with its right status.
+        gate.set()
+        for t in threads:
+            t.join(30)
+    assert all(r is not None and r[0] == 201 for r in results), [
+        r for r in results if not r or r[0] != 201
+    ][:3]
+    assert all(r[1]["tier"] == "user" for r in results)
+    assert len(identity.requests("POST", "/sessions")) == 100
+
+
+def test_hanging_partner_registrations_leave_the_api_fast(start_iotfin, kyc, identity):
+    inst = start_iotfin(env=partner_env(kyc, identity))
+    gate = threading.Event()
+    identity.set("POST", "/sessions", lambda req: (gate.wait(20), Response(401, {}))[1])
+    results = []
+
+    def register():
+        tok = inst.anonymous_token()
+        body = {"type": "partner", "username": "nobody", "password": "x"}
+        r = requests.post(inst.url + "/v1/registrations", json=body, headers=bearer(tok), timeout=30)
+        results.append(r)
+
+    threads = [threading.Thread(target=register) for _ in range(12)]
+    try:
+        for t in threads:
+            t.start()
+        assert poll(lambda: len(identity.requests("POST", "/sessions")) >= 8, timeout=10)
+        assert_fast(inst)
+    finally:
+        gate.set()
+        for t in threads:
+            t.join(30)
+    assert len(results) == 12
+    for r in results:
+        assert_problem(r, 401, "invalid_credentials")
+
+
+def test_mock_delay_does_not_hold_a_request_thread(start_iotfin):
+    inst = start_iotfin()
+
+    def override(path, delay_ms):
+        r = inst.put(
+            "/mock/_control/responses",
+            json={"partner": "bank", "method": "POST", "path": path, "status": 200,
+                  "body": {"ok": True}, "delay_ms": delay_ms},
+        )
+        assert r.status_code == 201, r.text
+
+    override("/slow", 30000)
+    override("/short", 1000)
+    hung = []
+
+    def call(path, out):
+        try:
+            r = requests.post(inst.url + "/mock/bank" + path, json={}, timeout=40)
+            out.append((r.status_code, time.monotonic()))
+        except Exception as e:  # noqa: BLE001
+            out.append(("error", repr(e)))
+
+    # Step 1: 20 calls that the mock holds for 30 s.
+    slow = [threading.Thread(target=call, args=("/slow", hung)) for _ in range(20)]
+    for t in slow:
+        t.start()
+    assert poll(
+        lambda: len(inst.get("/mock/_control/requests?partner=bank").json()["items"]) >= 20,
+        timeout=10,
+    )
+    # Step 2: the API is not slowed down.
+    assert_fast(inst)
+
+    # Step 3: 20 calls held for 1 s all finish together, not four at a time.
+    short = []
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=call, args=("/short", short)) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert [s for s, _ in short] == [200] * 20, short
+    took = max(at for _, at in short) - t0
+    assert 1.0 <= took < 3.0, f"20 calls delayed 1 s took {took:.2f} s"
+
+    # Step 4: a stop sends the 30 s answers at once and exits cleanly.
+    assert hung == []
+    assert inst.stop() == 0
+    for t in slow:
+        t.join(10)
+    assert [s for s, _ in hung] == [200] * 20, hung
+
+
+def test_a_client_that_leaves_while_suspended_costs_nothing(start_iotfin, kyc, identity):
+    inst = start_iotfin(env=partner_env(kyc, identity))
+    r = inst.put(
+        "/mock/_control/responses",
+        json={"partner": "bank", "method": "POST", "path": "/gone", "status": 200,
+              "body": {}, "delay_ms": 700},
+    )
+    assert r.status_code == 201
+    gate = threading.Event()
+    identity.set("POST", "/sessions", lambda req: (gate.wait(5), Response(401, {}))[1])
+    assert inst.get("/healthz").status_code == 200
+    baseline = fd_count(inst)
+
+    # Step 1: 30 clients give up after 0.2 s, on a delayed mock answer and on a
+    # partner login that waits on IDENTITY.
+    def leave(method, path, body):
+        with pytest.raises(requests.exceptions.Timeout):
+            requests.request(method, inst.url + path, json=body, timeout=0.2)
+
+    creds = {"type": "partner", "username": "x", "password": "y"}
+    threads = [threading.Thread(target=leave, args=("POST", "/mock/bank/gone", {}))
+               for _ in range(15)]
+    threads += [threading.Thread(target=leave, args=("POST", "/v1/sessions", creds))
+                for _ in range(15)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    gate.set()
+
+    # Step 2: once their replies were due, their sockets are closed and the server
+    # answers as before.
+    assert poll(lambda: fd_count(inst) <= baseline, timeout=10), (fd_count(inst), baseline)
+    assert_fast(inst)
+    r = inst.post("/v1/sessions", json=creds)
+    assert_problem(r, 401, "invalid_credentials")
+    assert inst.stop() == 0
+
+
+# -- logs fit a disk -------------------------------------------------------------
+
+
+def test_access_log_all_errors_and_sample(start_iotfin):
+    # Step 1: all: one line per request.
+    inst = start_iotfin(env={"IOTFIN_ACCESS_LOG": "all"})
+    for _ in range(30):
+        assert inst.get("/healthz").status_code == 200
+    assert poll(lambda: len(access_lines(inst, route="/healthz")) == 30, timeout=5), len(
+        access_lines(inst, route="/healthz")
+    )
+    inst.stop()
+
+    # Step 2: errors (the default): successes are not logged, errors are.
+    inst = start_iotfin()
+    for _ in range(30):
+        assert inst.get("/healthz").status_code == 200
+    for i in range(3):
+        assert inst.get(f"/no/such/{i}").status_code == 404
+    assert poll(lambda: len(access_lines(inst, status=404)) == 3, timeout=5)
+    assert access_lines(inst, route="/healthz") == []
+    inst.stop()
+
+    # Step 3: sample:10: one success in ten.
+    inst = start_iotfin(env={"IOTFIN_ACCESS_LOG": "sample:10"})
+    for _ in range(50):
+        assert inst.get("/healthz").status_code == 200
+    assert poll(lambda: len(access_lines(inst, route="/healthz")) == 5, timeout=5), len(
+        access_lines(inst, route="/healthz")
+    )
+
+
+@pytest.mark.parametrize("value", ["sometimes", "sample:0", "sample:x", "ALL", ""])
+def test_bad_access_log_setting_is_refused(run_iotfin, value):
+    rc, out, err, secs = run_iotfin("serve", env={"IOTFIN_ACCESS_LOG": value})
+    assert rc == 2 and out == "", (rc, out, err)
+    lines = [l for l in err.split("\n") if l.strip()]
+    assert len(lines) == 1 and "IOTFIN_ACCESS_LOG" in lines[0], lines
+
+
+def test_access_log_is_documented_in_serve_help(run_iotfin):
+    rc, out, err, _ = run_iotfin("serve", "--help")
+    assert rc == 0 and "IOTFIN_ACCESS_LOG" in out and "sample:N" in out, out
+
+
+def test_an_error_storm_writes_a_bounded_number_of_lines(start_iotfin, kyc, identity):
+    identity.down()  # every partner login fails: a warn line and a 502 each
+    inst = start_iotfin(env=partner_env(kyc, identity))
+    s = requests.Session()
+
+    # Step 1: 1500 malformed bodies and 300 partner logins that cannot reach IDENTITY.
+    for _ in range(1500):
+        r = s.put(inst.url + "/mock/_control/responses", data=b"{nope",
+                  headers={"Content-Type": "application/json"}, timeout=5)
+        assert r.status_code == 400
+    creds = {"type": "partner", "username": "x", "password": "y"}
+    for _ in range(300):
+        assert s.post(inst.url + "/v1/sessions", json=creds, timeout=5).status_code == 502
+
+    # Step 2: each storm ends in a summary line that counts what was left out.
+    def summaries(pred):
+        return [o for o in inst.stderr_json() if "suppressed" in o and pred(o)]
+
+    bad = poll(lambda: summaries(lambda o: o["module"] == "access" and " 400 " in o["msg"]),
+               timeout=5)
+    assert bad, inst.stderr_lines()[-5:]
+    shown = access_lines(inst, status=400)
+    assert len(shown) <= 100, len(shown)
+    assert len(shown) + sum(o["suppressed"] for o in bad) == 1500
+    assert "similar lines in the last" in bad[0]["msg"], bad[0]
+
+    warn = poll(lambda: summaries(lambda o: o["module"] == "users"), timeout=5)
+    assert warn, inst.stderr_lines()[-5:]
+    shown = [o for o in inst.stderr_json()
+             if o["module"] == "users" and "IDENTITY unavailable" in o["msg"]
+             and "suppressed" not in o]
+    assert len(shown) + sum(o["suppressed"] for o in warn) == 300
+    assert len(inst.stderr_lines()) < 400, len(inst.stderr_lines())
+
+
+# -- odd requests (issue #12) ----------------------------------------------------
+
+
+def raw_http(inst, data, timeout=5):
+    """Sends raw bytes, returns (status, headers dict, body bytes) of the answer."""
+    s = socket.create_connection((inst.http_host.strip("[]"), inst.http_port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while b"\r\n\r\n" not in out:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        head, _, body = out.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+        want = int(headers.get("content-length", "0"))
+        while len(body) < want:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(lines[0].split()[1]), headers, body
+    finally:
+        s.close()
+
+
+def assert_raw_problem(answer, status, code):
+    st, headers, body = answer
+    assert st == status, answer
+    assert headers["content-type"].startswith("application/problem+json"), headers
+    p = json.loads(body)
+    assert p["status"] == status and p["code"] == code, p
+
+
+def test_made_up_methods_do_not_grow_the_metrics(shared_iotfin):
+    for i in range(5):
+        r = shared_iotfin.request(f"FOO{i}BAR", "/healthz")
+        assert_problem(r, 405, "method_not_allowed")
+    # The counter is written as each request completes, just after its answer.
+    line = 'iotfin_http_requests_total{method="other",route="/healthz",status="405"} 5'
+    assert poll(lambda: line in shared_iotfin.get("/metrics").text, timeout=5)
+    text = shared_iotfin.get("/metrics").text
+    assert "FOO0BAR" not in text and "FOO4BAR" not in text
+
+
+def test_conflicting_body_framing_is_refused(shared_iotfin):
+    # Two different Content-Length headers.
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"POST /mock/bank/x HTTP/1.1\r\nHost: t\r\n"
+                 b"Content-Length: 2\r\nContent-Length: 5\r\n\r\n{}"),
+        400, "bad_request")
+    # Content-Length together with Transfer-Encoding.
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"POST /mock/bank/x HTTP/1.1\r\nHost: t\r\n"
+                 b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
+        400, "bad_request")
+    # One Content-Length, or chunked alone, still work.
+    st, _, _ = raw_http(shared_iotfin, b"POST /v1/sessions/anonymous HTTP/1.1\r\nHost: t\r\n"
+                        b"Connection: close\r\nContent-Length: 0\r\n\r\n")
+    assert st == 201
+
+
+def test_oversized_uri_and_head_get_problem_json(shared_iotfin):
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"),
+        414, "uri_too_long")
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"GET /healthz?q=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"),
+        414, "uri_too_long")
+    assert_raw_problem(
+        raw_http(shared_iotfin, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * 40000
+                 + b"\r\n\r\n"),
+        431, "headers_too_large")
+    assert shared_iotfin.get("/healthz").status_code == 200
