@@ -38,7 +38,7 @@ STATE_DIR = Path("/var/lib/iotfin")
 UNIT = Path("/lib/systemd/system/iotfin.service")
 DEFAULTS = Path("/etc/default/iotfin")
 DEPENDS = ["libmicrohttpd12", "libjansson4", "libsqlite3-0", "libpq5", "libcurl4",
-           "libsodium23", "libmosquitto1", "mosquitto"]
+           "libsodium23", "libssl3", "libmosquitto1", "mosquitto"]
 INSTALLED = {
     "/usr/bin/iotfin": 0o755,
     "/usr/lib/iotfin/mosquitto_iotfin_auth.so": 0o644,
