@@ -70,11 +70,11 @@ def skip_reason():
                            capture_output=True, text=True)
     if "installed" in probe.stdout or "config-files" in probe.stdout:
         return "an iotfin package is already on this machine; this test will not touch it"
-    try:
-        pwd.getpwnam("iotfin")
+    if user_exists("iotfin"):
         return "a user iotfin already exists (not from this test's package); remove it to run"
-    except KeyError:
-        pass
+    for path in (STATE_DIR, DEFAULTS):
+        if path.exists():
+            return f"{path} already exists (not from this test's package); this test keeps it"
     return None
 
 
@@ -245,6 +245,9 @@ def check_trace(trace_path, service, state_dir):
 @pytest.fixture
 def package_lock():
     """One package test at a time on this machine (other checkouts run the suite too)."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
     lock_dir = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
     with open(os.path.join(lock_dir, "iotfin-package-test.lock"), "w") as f:
         deadline = time.monotonic() + 120
@@ -256,7 +259,7 @@ def package_lock():
                 if time.monotonic() > deadline:
                     pytest.fail("another package test held the lock for 120 s")
                 time.sleep(0.1)
-        reason = skip_reason()
+        reason = skip_reason()  # again: the holder we waited for may have left something
         if reason:
             pytest.skip(reason)
         yield
