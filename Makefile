@@ -1,11 +1,15 @@
 # The human entry points. CMake does the building; this file only sequences it.
 #   make run    install missing Debian packages, build, start iotfin
 #   make test   install missing packages, build, run unit (also under ASan+UBSan) and e2e tests
+#   make install / make deb   see docs/operating.md
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: all build deps test-deps run test unit unit-asan e2e fmt fmt-check lint bench clean
+.PHONY: all build deps test-deps run test unit unit-asan e2e fmt fmt-check lint bench clean \
+        install deb
 
 all: build
 
@@ -50,6 +54,14 @@ fmt-check:
 lint: build
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
 	  --inline-suppr --suppress=missingIncludeSystem --suppress=unknownMacro -I src src plugins
+
+# The unit and the settings file are written for the PREFIX given here, at install time.
+install: build
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
+
+# build/iotfin_<version>_<arch>.deb, from the same install rules, with dpkg-deb alone.
+deb: build
+	@sh packaging/build-deb.sh $(BUILD)
 
 bench: build
 	sh bench/run.sh

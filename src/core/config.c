@@ -4,10 +4,13 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char *partner_lower[] = {"kyc", "identity", "supplier", "bank"};
 static const char *partner_upper[] = {"KYC", "IDENTITY", "SUPPLIER", "BANK"};
@@ -62,6 +65,25 @@ static int parse_long(const char *v, long min, long max, long *out) {
   if (errno || *end || end == v || n < min || n > max) return -1;
   *out = n;
   return 0;
+}
+
+static bool is_dir(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* ./mocks in a checkout; an installed binary (<prefix>/bin/iotfin, started from any
+ * folder, / under systemd) has its shipped files in <prefix>/share/iotfin/mocks. */
+static const char *default_mock_dir(char *buf, size_t cap) {
+  if (is_dir("./mocks")) return "./mocks";
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return "./mocks";
+  self[n] = 0;
+  char *slash = strrchr(self, '/');
+  if (slash) *slash = 0;
+  snprintf(buf, cap, "%s/../share/iotfin/mocks", self);
+  return is_dir(buf) ? buf : "./mocks";
 }
 
 int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
@@ -147,7 +169,8 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
     return fail(err, errlen, "IOTFIN_MOCK", "expected on or off");
 
   v = get("IOTFIN_MOCK_DIR");
-  if (!v) v = "./mocks";
+  char installed_mocks[PATH_MAX];
+  if (!v) v = default_mock_dir(installed_mocks, sizeof(installed_mocks));
   if (copy_str(cfg->mock_dir, sizeof(cfg->mock_dir), v, "IOTFIN_MOCK_DIR", err, errlen)) return -1;
 
   for (int i = 0; i < CONFIG_PARTNER_COUNT; i++) {

@@ -88,7 +88,10 @@ static bool port_accepts(const char *host, int port) {
   return ok;
 }
 
-/* The plugin is built next to the iotfin binary; IOTFIN_BROKER_PLUGIN overrides. */
+/* The plugin is built next to the iotfin binary, and installed (make install, the
+ * Debian package) in <prefix>/lib/iotfin/ beside <prefix>/bin/iotfin: both are tried,
+ * in that order, so a build tree and an installed copy each find their own plugin.
+ * IOTFIN_BROKER_PLUGIN overrides. On failure out holds the last path tried. */
 static int find_plugin(char *out, size_t cap) {
   const char *env = getenv("IOTFIN_BROKER_PLUGIN");
   if (env) {
@@ -101,8 +104,12 @@ static int find_plugin(char *out, size_t cap) {
   self[n] = 0;
   char *slash = strrchr(self, '/');
   if (slash) *slash = 0;
-  snprintf(out, cap, "%s/mosquitto_iotfin_auth.so", self);
-  return access(out, R_OK);
+  const char *rel[] = {"", "/../lib/iotfin"};
+  for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+    snprintf(out, cap, "%s%s/mosquitto_iotfin_auth.so", self, rel[i]);
+    if (access(out, R_OK) == 0) return 0;
+  }
+  return -1;
 }
 
 static int find_mosquitto(char *out, size_t cap) {
