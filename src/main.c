@@ -66,7 +66,7 @@ static const char *usage_serve =
     "  IOTFIN_SMTP_URL            smtp://host:port (default: .eml files in <data_dir>/mail)\n"
     "  IOTFIN_MAIL_FROM, IOTFIN_OPS_EMAIL\n"
     "  IOTFIN_MOCK                on (default) or off: the partner mock at /mock/\n"
-    "  IOTFIN_MOCK_DIR            mock response files (./mocks)\n"
+    "  IOTFIN_MOCK_DIR            mock response files (./mocks, else the installed ones)\n"
     "  IOTFIN_PARTNER_<NAME>_URL|_SECRET|_PROXY|_TIMEOUT_MS   NAME: KYC IDENTITY SUPPLIER BANK\n"
     "  IOTFIN_RETRY_BASE_MS, IOTFIN_RETRY_MAX_MS, IOTFIN_MAX_RECEIVES,\n"
     "  IOTFIN_VISIBILITY_TIMEOUT_MS, IOTFIN_KYC_POLL_MS, IOTFIN_COMMAND_TTL_S,\n"
