@@ -18,6 +18,7 @@
 #include "bus/bus.h"
 #include "cli/cli.h"
 #include "core/config.h"
+#include "core/errors.h"
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/timeutil.h"
@@ -40,6 +41,8 @@ static const char *usage_main =
     "  demo         run the whole user journey against a running server\n"
     "  device       simulate a device over MQTT (acks commands, sends events, requests)\n"
     "  events-doc   print the event catalogue as Markdown\n"
+    "  backup FILE  write the data dir (database snapshot, keys, admin token) to one file\n"
+    "  restore FILE fill an empty data dir from such a file\n"
     "\n"
     "Options:\n"
     "  --help       show this help (also: iotfin <command> --help)\n"
@@ -232,6 +235,7 @@ static int serve(void) {
 
   static app_t app;
   retention_t *retention = NULL;
+  bool quiet = false;
   app.cfg = &cfg;
   app.started_ms = time_now_ms();
   int status = 1;
@@ -244,7 +248,11 @@ static int serve(void) {
   char keydir[1200];
   snprintf(keydir, sizeof(keydir), "%s/keys", cfg.data_dir);
   if (load_admin_token(&app) < 0 || auth_keys_load(keydir, &app.keys) < 0) goto out;
-  if (store_open(cfg.db_url, &app.store) < 0) goto out;
+  int src = store_open(cfg.db_url, &app.store);
+  if (src < 0) {
+    quiet = src == -ERR_CONFLICT; /* a schema too new: its one line says it all */
+    goto out;
+  }
 
   char mqtt_host[256], user[128] = "", pass[256] = "";
   int mqtt_port;
@@ -314,7 +322,7 @@ out:
   free(app.tls_key_pem);
   if (status == 0)
     log_info("main", "stopped");
-  else
+  else if (!quiet)
     log_error("main", "could not start; see the lines above");
   return status;
 }
@@ -348,6 +356,8 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "device") == 0) return cli_device_main(argc - 1, argv + 1);
   if (strcmp(cmd, "demo") == 0) return cli_demo_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "backup") == 0) return cli_backup_main(argc - 1, argv + 1, false);
+  if (strcmp(cmd, "restore") == 0) return cli_backup_main(argc - 1, argv + 1, true);
   if (strcmp(cmd, "events-doc") == 0) {
     if (help) {
       fputs(usage_events_doc, stdout);

@@ -463,10 +463,27 @@ static void sq_set_commit_hook(store_t *base, void (*hook)(void *), void *arg) {
   s->hook_arg = arg;
 }
 
-static int migrate(conn_t *c) {
+static int migrate(conn_t *c, const char *path) {
   if (plain_exec(c, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                     " name TEXT NOT NULL, applied_at TEXT NOT NULL)") < 0)
     return -ERR_UNAVAILABLE;
+  /* A newer iotfin wrote this database: an older one must not touch it, since it does not
+   * know what the newer tables mean (upgrades only go forward). */
+  int64_t known = 0, have = 0;
+  for (int i = 0; i < store_migrations_count; i++)
+    if (store_migrations[i].version > known) known = store_migrations[i].version;
+  store_tx_t vtx = {&store__sqlite_ops, c};
+  store_rows_t *vrows = NULL;
+  if (store_exec(&vtx, &vrows, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", "") > 0)
+    have = store_rows_int(vrows, 0, 0);
+  store_rows_free(&vrows);
+  if (have > known) {
+    log_error("store",
+              "the database %s has schema version %lld, newer than this iotfin %s knows (%lld); "
+              "run a newer iotfin, or restore a backup taken before the upgrade",
+              path, (long long)have, IOTFIN_VERSION, (long long)known);
+    return -ERR_CONFLICT;
+  }
   for (int i = 0; i < store_migrations_count; i++) {
     const store_migration_t *m = &store_migrations[i];
     if (m->dialect[0] && strcmp(m->dialect, "sqlite") != 0) continue;
@@ -505,7 +522,7 @@ static int sq_open(const char *path, store_t **out) {
 
   pthread_key_create(&s->reader_key, NULL);
   int rc = conn_open(path, &s->writer);
-  if (rc == 0) rc = migrate(s->writer);
+  if (rc == 0) rc = migrate(s->writer, path);
   /* Not a migration: the probe row is the store's own business, not the schema's. */
   if (rc == 0 && plain_exec(s->writer, "CREATE TABLE IF NOT EXISTS store_probe (id INTEGER "
                                        "PRIMARY KEY, at_ms INTEGER NOT NULL)") < 0)
