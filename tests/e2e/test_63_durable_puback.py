@@ -22,6 +22,7 @@ import pytest
 
 from conftest import BIN, Iotfin, broker_pids, poll, wait_until
 from devices_helpers import claim_active, get_credentials, make_user
+from fakes import FakeBank
 
 pytestmark = pytest.mark.slow
 
@@ -138,20 +139,70 @@ def kill_broker(srv):
     return pids
 
 
-def test_kill_9_of_iotfin_loses_no_acknowledged_event(start_iotfin, tmp_path):
-    srv = start_iotfin()
-    user, creds = fleet(srv, DEVICES, "k9")
-    pubs = start_publishers(srv, creds, "a")
-    assert poll(lambda: all(len(p.acked) > 50 for p in pubs), 15), "devices are not publishing"
-    srv.kill()
+def check_bank_got_everything_in_order(bank, pubs, timeout=20):
+    """Every acknowledged event reached BANK; per device, first deliveries in publish
+    order (at least once: repeats are allowed)."""
     for p in pubs:
-        assert p.gone.wait(5), "the broker outlived iotfin by more than 5 s"
-        p.close()
-    srv2 = start_iotfin(data_dir=srv.data_dir)
-    total = check_every_acked_event_stored_in_order(srv2, user, pubs)
-    assert total > DEVICES * 50
-    spool = srv.data_dir / "broker" / "spool"
-    assert poll(lambda: len(list(spool.iterdir())) <= 1, 5), list(spool.iterdir())
+        want = set(p.acked)
+
+        def first_deliveries():
+            seen, order = set(), []
+            for subject, eid in bank.deliveries():
+                if subject == f"devices/{p.id}" and eid and eid.startswith(p.tag + "-") \
+                        and eid not in seen:
+                    seen.add(eid)
+                    order.append(eid)
+            return order if want <= seen else None
+
+        order = poll(first_deliveries, timeout)
+        assert order, f"device {p.id}: not every acknowledged event reached BANK"
+        assert order == sorted(order), f"device {p.id}: BANK got events out of order"
+
+
+def test_kill_9_of_iotfin_loses_no_acknowledged_event(start_iotfin, tmp_path):
+    bank = FakeBank()
+    env = {"IOTFIN_PARTNER_BANK_URL": bank.url, "IOTFIN_RETRY_BASE_MS": "200"}
+    try:
+        srv = start_iotfin(env=env)
+        user, creds = fleet(srv, DEVICES, "k9")
+        pubs = start_publishers(srv, creds, "a")
+        # Apps post commands meanwhile: every 202 must survive too.
+        commands, stop = [], threading.Event()
+
+        def post_commands():
+            i = 0
+            while not stop.is_set():
+                dev = creds[i % len(creds)]["client_id"]
+                try:
+                    r = srv.post(f"/v1/devices/{dev}/commands", json={"type": "t", "payload": {}},
+                                 headers=user.headers, timeout=2)
+                except Exception:  # the server is gone: nothing more was promised
+                    break
+                if r.status_code == 202:
+                    commands.append((dev, r.json()["id"]))
+                i += 1
+
+        poster = threading.Thread(target=post_commands)
+        poster.start()
+        assert poll(lambda: all(len(p.acked) > 50 for p in pubs), 15), "devices are not publishing"
+        assert poll(lambda: len(commands) > 20, 10)
+        srv.kill()
+        stop.set()
+        poster.join(5)
+        for p in pubs:
+            assert p.gone.wait(5), "the broker outlived iotfin by more than 5 s"
+            p.close()
+        srv2 = start_iotfin(data_dir=srv.data_dir, env=env)
+        total = check_every_acked_event_stored_in_order(srv2, user, pubs)
+        assert total > DEVICES * 50
+        for dev, cid in commands:
+            r = srv2.get(f"/v1/devices/{dev}/commands/{cid}", headers=user.headers)
+            assert r.status_code == 200, f"command {cid} answered 202 and then lost"
+        check_bank_got_everything_in_order(bank, pubs)
+        spool = srv.data_dir / "broker" / "spool"
+        assert poll(lambda: len(list(spool.iterdir())) <= 1, 5), list(spool.iterdir())
+    finally:
+        bank.stop()
 
 
 def test_kill_9_of_the_broker_loses_no_acknowledged_event(start_iotfin):
