@@ -116,8 +116,8 @@ static int tar_add_dir(int out, const char *dir, const char *sub, const char *su
   int rc = 0;
   while (rc == 0 && (e = readdir(d))) {
     size_t l = strlen(e->d_name);
-    if (e->d_name[0] == '.' || (suffix && (l < strlen(suffix) ||
-                                           strcmp(e->d_name + l - strlen(suffix), suffix) != 0)))
+    if (e->d_name[0] == '.' ||
+        (suffix && (l < strlen(suffix) || strcmp(e->d_name + l - strlen(suffix), suffix) != 0)))
       continue;
     char file[1700], name[400];
     snprintf(file, sizeof(file), "%s/%s", path, e->d_name);
@@ -143,7 +143,8 @@ static int snapshot(const char *db_path, const char *into, char *err, size_t cap
   rc = sqlite3_prepare_v2(db, "VACUUM INTO ?", -1, &st, NULL);
   if (rc == SQLITE_OK) sqlite3_bind_text(st, 1, into, -1, SQLITE_STATIC);
   if (rc == SQLITE_OK) rc = sqlite3_step(st);
-  if (rc != SQLITE_DONE) snprintf(err, cap, "snapshot of %s failed: %s", db_path, sqlite3_errmsg(db));
+  if (rc != SQLITE_DONE)
+    snprintf(err, cap, "snapshot of %s failed: %s", db_path, sqlite3_errmsg(db));
   sqlite3_finalize(st);
   sqlite3_close(db);
   return rc == SQLITE_DONE ? 0 : -1;
@@ -235,8 +236,9 @@ static int mkdirs(const char *path) {
 
 static int restore(const config_t *cfg, const char *file) {
   if (!dir_empty(cfg->data_dir)) {
-    fprintf(stderr, "iotfin restore: %s (IOTFIN_DATA_DIR) is not empty; restore needs an empty "
-                    "data dir\n",
+    fprintf(stderr,
+            "iotfin restore: %s (IOTFIN_DATA_DIR) is not empty; restore needs an empty "
+            "data dir\n",
             cfg->data_dir);
     return 1;
   }
@@ -318,8 +320,9 @@ static int restore(const config_t *cfg, const char *file) {
   }
   close(in);
   if (rc) {
-    fprintf(stderr, "iotfin restore: %s: %s; the data dir %s is incomplete, empty it before "
-                    "trying again\n",
+    fprintf(stderr,
+            "iotfin restore: %s: %s; the data dir %s is incomplete, empty it before "
+            "trying again\n",
             file, why, cfg->data_dir);
     return 1;
   }
