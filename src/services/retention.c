@@ -1,7 +1,8 @@
 /* Deletes what the retention window has let go of (see retention.h). Each table is
  * cleared oldest first, 500 rows a transaction, with a pause between batches. Tables
  * keyed by time-ordered ids (UUIDv7, or an autoincrement that grows with time) are
- * walked from their oldest key, so a sweep costs what it deletes, not the table size. */
+ * walked from their oldest key, so a sweep costs what it deletes, not the table size.
+ * The SQL is the portable kind the store takes (row values, no rowid): PostgreSQL too. */
 #include "services/retention.h"
 
 #include <pthread.h>
@@ -59,16 +60,16 @@ static const rule_t rules[] = {
      "('succeeded', 'failed', 'expired') ORDER BY id LIMIT 500)",
      "I"},
     {"handler_done",
-     "DELETE FROM handler_done WHERE rowid IN (SELECT rowid FROM handler_done WHERE done_at < ? "
-     "LIMIT 500)",
+     "DELETE FROM handler_done WHERE (handler, event_id) IN (SELECT handler, event_id FROM "
+     "handler_done WHERE done_at < ? LIMIT 500)",
      "T"},
     {"idempotency",
-     "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE created_at_ms < "
-     "? LIMIT 500)",
+     "DELETE FROM idempotency WHERE (principal, key) IN (SELECT principal, key FROM idempotency "
+     "WHERE created_at_ms < ? LIMIT 500)",
      "D"},
     {"webhooks",
-     "DELETE FROM webhooks WHERE rowid IN (SELECT rowid FROM webhooks WHERE received_at < ? LIMIT "
-     "500)",
+     "DELETE FROM webhooks WHERE (partner, id) IN (SELECT partner, id FROM webhooks WHERE "
+     "received_at < ? LIMIT 500)",
      "T"},
     /* A session goes once its lifetime is over: while a revoked session could still have
      * unexpired tokens, its row is what keeps them refused (the broker included). */
@@ -77,7 +78,7 @@ static const rule_t rules[] = {
      "ORDER BY id LIMIT 500)",
      "IM"},
     {"refresh_tokens",
-     "DELETE FROM refresh_tokens WHERE rowid IN (SELECT rowid FROM refresh_tokens WHERE "
+     "DELETE FROM refresh_tokens WHERE hash IN (SELECT hash FROM refresh_tokens WHERE "
      "expires_at_ms < ? LIMIT 500)",
      "M"},
 };
