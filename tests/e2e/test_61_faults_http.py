@@ -327,6 +327,7 @@ def test_an_error_storm_writes_a_bounded_number_of_lines(start_iotfin, kyc, iden
     s = requests.Session()
 
     # Step 1: 1500 malformed bodies and 300 partner logins that cannot reach IDENTITY.
+    t0 = time.monotonic()
     for _ in range(1500):
         r = s.put(inst.url + "/mock/_control/responses", data=b"{nope",
                   headers={"Content-Type": "application/json"}, timeout=5)
@@ -342,8 +343,11 @@ def test_an_error_storm_writes_a_bounded_number_of_lines(start_iotfin, kyc, iden
     bad = poll(lambda: summaries(lambda o: o["module"] == "access" and " 400 " in o["msg"]),
                timeout=5)
     assert bad, inst.stderr_lines()[-5:]
+    took = time.monotonic() - t0
     shown = access_lines(inst, status=400)
-    assert len(shown) <= 100, len(shown)
+    # 10 lines a second from one place: bounded by the storm's length, not its size
+    # (a busy machine makes the storm last longer).
+    assert len(shown) <= 10 * (took + 2), (len(shown), took)
     assert len(shown) + sum(o["suppressed"] for o in bad) == 1500
     assert "similar lines in the last" in bad[0]["msg"], bad[0]
 
@@ -353,7 +357,7 @@ def test_an_error_storm_writes_a_bounded_number_of_lines(start_iotfin, kyc, iden
              if o["module"] == "users" and "IDENTITY unavailable" in o["msg"]
              and "suppressed" not in o]
     assert len(shown) + sum(o["suppressed"] for o in warn) == 300
-    assert len(inst.stderr_lines()) < 400, len(inst.stderr_lines())
+    assert len(inst.stderr_lines()) < 400 + 30 * took, (len(inst.stderr_lines()), took)
 
 
 # -- odd requests (issue #12) ----------------------------------------------------

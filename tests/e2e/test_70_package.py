@@ -119,8 +119,15 @@ def parse_env_file(path):
 
 
 def dpkg(*args, check=True):
-    run = subprocess.run(["dpkg", *args], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    # Another dpkg or apt (an unattended upgrade, a `make test` installing packages in
+    # another checkout) may hold the lock for a while: wait for it, up to two minutes.
+    deadline = time.monotonic() + 120
+    while True:
+        run = subprocess.run(["dpkg", *args], capture_output=True, text=True, timeout=60,
+                             env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        if run.returncode == 0 or "lock" not in run.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     if check:
         assert run.returncode == 0, (args, run.stdout, run.stderr)
     return run
