@@ -50,6 +50,30 @@ void partner_trust_self(void *curl, const app_t *app, const char *url) {
   curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 0L);
 }
 
+/* One curl handle per calling thread, kept between calls: curl_easy_reset() clears the
+ * options but keeps the connection cache, so calls to one partner reuse a kept-alive
+ * connection (and its TLS session) instead of a new TCP handshake and a TIME-WAIT
+ * socket each. Freed when the thread ends. */
+static pthread_key_t handle_key;
+static pthread_once_t handle_once = PTHREAD_ONCE_INIT;
+static void handle_free(void *h) { curl_easy_cleanup(h); }
+static void handle_key_init(void) { pthread_key_create(&handle_key, handle_free); }
+
+static CURL *thread_handle(void) {
+  pthread_once(&handle_once, handle_key_init);
+  CURL *c = pthread_getspecific(handle_key);
+  if (c) {
+    curl_easy_reset(c);
+    return c;
+  }
+  c = curl_easy_init();
+  if (c && pthread_setspecific(handle_key, c) != 0) {
+    curl_easy_cleanup(c);
+    c = NULL;
+  }
+  return c;
+}
+
 static pthread_once_t describe_once = PTHREAD_ONCE_INIT;
 static void describe(void) {
   metrics_describe("iotfin_partner_calls_total", "counter", "Partner calls by partner and status.");
@@ -75,7 +99,7 @@ int partner_call(const app_t *app, partner_id_t p, const char *method, const cha
   if (bl && base[bl - 1] == '/') base[bl - 1] = 0;
   snprintf(url, sizeof(url), "%s%s", base, path);
 
-  CURL *c = curl_easy_init();
+  CURL *c = thread_handle();
   if (!c) {
     out->verdict = PARTNER_TRANSIENT;
     snprintf(out->error, sizeof(out->error), "%s: out of memory", pname);
@@ -126,7 +150,6 @@ int partner_call(const app_t *app, partner_id_t p, const char *method, const cha
   log_debug("partners", "%s %s %s -> %ld in %.1f ms", pname, method, path, out->status,
             secs * 1000);
   curl_slist_free_all(hdrs);
-  curl_easy_cleanup(c);
   free(payload);
   free(resp.data);
   return 0;
