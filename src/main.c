@@ -19,6 +19,7 @@
 #include "cli/cli.h"
 #include "core/config.h"
 #include "core/errors.h"
+#include "core/files.h"
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/timeutil.h"
@@ -88,18 +89,6 @@ static const char *usage_serve =
 static const char *usage_events_doc =
     "Usage: iotfin events-doc\n\nPrints every event type iotfin emits, with its data fields,\n"
     "as Markdown (the source of docs/events.md).\n";
-
-static int mkdir_p(const char *path) {
-  char buf[1100];
-  snprintf(buf, sizeof(buf), "%s", path);
-  for (char *p = buf + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = 0;
-    if (mkdir(buf, 0700) < 0 && errno != EEXIST) return -1;
-    *p = '/';
-  }
-  return (mkdir(buf, 0700) < 0 && errno != EEXIST) ? -1 : 0;
-}
 
 /* The data dir must take writes: database, keys and mail all live there. Finding
  * out by writing a file says why not (read-only, full, no permission) in one line,
@@ -239,7 +228,7 @@ static int serve(void) {
   app.cfg = &cfg;
   app.started_ms = time_now_ms();
   int status = 1;
-  if (mkdir_p(cfg.data_dir) < 0) {
+  if (files_mkdir_p(cfg.data_dir) < 0) {
     fprintf(stderr, "iotfin: invalid setting IOTFIN_DATA_DIR: cannot create %s: %s\n", cfg.data_dir,
             strerror(errno));
     return 2;

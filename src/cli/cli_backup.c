@@ -17,6 +17,7 @@
 
 #include "cli/cli.h"
 #include "core/config.h"
+#include "core/files.h"
 
 #define BLOCK 512
 
@@ -222,18 +223,6 @@ static bool dir_empty(const char *dir) {
   return empty;
 }
 
-static int mkdirs(const char *path) {
-  char buf[1400];
-  snprintf(buf, sizeof(buf), "%s", path);
-  for (char *p = buf + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = 0;
-    if (mkdir(buf, 0700) < 0 && errno != EEXIST) return -1;
-    *p = '/';
-  }
-  return mkdir(buf, 0700) < 0 && errno != EEXIST ? -1 : 0;
-}
-
 static int restore(const config_t *cfg, const char *file) {
   if (!dir_empty(cfg->data_dir)) {
     fprintf(stderr,
@@ -247,7 +236,7 @@ static int restore(const config_t *cfg, const char *file) {
     fprintf(stderr, "iotfin restore: cannot read %s: %s\n", file, strerror(errno));
     return 1;
   }
-  if (mkdirs(cfg->data_dir) < 0) {
+  if (files_mkdir_p(cfg->data_dir) < 0) {
     fprintf(stderr, "iotfin restore: cannot create %s: %s\n", cfg->data_dir, strerror(errno));
     close(in);
     return 1;
@@ -282,7 +271,7 @@ static int restore(const config_t *cfg, const char *file) {
     snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, name);
     char *slash = strrchr(path, '/');
     *slash = 0;
-    if (mkdirs(path) < 0) {
+    if (files_mkdir_p(path) < 0) {
       snprintf(why, sizeof(why), "cannot create %s: %s", path, strerror(errno));
       rc = -1;
       break;
