@@ -84,13 +84,27 @@ def approved_partner_user(inst, identity):
 
 
 def fd_count(inst):
-    """Open sockets of the server (files such as per-thread SQLite readers vary)."""
+    """Open client connections of the server: sockets whose local port is its HTTP port.
+    (Its own outgoing connections, such as partner calls it keeps alive for reuse, and
+    files such as per-thread SQLite readers vary and do not count.)"""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{inst.proc.pid}/net/{table}") as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if int(cols[1].rsplit(":", 1)[1], 16) == inst.http_port and cols[3] != "0A":
+                        inodes.add(cols[9])
+        except OSError:
+            pass
     n = 0
     for fd in os.listdir(f"/proc/{inst.proc.pid}/fd"):
         try:
-            n += os.readlink(f"/proc/{inst.proc.pid}/fd/{fd}").startswith("socket:")
+            link = os.readlink(f"/proc/{inst.proc.pid}/fd/{fd}")
         except OSError:
-            pass
+            continue
+        n += link.startswith("socket:[") and link[8:-1] in inodes
     return n
 
 
