@@ -276,7 +276,6 @@ def test_package_installs_runs_as_iotfin_and_purges(tmp_path, package_lock):
     proc = None
     try:
         # Step 1: build the package from the tested build dir, as `make deb` does.
-        t0 = time.monotonic()
         build = subprocess.run(["sh", str(REPO_ROOT / "packaging" / "build-deb.sh"),
                                 str(build_dir()), str(tmp_path)],
                                capture_output=True, text=True, timeout=120)
@@ -409,7 +408,6 @@ def test_package_installs_runs_as_iotfin_and_purges(tmp_path, package_lock):
         assert package_state() in ("", "unknown ok not-installed")
         assert not STATE_DIR.exists() and not DEFAULTS.exists()
         assert not user_exists("iotfin") and not group_exists("iotfin")
-        assert time.monotonic() - t0 < 30, time.monotonic() - t0
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
