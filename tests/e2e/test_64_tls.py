@@ -137,4 +137,4 @@ def test_an_unusable_certificate_or_key_is_a_bad_setting(run_iotfin, pki, change
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith(f"iotfin: invalid setting {named}:"), lines[0]
-    assert took < 2
+    assert took < 5  # "at once": no start-up work happens before the check
