@@ -12,8 +12,8 @@ try:
         text = f.read()
 except OSError:
     text = ""
-m = re.search(r"Written by .*? on (\S+?);", text)
-date = m.group(1) if m else "an earlier run"
+m = re.search(r"Written by `make bench` (\(.*?\) )?on (\S+?);", text)
+date = (m.group(2) + (f" {m.group(1).strip()}" if m.group(1) else "")) if m else "an earlier run"
 parts = re.split(r"(?m)^(?=## )", text)
 section = next((p for p in parts if p.startswith(prefix)), None)
 if section is None:

@@ -20,7 +20,7 @@ T0=$(date +%s)
 step() { echo "bench: [$(($(date +%s) - T0)) s] $*" >&2; }
 has() { case ",$STEPS," in *",$1,"*) return 0 ;; esac; return 1; }
 cp "$OUT" "$RES/previous.md" 2>/dev/null || : > "$RES/previous.md"
-step "steps: $STEPS; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+step "steps: $STEPS; RUNS=$RUNS${quick:+ QUICK=1}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if has bus; then
   step "bus ($RUNS runs)"
@@ -63,10 +63,10 @@ section() { # step, heading of its section in the report
 {
   echo "# Benchmarks"
   echo
-  echo "Written by \`make bench\` (bench/run.sh) on $(date -u +%Y-%m-%dT%H:%MZ); do not edit by hand."
+  echo "Written by \`make bench\` (bench/run.sh$( [ -n "$quick" ] && echo ', QUICK=1')$( [ -n "${ONLY:-}" ] && echo ", ONLY=$ONLY"), RUNS=$RUNS) on $(date -u +%Y-%m-%dT%H:%MZ); do not edit by hand."
   echo "Each section names its machine state, versions, settings and exact commands."
   if [ -n "${ONLY:-}" ]; then
-    echo "This run reran only: $STEPS$( [ -n "$quick" ] && echo ' (QUICK=1)'); every other section is kept from the run it names."
+    echo "This run reran only: $STEPS; every other section is kept from the run it names."
   fi
   echo
   BENCH_STEPS=$STEPS PREVIOUS="$RES/previous.md" /usr/bin/python3 bench/targets.py "$RES"

@@ -31,8 +31,8 @@ previous, prev_date = {}, "?"
 try:
     with open(os.environ.get("PREVIOUS", "docs/BENCHMARKS.md")) as f:
         text = f.read()
-    m = re.search(r"Written by .*? on (\S+?);", text)
-    prev_date = m.group(1) if m else "?"
+    m = re.search(r"Written by `make bench` (\(.*?\) )?on (\S+?);", text)
+    prev_date = (m.group(2) + (f" {m.group(1).strip()}" if m.group(1) else "")) if m else "?"
     table = text.split("## Targets", 1)[1].split("\n\n", 2)[1] if "## Targets" in text else ""
     for line in table.splitlines()[2:]:
         if line.startswith("| "):
