@@ -3,9 +3,13 @@
 #   make test   install missing packages, build, run unit (also under ASan+UBSan) and e2e tests
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+# Seconds per fuzz target in `make fuzz` (two at a time); docs/security.md says how to
+# run them long.
+FUZZ_TIME ?= 3
 JOBS ?= $(shell nproc)
 
-.PHONY: all build deps test-deps run test unit unit-asan e2e fmt fmt-check lint bench clean
+.PHONY: all build deps test-deps run test unit unit-asan e2e fuzz fmt fmt-check lint bench clean
 
 all: build
 
@@ -39,7 +43,13 @@ e2e: build test-deps
 	@cp $(BUILD)/iotfin $(BUILD)/mosquitto_iotfin_auth.so $(PRIVATE)/
 	IOTFIN_BIN=$(CURDIR)/$(PRIVATE)/iotfin /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 tests/e2e
 
-test: test-deps build fmt-check unit unit-asan e2e
+# libFuzzer targets (fuzz/), built with clang, ASan and UBSan; any finding fails.
+fuzz: test-deps
+	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DIOTFIN_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZ_BUILD) --target fuzz_all -j $(JOBS) >/dev/null
+	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$(JOBS) sh scripts/fuzz.sh
+
+test: test-deps build fmt-check unit unit-asan fuzz e2e
 
 fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')
@@ -55,4 +65,4 @@ bench: build
 	sh bench/run.sh
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

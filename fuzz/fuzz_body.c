@@ -19,13 +19,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (api_routes[i].body) with_body[n++] = &api_routes[i];
   const http_route_t *rt = with_body[data[0] % n];
   json_error_t jerr;
-  json_t *body = json_loadb((const char *)data + 1, size - 1,
-                            JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+  json_t *body =
+      json_loadb((const char *)data + 1, size - 1, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
   if (!body) return 0;
   json_t *errs = http_validate(rt->body, body);
   if (errs) {
-    json_t *p = http_problem_new(ERR_VALIDATION_FAILED, "the body does not match the schema",
-                                 errs, rt->path);
+    json_t *p = http_problem_new(ERR_VALIDATION_FAILED, "the body does not match the schema", errs,
+                                 rt->path);
     char *s = json_dumps(p, JSON_COMPACT);
     if (!s) abort(); /* every problem must serialise: it is what the client gets */
     free(s);

@@ -8,7 +8,7 @@ libmicrohttpd-dev libjansson-dev libsqlite3-dev libpq-dev libcurl4-openssl-dev \
 libsodium-dev libssl-dev libmosquitto-dev mosquitto mosquitto-dev libcmocka-dev"
 if [ "${1:-}" = "test" ]; then
   PKGS="$PKGS python3-pytest python3-requests python3-paho-mqtt python3-aiosmtpd \
-python3-jwt python3-cryptography python3-pytest-xdist"
+python3-jwt python3-cryptography python3-pytest-xdist clang libclang-rt-14-dev"
 fi
 
 missing=""

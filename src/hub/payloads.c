@@ -26,8 +26,7 @@ bool hub_topic_level_safe(const char *s) {
   return n >= 1 && n <= 128 && !strpbrk(s, "/+#");
 }
 
-json_t *hub_request_parse(const void *payload, size_t len, const char **request_id,
-                          json_t **data) {
+json_t *hub_request_parse(const void *payload, size_t len, const char **request_id, json_t **data) {
   json_t *r = json_loadb(payload ? payload : "", len, 0, NULL);
   const char *rid = json_string_value(json_object_get(r, "request_id"));
   json_t *d = json_object_get(r, "data");

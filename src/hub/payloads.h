@@ -17,8 +17,7 @@ json_t *hub_ack_parse(const void *payload, size_t len, const char **status, json
 
 /* A request `{"request_id": <1..128 chars, no / + #>, "data": object}`. Returns the
  * document (caller owns; *request_id and *data borrow it) or NULL when malformed. */
-json_t *hub_request_parse(const void *payload, size_t len, const char **request_id,
-                          json_t **data);
+json_t *hub_request_parse(const void *payload, size_t len, const char **request_id, json_t **data);
 
 /* True when s may stand as one MQTT topic level: 1..128 bytes without / + #. */
 bool hub_topic_level_safe(const char *s);
