@@ -48,9 +48,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   if (!f || fwrite(sk, sizeof(sk), 1, f) != 1 || fclose(f) != 0) abort();
   if (auth_keys_load(keydir, &keys) != 0) abort();
   json_t *jwks = auth_keys_jwks(keys);
-  snprintf(kid, sizeof(kid), "%s",
-           json_string_value(json_object_get(json_array_get(json_object_get(jwks, "keys"), 0),
-                                             "kid")));
+  snprintf(
+      kid, sizeof(kid), "%s",
+      json_string_value(json_object_get(json_array_get(json_object_get(jwks, "keys"), 0), "kid")));
   json_decref(jwks);
   if (strlen(kid) != 16) abort();
   atexit(cleanup);
