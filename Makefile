@@ -50,7 +50,7 @@ e2e: build test-deps
 # stderr, leaks included, fails the test (tests/e2e/conftest.py). Timing-tight tests
 # (storms, load, kill -9 races) stay in `e2e`: an ASan binary is 2-3x slower.
 E2E_ASAN_TESTS ?= tests/e2e/test_02_errors.py tests/e2e/test_03_sessions.py \
-  tests/e2e/test_04_devices_import.py tests/e2e/test_10_identity.py tests/e2e/test_30_mock.py \
+  tests/e2e/test_30_mock.py \
   tests/e2e/test_40_devices.py \
   tests/e2e/test_62_faults_hub.py::test_full_disk_refuses_writes_holds_device_events_and_recovers
 ASAN_PRIVATE = $(ASAN_BUILD)/private
