@@ -4,12 +4,16 @@
 #   make install / make deb   see docs/operating.md
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+# Seconds per fuzz target in `make fuzz` (two at a time); docs/security.md says how to
+# run them long.
+FUZZ_TIME ?= 3
 JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build deps test-deps run test unit unit-asan e2e fmt fmt-check lint bench clean \
-        install deb
+.PHONY: all build deps test-deps run test unit unit-asan e2e e2e-asan fuzz fmt fmt-check \
+        lint bench clean install deb
 
 all: build
 
@@ -43,7 +47,31 @@ e2e: build test-deps
 	@cp $(BUILD)/iotfin $(BUILD)/mosquitto_iotfin_auth.so $(PRIVATE)/
 	IOTFIN_BIN=$(CURDIR)/$(PRIVATE)/iotfin /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 tests/e2e
 
-test: test-deps build fmt-check unit unit-asan e2e
+# The end-to-end tests that drive the main traffic paths (errors, sessions, identity,
+# import, mock, devices over MQTT, storage faults), against iotfin built with ASan and
+# UBSan (the unit-asan tree). The broker loads the normal plugin: an ASan-built one
+# cannot be dlopen'd by an unsanitized mosquitto. Any sanitizer report in iotfin's
+# stderr, leaks included, fails the test (tests/e2e/conftest.py). Timing-tight tests
+# (storms, load, kill -9 races) stay in `e2e`: an ASan binary is 2-3x slower.
+E2E_ASAN_TESTS ?= tests/e2e/test_02_errors.py tests/e2e/test_03_sessions.py \
+  tests/e2e/test_30_mock.py \
+  tests/e2e/test_40_devices.py \
+  tests/e2e/test_62_faults_hub.py::test_full_disk_refuses_writes_holds_device_events_and_recovers
+ASAN_PRIVATE = $(ASAN_BUILD)/private
+e2e-asan: build unit-asan
+	@rm -rf $(ASAN_PRIVATE) && mkdir -m 700 $(ASAN_PRIVATE)
+	@cp $(ASAN_BUILD)/iotfin $(BUILD)/mosquitto_iotfin_auth.so $(ASAN_PRIVATE)/
+	ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:fast_unwind_on_malloc=0 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	IOTFIN_BIN=$(CURDIR)/$(ASAN_PRIVATE)/iotfin /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 $(E2E_ASAN_TESTS)
+
+# libFuzzer targets (fuzz/), built with clang, ASan and UBSan; any finding fails.
+fuzz: test-deps
+	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DIOTFIN_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZ_BUILD) --target fuzz_all -j $(JOBS) >/dev/null
+	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$(JOBS) sh scripts/fuzz.sh
+
+test: test-deps build fmt-check unit unit-asan fuzz e2e e2e-asan
 
 fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')
@@ -67,4 +95,4 @@ bench: build
 	sh bench/run.sh
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -9,7 +9,7 @@ libsodium-dev libssl-dev libmosquitto-dev mosquitto mosquitto-dev libcmocka-dev"
 # strace: tests/e2e/test_70_package.py checks the systemd unit's hardening with it.
 if [ "${1:-}" = "test" ]; then
   PKGS="$PKGS python3-pytest python3-requests python3-paho-mqtt python3-aiosmtpd \
-python3-jwt python3-cryptography python3-pytest-xdist strace"
+python3-jwt python3-cryptography python3-pytest-xdist strace clang libclang-rt-14-dev"
 fi
 
 missing=""

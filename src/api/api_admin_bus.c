@@ -8,6 +8,7 @@
 #include "app.h"
 #include "bus/bus.h"
 #include "core/errors.h"
+#include "http/validate.h"
 #include "services/events.h"
 
 int api_admin_queues_list(http_req_t *req) {
@@ -15,13 +16,6 @@ int api_admin_queues_list(http_req_t *req) {
   int rc = bus_queue_stats(http_req_app(req), &items);
   if (rc < 0) return rc;
   return http_reply_json(req, 200, json_pack("{s:o}", "items", items));
-}
-
-static int64_t parse_cursor(const char *c) {
-  if (!c) return 0;
-  char *end;
-  long long v = strtoll(c, &end, 10);
-  return (*end || v < 0) ? -1 : v;
 }
 
 static int bad_cursor(http_req_t *req) {
@@ -36,7 +30,7 @@ int api_admin_queues_dead_letters(http_req_t *req) {
   int limit;
   const char *cursor;
   if (http_req_page(req, &limit, &cursor) < 0) return 0;
-  int64_t after = parse_cursor(cursor);
+  int64_t after = http_validate_cursor(cursor);
   if (after < 0) return bad_cursor(req);
   json_t *items;
   int64_t next;
@@ -127,7 +121,7 @@ int api_admin_events_list(http_req_t *req) {
   int limit;
   const char *cursor;
   if (http_req_page(req, &limit, &cursor) < 0) return 0;
-  int64_t after = parse_cursor(cursor);
+  int64_t after = http_validate_cursor(cursor);
   if (after < 0) return bad_cursor(req);
   events_q_t q = {http_req_query(req, "type"),
                   http_req_query(req, "subject"),

@@ -59,8 +59,18 @@ static int parse_csv(const char *body, size_t len, json_t *items, json_t *invali
       continue;
     }
     if (comma) *comma = 0;
-    json_t *it = json_pack("{s:s,s:i}", "serial", line, "_index", row++);
-    if (comma && comma[1]) json_object_set_new(it, "model", json_string(comma + 1));
+    /* jansson refuses strings that are not UTF-8; such a row is reported, not lost. */
+    json_t *it = json_pack("{s:s,s:i}", "serial", line, "_index", row);
+    json_t *model = comma && comma[1] ? json_string(comma + 1) : NULL;
+    if (!it || (comma && comma[1] && !model)) {
+      json_decref(it);
+      json_decref(model);
+      json_array_append_new(invalid,
+                            json_pack("{s:i,s:s}", "index", row++, "reason", "not valid UTF-8"));
+      continue;
+    }
+    row++;
+    if (model) json_object_set_new(it, "model", model);
     json_array_append_new(items, it);
   }
   if (rc == 0 && row == -1) {

@@ -152,20 +152,14 @@ bool http_req_is_csv(const http_req_t *r) {
 }
 
 int http_req_page(http_req_t *r, int *limit, const char **cursor) {
-  *limit = 50;
   *cursor = http_req_query(r, "cursor");
   if (*cursor && !**cursor) *cursor = NULL;
-  const char *l = http_req_query(r, "limit");
-  if (!l) return 0;
-  char *end;
-  long n = strtol(l, &end, 10);
-  if (!*l || *end || n < 1) {
+  if (http_validate_limit(http_req_query(r, "limit"), limit) < 0) {
     http_reply_problem(
         r, ERR_VALIDATION_FAILED, "limit must be a positive integer",
         json_pack("[{s:s,s:s}]", "field", "limit", "message", "must be a positive integer"));
     return -1;
   }
-  *limit = n > 200 ? 200 : (int)n;
   return 0;
 }
 

@@ -2,6 +2,7 @@
  * stable answer". Messages name the field and the rule so clients can fix input. */
 #include "http/validate.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,6 +120,25 @@ json_t *http_validate(const http_body_t *spec, json_t *body) {
     return NULL;
   }
   return errs;
+}
+
+int http_validate_limit(const char *s, int *limit) {
+  *limit = 50;
+  if (!s) return 0;
+  char *end;
+  errno = 0;
+  long n = strtol(s, &end, 10);
+  if (!*s || *end || n < 1) return -1;
+  *limit = (n > 200 || errno == ERANGE) ? 200 : (int)n;
+  return 0;
+}
+
+int64_t http_validate_cursor(const char *s) {
+  if (!s || !*s) return 0;
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  return (*end || v < 0 || errno == ERANGE) ? -1 : v;
 }
 
 json_t *http_problem_new(int err, const char *detail, json_t *errors, const char *instance) {

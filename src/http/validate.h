@@ -10,6 +10,13 @@
  * (device import) check items themselves. */
 json_t *http_validate(const http_body_t *spec, json_t *body);
 
+/* Query parameters of paginated lists (CONTRACT: ?limit= and ?cursor=). limit:
+ * NULL means the default 50; a positive integer is used, capped at 200; anything
+ * else returns -1. Numeric cursors (ids the API issued): NULL or "" is 0, a
+ * non-negative decimal is its value, anything else -1. Pure, any thread. */
+int http_validate_limit(const char *s, int *limit);
+int64_t http_validate_cursor(const char *s);
+
 /* Builds a problem+json object (RFC 9457) for err; errors is stolen. */
 json_t *http_problem_new(int err, const char *detail, json_t *errors, const char *instance);
 

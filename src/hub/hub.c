@@ -18,6 +18,7 @@
 #include "core/metrics.h"
 #include "core/timeutil.h"
 #include "hub/mqtt.h"
+#include "hub/payloads.h"
 #include "hub/spool.h"
 #include "partners/partners.h"
 #include "services/devices.h"
@@ -343,19 +344,14 @@ static void handle_events(hub_t *hub, lane_t *l, work_t *w) {
 /* The handlers below answer -ERR_UNAVAILABLE when storage refused their write: the
  * lane then retries the same work later, keeping the device's order. */
 static int handle_ack(hub_t *hub, work_t *w) {
-  json_t *a = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
-  const char *status = json_string_value(json_object_get(a, "status"));
-  json_t *result = json_object_get(a, "result");
-  if (!status || (strcmp(status, "succeeded") != 0 && strcmp(status, "failed") != 0) ||
-      (result && !json_is_object(result) && !json_is_null(result))) {
-    record_rejection(hub, w->device, w->topic,
-                     a ? "ack needs status succeeded|failed and an optional result object"
-                       : "not JSON");
-    json_decref(a);
+  const char *status, *why;
+  json_t *result;
+  json_t *a = hub_ack_parse(w->payload, w->len, &status, &result, &why);
+  if (!a) {
+    record_rejection(hub, w->device, w->topic, why);
     return 0;
   }
-  int rc = devices_command_ack(hub->app, w->device, w->arg, status,
-                               json_is_object(result) ? result : NULL);
+  int rc = devices_command_ack(hub->app, w->device, w->arg, status, result);
   if (rc != -ERR_UNAVAILABLE) count("iotfin_mqtt_messages_in_total", "kind=\"ack\"");
   if (rc == -ERR_NOT_FOUND)
     record_rejection(hub, w->device, w->topic, "unknown command");
@@ -366,18 +362,16 @@ static int handle_ack(hub_t *hub, work_t *w) {
 }
 
 static int handle_presence(hub_t *hub, work_t *w) {
-  json_t *p = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
-  json_t *online = json_object_get(p, "online");
+  hub_presence_t what = hub_presence_parse(w->payload, w->len);
   int rc = 0;
-  if (json_is_boolean(online)) {
-    bool on = json_is_true(online);
+  if (what == HUB_PRESENCE_ONLINE || what == HUB_PRESENCE_OFFLINE) {
+    bool on = what == HUB_PRESENCE_ONLINE;
     if (!on) listening_set(hub, w->device, false);
     rc = devices_presence(hub->app, w->device, on);
-  } else if (json_is_true(json_object_get(p, "subscribed"))) {
+  } else if (what == HUB_PRESENCE_SUBSCRIBED) {
     listening_set(hub, w->device, true);
     flush_commands(hub, w->device);
   }
-  json_decref(p);
   return rc == -ERR_UNAVAILABLE ? rc : 0;
 }
 
@@ -472,17 +466,11 @@ static void respond(hub_t *hub, const char *device, const char *request_id, json
   free(s);
 }
 
-static bool topic_safe(const char *s) {
-  size_t n = strlen(s);
-  return n >= 1 && n <= 128 && !strpbrk(s, "/+#");
-}
-
 static void handle_request(hub_t *hub, work_t *w) {
-  json_t *r = json_loadb(w->payload ? w->payload : "", w->len, 0, NULL);
-  const char *rid = json_string_value(json_object_get(r, "request_id"));
-  json_t *data = json_object_get(r, "data");
-  if (!rid || !topic_safe(rid) || !json_is_object(data)) {
-    json_decref(r);
+  const char *rid;
+  json_t *data;
+  json_t *r = hub_request_parse(w->payload, w->len, &rid, &data);
+  if (!r) {
     work_t *rej = work_new(W_REJECT, w->device, "request needs request_id and data (object)",
                            w->topic, NULL, 0);
     if (rej) push(lane_of(hub, w->device), rej);
@@ -599,7 +587,7 @@ static void on_message(void *arg, const char *topic, const void *payload, size_t
       snprintf(c, sizeof(c), "%.*s", (int)(ack - cid), cid);
       w = work_new(W_ACK, device, c, topic, payload, len);
     }
-  } else if (strncmp(rest, "requests/", 9) == 0 && topic_safe(rest + 9)) {
+  } else if (strncmp(rest, "requests/", 9) == 0 && hub_topic_level_safe(rest + 9)) {
     /* Only authorize waits on a partner; everything else is answered on the lane
      * at once, never queued behind slow BANK calls. */
     w = work_new(W_REQUEST, device, rest + 9, topic, payload, len);

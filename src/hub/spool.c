@@ -160,7 +160,7 @@ int hub_spool_apply(app_t *app, const char *dir, bool keep_newest) {
     names[n++] = strdup(e->d_name);
   }
   if (d) closedir(d);
-  qsort(names, n, sizeof(char *), cmp_names);
+  if (n) qsort(names, n, sizeof(char *), cmp_names); /* qsort(NULL, 0) is undefined */
   int total = 0, rc = 0;
   size_t upto = keep_newest && n ? n - 1 : n;
   for (size_t i = 0; i < upto && rc >= 0; i++) {

@@ -154,7 +154,18 @@ json_t *partner_mock_fill(json_t *v, json_t *request, json_t *response) {
 
 /* --- answer sources ------------------------------------------------------- */
 
-static bool segment_safe(const char *seg) { return seg[0] && seg[0] != '.'; }
+/* A URL segment may name a file or folder under the mock folder: not empty, no
+ * "." or ".." (nor any hidden name), and no "/" (a partner name is one segment). */
+static bool segment_safe(const char *seg) { return seg[0] && seg[0] != '.' && !strchr(seg, '/'); }
+
+/* The method names the file (GET.json), so it must be a plain word. */
+static bool method_safe(const char *m) {
+  size_t n = strlen(m);
+  if (n == 0 || n > 15) return false;
+  for (; *m; m++)
+    if (!isalpha((unsigned char)*m)) return false;
+  return true;
+}
 
 static json_t *find_in(const char *dir, char **segs, int i, int n, const char *method) {
   char path[2048];
@@ -171,7 +182,9 @@ static json_t *find_in(const char *dir, char **segs, int i, int n, const char *m
     if (!f) log_warn("mock", "%s is not valid JSON: %s (line %d)", path, err.text, err.line);
     return f;
   }
-  if (!segment_safe(segs[i])) return NULL;
+  /* Only existing folders are searched: otherwise trying each segment and "_" at
+   * every level costs 2^segments lookups, hours of one thread for a 32-segment URL. */
+  if (!segment_safe(segs[i]) || access(dir, X_OK) != 0) return NULL;
   snprintf(path, sizeof(path), "%s/%s", dir, segs[i]);
   json_t *f = find_in(path, segs, i + 1, n, method);
   if (f) return f;
@@ -181,7 +194,7 @@ static json_t *find_in(const char *dir, char **segs, int i, int n, const char *m
 
 json_t *partner_mock_find_file(const char *dir, const char *partner, const char *path,
                                const char *method) {
-  if (!segment_safe(partner)) return NULL;
+  if (!segment_safe(partner) || !method_safe(method)) return NULL;
   char buf[1024], base[1400];
   snprintf(buf, sizeof(buf), "%s", path);
   char *segs[32];

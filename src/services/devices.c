@@ -388,6 +388,9 @@ static int load_command(store_tx_t *tx, const char *id, const char *cid, json_t 
 
 static int command_create_tx(store_tx_t *tx, void *arg) {
   cmd_t *c = arg;
+  /* A failed batch may run this again: the answer of a try that did not commit goes. */
+  json_decref(c->out);
+  c->out = NULL;
   char status[16], ts[32], exp[32], subject[80];
   int rc = owned(tx, c->user_id, c->id, status);
   if (rc < 0) return rc;
@@ -422,6 +425,11 @@ int devices_command_create(app_t *app, const char *user_id, const char *id, json
              .payload = json_object_get(body, "payload"),
              .ttl_s = ttl ? json_integer_value(ttl) : app->cfg->command_ttl_s};
   int rc = store_write(app->store, command_create_tx, &c);
+  if (rc < 0) {
+    /* The callback may have built the answer before the commit failed (disk full). */
+    json_decref(c.out);
+    c.out = NULL;
+  }
   *out = c.out;
   return rc;
 }

@@ -39,7 +39,8 @@ void store_set_commit_hook(store_t *s, void (*hook)(void *arg), void *arg);
 
 /* Runs one statement. types names each variadic argument: 's' const char * (NULL
  * binds SQL NULL), 'i' int64_t, 'd' double. When rows is non-NULL the result set is
- * returned in *rows (free with store_rows_free). Returns the number of changed rows,
+ * returned in *rows (free with store_rows_free); a query without rows leaves *rows
+ * NULL, so callers may return at once when it counts none. Returns the number of changed rows,
  * -ERR_CONFLICT on a unique or primary key violation, -ERR_INTERNAL otherwise. */
 int store_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types, ...);
 

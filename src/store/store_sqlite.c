@@ -233,7 +233,9 @@ static int sq_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
   if (rc == 0) rc = ncols > 0 ? nrows : sqlite3_changes(tx->conn->db);
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
-  if (rc < 0 || !rows)
+  /* No rows, no result set: many callers return early on a count of 0 and would
+   * leak an empty one (hub all_offline_tx, users reg_get_tx, sessions refresh_tx). */
+  if (rc <= 0 || !rows || nrows == 0)
     store_rows_free(&out);
   else
     *rows = out;

@@ -40,6 +40,22 @@ PASSTHROUGH = {"IOTFIN_MOSQUITTO", "IOTFIN_BROKER_PLUGIN"}
 
 PROBLEM_MEMBERS = ("type", "title", "status", "detail", "code")
 
+# What AddressSanitizer, LeakSanitizer and UndefinedBehaviorSanitizer print when they
+# find something (`make e2e-asan` runs the suite against a sanitized binary).
+SANITIZER_RE = re.compile(
+    r"==\d+==ERROR: (?:Address|Leak)Sanitizer|SUMMARY: (?:Address|Leak|UndefinedBehavior)"
+    r"Sanitizer|: runtime error: "
+)
+
+
+def sanitizer_report(text):
+    """The sanitizer report in a process's standard error, or None."""
+    m = SANITIZER_RE.search(text)
+    if not m:
+        return None
+    start = max(0, text.rfind("\n", 0, max(0, m.start() - 2000)))
+    return text[start : m.start() + 6000]
+
 
 def base_env(data_dir, extra=None):
     """The environment of a test server: free ports, a private data dir, `extra`
@@ -333,6 +349,9 @@ class Iotfin:
                 f"iotfin exited with {rc} on SIGTERM\nstderr tail:\n"
                 + "\n".join(self.stderr_lines()[-20:])
             )
+        report = sanitizer_report(self.stderr_text())
+        if report:
+            problems.append(f"sanitizer report in iotfin's stderr:\n{report}")
         leftover = wait_until(lambda: not self.broker_pids(), 2.0)
         if not leftover:
             pids = self.broker_pids()
@@ -411,6 +430,9 @@ def run_iotfin(tmp_path):
                 f"iotfin {' '.join(args)} still running after {timeout} s\n"
                 f"stdout:\n{out.decode(errors='replace')}\nstderr:\n{err.decode(errors='replace')}"
             )
+        report = sanitizer_report(err.decode(errors="replace"))
+        if report:
+            pytest.fail(f"sanitizer report in iotfin {' '.join(args)}'s stderr:\n{report}")
         return proc.returncode, out.decode(), err.decode(), time.monotonic() - t0
 
     return run
