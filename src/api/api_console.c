@@ -39,7 +39,8 @@ static bool cookie_sid(http_req_t *req, char sid[CONSOLE_SECRET_LEN + 1]) {
   const char *h = http_req_header(req, "Cookie");
   const size_t nl = strlen(COOKIE_NAME);
   for (const char *p = h; p && *p;) {
-    while (*p == ' ' || *p == ';') p++;
+    while (*p == ' ' || *p == ';')
+      p++;
     const char *end = strchr(p, ';');
     size_t len = end ? (size_t)(end - p) : strlen(p);
     if (len == nl + 1 + CONSOLE_SECRET_LEN && strncmp(p, COOKIE_NAME "=", nl + 1) == 0) {
@@ -65,9 +66,7 @@ static bool same_origin(http_req_t *req) {
   return !site || strcmp(site, "same-origin") == 0;
 }
 
-static bool unsafe_method(const char *m) {
-  return strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0;
-}
+static bool unsafe_method(const char *m) { return strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0; }
 
 static int forbid(http_req_t *req, const char *why) {
   http_reply_problem(req, ERR_FORBIDDEN, why, NULL);
@@ -162,9 +161,9 @@ int api_console_signin(http_req_t *req) {
   char sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1], cookie[256];
   int64_t expires_ms;
   console_sessions_create(time_now_ms(), sid, csrf, &expires_ms);
-  snprintf(cookie, sizeof(cookie), "%s=%s; Path=/console; Max-Age=%lld; HttpOnly; SameSite=Strict%s",
-           COOKIE_NAME, sid, (long long)(CONSOLE_SESSION_TTL_MS / 1000),
-           is_https(app) ? "; Secure" : "");
+  snprintf(cookie, sizeof(cookie),
+           "%s=%s; Path=/console; Max-Age=%lld; HttpOnly; SameSite=Strict%s", COOKIE_NAME, sid,
+           (long long)(CONSOLE_SESSION_TTL_MS / 1000), is_https(app) ? "; Secure" : "");
   sodium_memzero(sid, sizeof(sid));
   http_reply_header(req, "Set-Cookie", cookie);
   return http_reply_json(req, 201, session_json(csrf, expires_ms));

@@ -121,9 +121,15 @@ static void refill(stream_t *s) {
       char *data = json_dumps(ev, JSON_COMPACT);
       size_t cap = strlen(data) + 256;
       char *frame = malloc(cap);
-      snprintf(frame, cap, "id: %s\nevent: %s\ndata: %s\n\n",
-               json_string_value(json_object_get(ev, "id")),
-               json_string_value(json_object_get(ev, "type")), data);
+      /* Console streams leave out `event:` so that a browser's EventSource hands
+       * every event to one onmessage: the type is in the data. */
+      if (s->all)
+        snprintf(frame, cap, "id: %s\ndata: %s\n\n", json_string_value(json_object_get(ev, "id")),
+                 data);
+      else
+        snprintf(frame, cap, "id: %s\nevent: %s\ndata: %s\n\n",
+                 json_string_value(json_object_get(ev, "id")),
+                 json_string_value(json_object_get(ev, "type")), data);
       append(s, frame);
       free(frame);
       free(data);

@@ -71,26 +71,27 @@ static json_t *json_text(const char *s) {
 static int device_tx(store_tx_t *tx, void *arg) {
   device_q_t *q = arg;
   store_rows_t *rows = NULL;
-  int n = store_exec(tx, &rows,
-                     "SELECT id, serial, model, status, owner_id, external_id, online, "
-                     "last_seen_at, created_at, activated_at FROM devices WHERE id = ? OR serial = ? "
-                     "ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 1",
-                     "sss", q->key, q->key, q->key);
+  int n =
+      store_exec(tx, &rows,
+                 "SELECT id, serial, model, status, owner_id, external_id, online, "
+                 "last_seen_at, created_at, activated_at FROM devices WHERE id = ? OR serial = ? "
+                 "ORDER BY CASE WHEN id = ? THEN 0 ELSE 1 END LIMIT 1",
+                 "sss", q->key, q->key, q->key);
   if (n <= 0) return n < 0 ? n : -ERR_NOT_FOUND;
   char id[128], subject[160];
   snprintf(id, sizeof(id), "%s", store_rows_text(rows, 0, 0));
   snprintf(subject, sizeof(subject), "devices/%s", id);
-  json_t *device = json_pack(
-      "{s:s,s:s,s:s?,s:s,s:s?,s:s?,s:b,s:s?,s:s,s:s?}", "id", id, "serial",
-      store_rows_text(rows, 0, 1), "model", store_rows_text(rows, 0, 2), "status",
-      store_rows_text(rows, 0, 3), "owner_id", store_rows_text(rows, 0, 4), "external_id",
-      store_rows_text(rows, 0, 5), "online", store_rows_int(rows, 0, 6) != 0, "last_seen_at",
-      store_rows_text(rows, 0, 7), "created_at", store_rows_text(rows, 0, 8), "activated_at",
-      store_rows_text(rows, 0, 9));
+  json_t *device =
+      json_pack("{s:s,s:s,s:s?,s:s,s:s?,s:s?,s:b,s:s?,s:s,s:s?}", "id", id, "serial",
+                store_rows_text(rows, 0, 1), "model", store_rows_text(rows, 0, 2), "status",
+                store_rows_text(rows, 0, 3), "owner_id", store_rows_text(rows, 0, 4), "external_id",
+                store_rows_text(rows, 0, 5), "online", store_rows_int(rows, 0, 6) != 0,
+                "last_seen_at", store_rows_text(rows, 0, 7), "created_at",
+                store_rows_text(rows, 0, 8), "activated_at", store_rows_text(rows, 0, 9));
   store_rows_free(&rows);
   json_t *events = json_array(), *commands = json_array(), *log = json_array();
-  q->out = json_pack("{s:o,s:o,s:o,s:o}", "device", device, "events", events, "commands",
-                     commands, "log", log);
+  q->out = json_pack("{s:o,s:o,s:o,s:o}", "device", device, "events", events, "commands", commands,
+                     "log", log);
   n = store_exec(tx, &rows,
                  "SELECT event_id, type, time, data, received_at FROM device_events "
                  "WHERE device_id = ? ORDER BY seq DESC LIMIT ?",
@@ -99,8 +100,8 @@ static int device_tx(store_tx_t *tx, void *arg) {
   for (int i = 0; i < n; i++)
     json_array_append_new(
         events, json_pack("{s:s,s:s,s:s,s:o,s:s}", "id", store_rows_text(rows, i, 0), "type",
-                          store_rows_text(rows, i, 1), "time", store_rows_text(rows, i, 2),
-                          "data", json_text(store_rows_text(rows, i, 3)), "received_at",
+                          store_rows_text(rows, i, 1), "time", store_rows_text(rows, i, 2), "data",
+                          json_text(store_rows_text(rows, i, 3)), "received_at",
                           store_rows_text(rows, i, 4)));
   store_rows_free(&rows);
   n = store_exec(tx, &rows,
@@ -123,7 +124,8 @@ static int device_tx(store_tx_t *tx, void *arg) {
                  "LIMIT ?",
                  "si", subject, (int64_t)q->recent);
   if (n < 0) return n;
-  for (int i = 0; i < n; i++) json_array_append_new(log, events_row_to_json(rows, i));
+  for (int i = 0; i < n; i++)
+    json_array_append_new(log, events_row_to_json(rows, i));
   store_rows_free(&rows);
   return 0;
 }
@@ -154,7 +156,8 @@ static int recent_tx(store_tx_t *tx, void *arg) {
                      "ssssi", q->pattern, q->pattern, q->subject, q->subject, (int64_t)q->limit);
   if (n < 0) return n;
   q->out = json_array();
-  for (int i = 0; i < n; i++) json_array_append_new(q->out, events_row_to_json(rows, i));
+  for (int i = 0; i < n; i++)
+    json_array_append_new(q->out, events_row_to_json(rows, i));
   store_rows_free(&rows);
   return 0;
 }
