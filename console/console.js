@@ -215,7 +215,7 @@
         el("td", { cls: "num" }, waiting(q)),
         el("td", { cls: "num" }, q.dead),
         el("td", { cls: "num" }, q.oldest_age_ms ? age(q.oldest_age_ms) : "–"),
-        el("td", {}, sparkline(state.qdepth[q.name] || [], "Depth of " + q.name)));
+        el("td", { cls: "chart" }, sparkline(state.qdepth[q.name] || [], "Depth of " + q.name)));
       tb.appendChild(tr);
     });
   }
