@@ -238,6 +238,16 @@
       try { ev = JSON.parse(m.data); } catch (e) { return; }
       addLatest(ev);
       if (!state.paused && matches(ev)) addEvent(ev, true);
+      // What an operator waits for (a dead letter, an alarm, a redrive) shows at
+      // once, not at the next poll.
+      if (/^(alarm\.|queue\.)/.test(ev.type)) {
+        clearTimeout(state.soon);
+        state.soon = setTimeout(function () {
+          pollOverview();
+          if (state.page === "queues") loadQueues();
+          else if (state.page === "alarms") loadAlarms();
+        }, 150);
+      }
     };
   }
   function eventItem(ev, fresh) {

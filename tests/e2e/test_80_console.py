@@ -69,12 +69,26 @@ class Console:
     def find(self, css):
         return self.d.find_element(By.CSS_SELECTOR, css)
 
+    # The pages re-render their lists as data arrives, so an element found a moment
+    # ago may be gone: reads go through one script call each, atomically.
     def visible(self, css):
-        els = self.d.find_elements(By.CSS_SELECTOR, css)
-        return bool(els) and els[0].is_displayed()
+        return self.d.execute_script(
+            "var e = document.querySelector(arguments[0]);"
+            "return !!e && !e.closest('[hidden]') && e.getClientRects().length > 0;", css)
 
     def text(self, css):
-        return self.find(css).text
+        return self.d.execute_script(
+            "var e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css)
+
+    def press(self, css):
+        """Focuses the element and presses Enter, as a keyboard user would."""
+        def go():
+            try:
+                self.find(css).send_keys("\n")
+                return True
+            except Exception:  # re-rendered under us: find it again
+                return False
+        self.wait(go, what=f"pressing {css}")
 
     def page(self, name):
         self.find(f'#nav a[data-page="{name}"]').click()
@@ -184,7 +198,7 @@ def test_operator_signs_in_watches_redrives_and_sees_it_clear(start_iotfin, tmp_
         assert "device.event.received" in item and "Last error" in item, item
         assert "400" in item, item
         c.shot("dead-letters")
-        c.find("#dl-list button.redrive").send_keys("\n")  # keyboard, not a mouse click
+        c.press("#dl-list button.redrive")  # keyboard, not a mouse click
         c.wait(lambda: c.visible("#dl-empty"), 15, what="the dead letters to empty")
         c.wait(lambda: not c.visible("#nav-alarms"), 15, what="the alarm badge to clear")
         got = [x for x in mock_requests(srv, "bank") if isinstance(x.get("body"), dict)

@@ -4,6 +4,7 @@ holds a session id, never the token; sign-out ends the session everywhere; the
 token is in no log line; the console's files come fast and only from here."""
 
 import re
+import subprocess
 import time
 
 import pytest
@@ -206,3 +207,26 @@ def test_openapi_documents_the_console_api_with_its_cookie(srv):
     op = doc["paths"]["/console/api/queues/{name}/redrive"]["post"]
     assert op["security"] == [{"consoleSession": []}], op
     assert not doc["paths"]["/console/api/session"]["post"].get("security")
+
+
+def test_over_https_the_cookie_is_secure_and_the_origin_is_https(start_iotfin, tmp_path):
+    # A throwaway self-signed certificate for 127.0.0.1.
+    (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", "key.pem", "-out", "cert.pem"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    tls = start_iotfin(env={**ENV, "IOTFIN_TLS_CERT": tmp_path / "cert.pem",
+                            "IOTFIN_TLS_KEY": tmp_path / "key.pem"})
+    assert tls.url.startswith("https://"), tls.url
+    tls.session.trust_env = False
+    tls.session.verify = str(tmp_path / "cert.pem")
+    body = {"token": tls.admin_token}
+    # The http:// spelling of the same host is another origin.
+    r = tls.post("/console/api/session", json=body, headers={"Origin": tls.url.replace(
+        "https://", "http://")})
+    assert_problem(r, 403, "forbidden")
+    r = tls.post("/console/api/session", json=body, headers={"Origin": tls.url})
+    assert r.status_code == 201, r.text
+    parts = [p.strip() for p in r.headers["Set-Cookie"].split(";")]
+    assert "Secure" in parts and "HttpOnly" in parts and "SameSite=Strict" in parts, parts
