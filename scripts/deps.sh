@@ -7,9 +7,12 @@ PKGS="cmake make gcc pkg-config clang-format \
 libmicrohttpd-dev libjansson-dev libsqlite3-dev libpq-dev libcurl4-openssl-dev \
 libsodium-dev libssl-dev libmosquitto-dev mosquitto mosquitto-dev libcmocka-dev"
 # strace: tests/e2e/test_70_package.py checks the systemd unit's hardening with it.
+# chromium, chromium-driver, python3-selenium: tests/e2e/test_80_console.py drives the
+# operator console in a real headless browser.
 if [ "${1:-}" = "test" ]; then
   PKGS="$PKGS python3-pytest python3-requests python3-paho-mqtt python3-aiosmtpd \
-python3-jwt python3-cryptography python3-pytest-xdist strace clang libclang-rt-14-dev"
+python3-jwt python3-cryptography python3-pytest-xdist strace clang libclang-rt-14-dev \
+chromium chromium-driver python3-selenium"
 fi
 
 missing=""

@@ -51,6 +51,9 @@ int api_devices_command_create(http_req_t *req);
 int api_devices_command_get(http_req_t *req);
 int api_devices_events(http_req_t *req);
 int api_stream_events(http_req_t *req);
+/* Every event (?type= exact or "prefix*", ?subject=) as SSE, resumable with
+ * Last-Event-ID, for as long as the console session console_sid is signed in. */
+int api_stream_all_events(http_req_t *req, const char *console_sid);
 /* Ends every open stream and the stream notifier (before the HTTP server stops). */
 void api_stream_shutdown(void);
 
@@ -61,5 +64,19 @@ int api_mock_put_response(http_req_t *req);
 int api_mock_delete_responses(http_req_t *req);
 int api_mock_get_requests(http_req_t *req);
 int api_mock_delete_requests(http_req_t *req);
+
+/* The operator console (api_console.c): its files, its session, its reads. */
+int api_console_guard(http_req_t *req);
+int api_console_signin_guard(http_req_t *req);
+extern const http_body_t api_console_signin_body;
+int api_console_redirect(http_req_t *req);
+int api_console_asset(http_req_t *req);
+int api_console_signin(http_req_t *req);
+int api_console_whoami(http_req_t *req);
+int api_console_signout(http_req_t *req);
+int api_console_overview(http_req_t *req);
+int api_console_device(http_req_t *req);
+int api_console_events(http_req_t *req);
+int api_console_stream(http_req_t *req);
 
 #endif

@@ -1,4 +1,6 @@
-/* GET /v1/events/stream: Server-Sent Events about the caller's devices. Each
+/* GET /v1/events/stream: Server-Sent Events about the caller's devices, and
+ * GET /console/api/stream: every event, for the operator console (optionally
+ * filtered by type and subject), while its console session lasts. Each
  * stream reads the event log after its last event; with nothing to send it
  * suspends its connection, and the "sse-notify" thread resumes suspended streams
  * when the log grows (checked every 100 ms) or a heartbeat is due (every 15 s).
@@ -16,6 +18,8 @@
 #include "core/errors.h"
 #include "core/log.h"
 #include "core/timeutil.h"
+#include "services/console.h"
+#include "services/console_sessions.h"
 #include "services/events.h"
 
 #define HEARTBEAT_MS 15000
@@ -25,6 +29,11 @@ typedef struct stream {
   app_t *app;
   void *conn;
   char user_id[64];
+  /* Console streams: every event (no user), type filter as a LIKE pattern and
+   * subject ("" = any), and the console session that must stay signed in. */
+  bool all;
+  char type_like[200], subject[200];
+  char console_sid[CONSOLE_SECRET_LEN + 1];
   int64_t last_seq;
   char *pending;
   size_t pending_len, pending_off;
@@ -45,8 +54,38 @@ typedef struct {
   int64_t max_seq;
 } fetch_t;
 
+/* Every event after the stream's last, as filtered. The scan stops at the log's
+ * top as it was when it began, and a batch shorter than BATCH moves the stream
+ * there, so a filter that matches nothing does not rescan the same rows. */
+static int fetch_all_tx(store_tx_t *tx, void *arg) {
+  fetch_t *f = arg;
+  stream_t *s = f->s;
+  store_rows_t *rows = NULL;
+  int n = store_exec(tx, &rows, "SELECT COALESCE(MAX(seq), 0) FROM events", "");
+  if (n < 0) return n;
+  int64_t top = store_rows_int(rows, 0, 0);
+  store_rows_free(&rows);
+  const char *type = s->type_like[0] ? s->type_like : NULL;
+  const char *subject = s->subject[0] ? s->subject : NULL;
+  n = store_exec(tx, &rows,
+                 "SELECT " EVENTS_COLUMNS " FROM events WHERE seq > ? AND seq <= ? "
+                 "AND (? IS NULL OR type LIKE ? ESCAPE '\\') AND (? IS NULL OR subject = ?) "
+                 "ORDER BY seq LIMIT ?",
+                 "iissssi", s->last_seq, top, type, type, subject, subject, (int64_t)BATCH);
+  if (n < 0) return n;
+  f->items = json_array();
+  for (int i = 0; i < n; i++) {
+    json_array_append_new(f->items, events_row_to_json(rows, i));
+    f->max_seq = store_rows_int(rows, i, 0);
+  }
+  if (n < BATCH && top > f->max_seq) f->max_seq = top;
+  store_rows_free(&rows);
+  return 0;
+}
+
 static int fetch_tx(store_tx_t *tx, void *arg) {
   fetch_t *f = arg;
+  if (f->s->all) return fetch_all_tx(tx, arg);
   store_rows_t *rows = NULL;
   int n = store_exec(tx, &rows,
                      "SELECT " EVENTS_COLUMNS " FROM events WHERE seq > ? AND subject IN "
@@ -82,9 +121,15 @@ static void refill(stream_t *s) {
       char *data = json_dumps(ev, JSON_COMPACT);
       size_t cap = strlen(data) + 256;
       char *frame = malloc(cap);
-      snprintf(frame, cap, "id: %s\nevent: %s\ndata: %s\n\n",
-               json_string_value(json_object_get(ev, "id")),
-               json_string_value(json_object_get(ev, "type")), data);
+      /* Console streams leave out `event:` so that a browser's EventSource hands
+       * every event to one onmessage: the type is in the data. */
+      if (s->all)
+        snprintf(frame, cap, "id: %s\ndata: %s\n\n", json_string_value(json_object_get(ev, "id")),
+                 data);
+      else
+        snprintf(frame, cap, "id: %s\nevent: %s\ndata: %s\n\n",
+                 json_string_value(json_object_get(ev, "id")),
+                 json_string_value(json_object_get(ev, "type")), data);
       append(s, frame);
       free(frame);
       free(data);
@@ -100,6 +145,8 @@ static long stream_fill(void *cls, char *buf, size_t max) {
   stream_t *s = cls;
   if (s->closing) return -1;
   if (s->pending_off == s->pending_len) {
+    /* A console stream ends with its session (sign-out or expiry). */
+    if (s->all && console_sessions_check(s->console_sid, time_now_ms(), NULL, NULL) < 0) return -1;
     free(s->pending);
     s->pending = NULL;
     s->pending_len = s->pending_off = 0;
@@ -183,17 +230,15 @@ static int seq_of_tx(store_tx_t *tx, void *arg) {
   return n < 0 ? n : n;
 }
 
-int api_stream_events(http_req_t *req) {
+/* Opens the stream s (user or console fields set) on req's connection. */
+static int stream_open(http_req_t *req, stream_t *s) {
   app_t *app = http_req_app(req);
   if (!atomic_exchange(&notifier_running, true)) {
     notifier_app = app;
     pthread_create(&notifier, NULL, notifier_main, app);
   }
-  stream_t *s = calloc(1, sizeof(*s));
-  if (!s) return -ERR_INTERNAL;
   s->app = app;
   s->conn = http_req_connection(req);
-  snprintf(s->user_id, sizeof(s->user_id), "%s", http_req_claims(req)->sub);
   const char *last = http_req_header(req, "Last-Event-ID");
   seq_q_t q = {last, -1};
   if (last && store_read(app->store, seq_of_tx, &q) > 0) {
@@ -210,6 +255,31 @@ int api_stream_events(http_req_t *req) {
   streams = s;
   pthread_mutex_unlock(&streams_lock);
   return http_reply_stream(req, "text/event-stream", stream_fill, stream_free, s);
+}
+
+int api_stream_events(http_req_t *req) {
+  stream_t *s = calloc(1, sizeof(*s));
+  if (!s) return -ERR_INTERNAL;
+  snprintf(s->user_id, sizeof(s->user_id), "%s", http_req_claims(req)->sub);
+  return stream_open(req, s);
+}
+
+int api_stream_all_events(http_req_t *req, const char *console_sid) {
+  const char *type = http_req_query(req, "type");
+  const char *subject = http_req_query(req, "subject");
+  stream_t *s = calloc(1, sizeof(*s));
+  if (!s) return -ERR_INTERNAL;
+  s->all = true;
+  snprintf(s->console_sid, sizeof(s->console_sid), "%s", console_sid);
+  if ((type && *type && console_type_pattern(type, s->type_like, sizeof(s->type_like)) < 0) ||
+      (subject && strlen(subject) >= sizeof(s->subject))) {
+    free(s);
+    return http_reply_problem(
+        req, ERR_VALIDATION_FAILED, "filter too long",
+        json_pack("[{s:s,s:s}]", "field", type ? "type" : "subject", "message", "too long"));
+  }
+  if (subject) snprintf(s->subject, sizeof(s->subject), "%s", subject);
+  return stream_open(req, s);
 }
 
 void api_stream_shutdown(void) {

@@ -65,6 +65,9 @@ typedef struct {
   /* When it returns false the route does not exist (404), before anything else is
    * checked: the partner mock's routes while IOTFIN_MOCK=off. NULL: always. */
   bool (*enabled)(const struct app *app);
+  /* The operator console's session cookie authenticates this route (its guard
+   * checks it); documented as the consoleSession scheme. */
+  bool console_session;
 } http_route_t;
 
 /* Request accessors. Strings are owned by the request and live until it ends. */

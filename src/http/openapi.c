@@ -158,6 +158,8 @@ json_t *http_openapi_paths(const http_route_t *routes, int n) {
         if (rt->auth & (1u << b)) json_array_append_new(tiers, json_string(names[b]));
       json_object_set_new(op, "x-iotfin-tiers", tiers);
     }
+    if (rt->console_session)
+      json_object_set_new(op, "security", json_pack("[{s:[]}]", "consoleSession"));
     if (rt->body) {
       json_t *content = json_pack("{s:{s:o}}", "application/json", "schema",
                                   object_schema(rt->body->fields, rt->body->open));
@@ -181,11 +183,20 @@ json_t *http_openapi_paths(const http_route_t *routes, int n) {
 
 json_t *http_openapi(const http_route_t *routes, int n) {
   json_t *paths = http_openapi_paths(routes, n);
-  return json_pack(
+  json_t *doc = json_pack(
       "{s:s,s:{s:s,s:s,s:s},s:o,s:{s:{s:o},s:{s:{s:s,s:s,s:s},s:{s:s,s:s,s:s}}}}", "openapi",
       "3.1.0", "info", "title", "iotfin", "version", IOTFIN_VERSION, "description",
       "Event-driven backend for financial IoT devices. Generated from the route table.", "paths",
       paths, "components", "schemas", "Problem", problem_schema(), "securitySchemes", "bearer",
       "type", "http", "scheme", "bearer", "bearerFormat", "JWT", "adminToken", "type", "http",
       "scheme", "bearer", "description", "The admin token of the instance.");
+  json_t *schemes = json_object_get(json_object_get(doc, "components"), "securitySchemes");
+  json_object_set_new(
+      schemes, "consoleSession",
+      json_pack("{s:s,s:s,s:s,s:s}", "type", "apiKey", "in", "cookie", "name", "iotfin_console",
+                "description",
+                "The operator console's session, set by POST /console/api/session with the "
+                "admin token. Calls other than GET must also send Origin equal to the server's "
+                "own origin and the session's X-CSRF-Token header, else 403."));
+  return doc;
 }

@@ -1,0 +1,84 @@
+/* Unit tests for src/services/console_sessions.c and console_type_pattern of
+ * src/services/console.c: sessions open, check, expire, end and stay bounded;
+ * type filters become LIKE patterns with LIKE's own characters escaped. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <sodium.h>
+#include <string.h>
+
+#include "core/errors.h"
+#include "services/console.h"
+#include "services/console_sessions.h"
+
+#define T0 1000000
+
+static void test_open_check_end(void **state) {
+  (void)state;
+  char sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1], got[CONSOLE_SECRET_LEN + 1];
+  int64_t exp, exp2;
+  assert_int_equal(console_sessions_create(T0, sid, csrf, &exp), 0);
+  assert_int_equal(strlen(sid), CONSOLE_SECRET_LEN);
+  assert_string_not_equal(sid, csrf);
+  assert_true(exp == T0 + CONSOLE_SESSION_TTL_MS);
+  assert_int_equal(console_sessions_check(sid, T0 + 1, got, &exp2), 0);
+  assert_string_equal(got, csrf);
+  assert_true(exp2 == exp);
+  /* The CSRF token is not a session id, and a near miss is no session. */
+  assert_int_equal(console_sessions_check(csrf, T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
+  char near[CONSOLE_SECRET_LEN + 1];
+  memcpy(near, sid, sizeof(near));
+  near[0] = near[0] == 'a' ? 'b' : 'a';
+  assert_int_equal(console_sessions_check(near, T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
+  assert_int_equal(console_sessions_check("short", T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
+  assert_int_equal(console_sessions_check(NULL, T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
+  console_sessions_delete(sid);
+  assert_int_equal(console_sessions_check(sid, T0 + 2, NULL, NULL), -ERR_UNAUTHENTICATED);
+}
+
+static void test_expiry(void **state) {
+  (void)state;
+  char sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1];
+  int64_t exp;
+  console_sessions_create(T0, sid, csrf, &exp);
+  assert_int_equal(console_sessions_check(sid, exp - 1, NULL, NULL), 0);
+  assert_int_equal(console_sessions_check(sid, exp, NULL, NULL), -ERR_UNAUTHENTICATED);
+}
+
+static void test_bounded_oldest_gives_way(void **state) {
+  (void)state;
+  char first[CONSOLE_SECRET_LEN + 1], sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1];
+  int64_t exp;
+  console_sessions_create(T0 * 10, first, csrf, &exp);
+  for (int i = 1; i <= CONSOLE_SESSIONS_MAX; i++)
+    console_sessions_create(T0 * 10 + i, sid, csrf, &exp);
+  assert_int_equal(console_sessions_check(first, T0 * 10 + 100, NULL, NULL), -ERR_UNAUTHENTICATED);
+  assert_int_equal(console_sessions_check(sid, T0 * 10 + 100, NULL, NULL), 0);
+}
+
+static void test_type_pattern(void **state) {
+  (void)state;
+  char p[32];
+  assert_int_equal(console_type_pattern("device.event.received", p, sizeof(p)), 0);
+  assert_string_equal(p, "device.event.received");
+  assert_int_equal(console_type_pattern("device.*", p, sizeof(p)), 0);
+  assert_string_equal(p, "device.%");
+  assert_int_equal(console_type_pattern("a_b%c\\*", p, sizeof(p)), 0);
+  assert_string_equal(p, "a\\_b\\%c\\\\%");
+  assert_int_equal(console_type_pattern("0123456789012345678901234567890123", p, sizeof(p)), -1);
+  assert_string_equal(p, "");
+}
+
+int main(void) {
+  if (sodium_init() < 0) return 1;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_open_check_end),
+      cmocka_unit_test(test_expiry),
+      cmocka_unit_test(test_bounded_oldest_gives_way),
+      cmocka_unit_test(test_type_pattern),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
