@@ -235,6 +235,9 @@ static int serve(void) {
   app.cfg = &cfg;
   app.started_ms = time_now_ms();
   int status = 1;
+  /* Everything iotfin writes (database, keys, mail, spool) is for its own user only,
+   * whatever umask it was started with. */
+  umask(077);
   if (mkdir_p(cfg.data_dir) < 0) {
     fprintf(stderr, "iotfin: invalid setting IOTFIN_DATA_DIR: cannot create %s: %s\n", cfg.data_dir,
             strerror(errno));
@@ -284,6 +287,7 @@ static int serve(void) {
            v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
            http_server_port((http_server_t *)app.http));
   if (cfg.mock && partner_mock_start(&app, &app.mock) < 0) goto out;
+  if (cfg.mock) log_warn("main", "partner traffic is mocked; IOTFIN_MOCK=on is for development");
   /* Workers start last: their handlers may call the partner mock over HTTP. */
   if (bus_start(&app, 4, &app.bus) < 0) goto out;
   if (retention_start(&app, &retention) < 0) goto out;
