@@ -1,0 +1,288 @@
+"""Hostile clients (issue 12): each finding of the attack run, as a scenario that failed
+before its fix. Real binary, real broker, real SQLite; the partner mock stands in for
+partners (its control API now needs the admin token)."""
+
+import email
+import email.header
+import email.policy
+import json
+import os
+import stat
+import time
+
+import pytest
+import requests
+
+from conftest import Iotfin, assert_problem, bearer, poll
+from devices_helpers import (
+    admin_events,
+    claim_active,
+    device_connect,
+    device_events,
+    get_credentials,
+    make_user,
+    make_users,
+    mock_clear,
+    mock_override,
+    unique,
+    unique_serial,
+)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    """One server for the module, with the auth rate limit out of the way."""
+    inst = Iotfin(tmp_path_factory.mktemp("hostile"), env={"IOTFIN_AUTH_RATE": "100000"})
+    inst.start()
+    yield inst
+    problems = inst.teardown()
+    if problems:
+        pytest.fail("\n".join(problems))
+
+
+# ---- 8. a revoked token on an admin route -------------------------------------------------
+
+
+def test_revoked_user_token_on_an_admin_route_is_401_not_403(srv):
+    user = make_user(srv, "rev")
+    # Step 1: a live user token is the wrong principal: 403.
+    assert_problem(srv.get("/v1/admin/queues", headers=user.headers), 403, "forbidden")
+    # Step 2: logged out, the same token is no token at all: 401 with WWW-Authenticate.
+    assert srv.delete("/v1/sessions/current", headers=user.headers).status_code == 204
+    r = srv.get("/v1/admin/queues", headers=user.headers)
+    assert_problem(r, 401, "unauthenticated")
+    assert r.headers.get("WWW-Authenticate", "").startswith("Bearer"), r.headers
+
+
+# ---- 4. data files are the service user's only --------------------------------------------
+
+
+def loose_modes(root):
+    """Every path under root (root itself excluded) that group or others may use."""
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            try:
+                mode = os.lstat(p).st_mode
+            except FileNotFoundError:
+                continue  # a temporary file that went meanwhile
+            if stat.S_ISLNK(mode) or stat.S_ISSOCK(mode):
+                continue
+            if mode & 0o077:
+                bad.append((os.path.relpath(p, root), oct(mode & 0o777)))
+    return bad
+
+
+def test_data_files_are_owner_only_whatever_the_umask_and_the_dir(start_iotfin, tmp_path):
+    data = tmp_path / "loose-data"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    old = os.umask(0o022)
+    try:
+        srv = start_iotfin(data_dir=data)
+    finally:
+        os.umask(old)
+    # Step 1: traffic that writes the database, its WAL, keys and a mail.
+    user = make_user(srv, "perm")
+    assert srv.get("/v1/me", headers=user.headers).status_code == 200
+    assert poll(lambda: list((data / "mail").glob("*.eml")), 10), "no approval mail"
+    for name in ("iotfin.db", "iotfin.db-wal", "iotfin.db-shm", "admin-token"):
+        assert (data / name).exists(), name
+    assert loose_modes(data) == []
+    assert srv.stop() == 0
+
+    # Step 2: a database left 0644 by an older build is made owner-only at open.
+    for name in ("iotfin.db", "iotfin.db-wal", "iotfin.db-shm"):
+        if (data / name).exists():
+            os.chmod(data / name, 0o644)
+    old = os.umask(0o022)
+    try:
+        srv = start_iotfin(data_dir=data)
+    finally:
+        os.umask(old)
+    assert srv.get("/v1/me", headers=user.headers).status_code == 200
+    assert loose_modes(data) == []
+
+
+# ---- 10. a device event's time -----------------------------------------------------------
+
+
+def test_device_event_time_must_be_rfc3339(srv):
+    user = make_user(srv, "time")
+    dev = claim_active(srv, user)
+    d = device_connect(srv, get_credentials(srv, user, dev["id"]))
+    try:
+        # Step 1: times that are not RFC 3339 are malformed messages, with the reason.
+        for i, t in enumerate(["yesterday", "1700000000", "2026-02-30T00:00:00Z",
+                               "2026-11-27 07:00:00", "2026-11-27T07:00:00Z\r\nX"]):
+            d.publish_event({"id": f"bad-{i}", "type": "t", "time": t, "data": {}})
+        # Step 2: RFC 3339 forms are stored.
+        d.publish_event({"id": "ok-1", "type": "t", "time": "2026-11-27T07:00:00.123Z", "data": {}})
+        d.publish_event({"id": "ok-2", "type": "t", "time": "2026-11-27T08:00:00+01:00", "data": {}})
+        items = poll(lambda: [e for e in device_events(srv, user, dev["id"])["items"]
+                              if e["id"] == "ok-2"], 5)
+        assert items, "the good events were not stored"
+        ids = [e["id"] for e in device_events(srv, user, dev["id"])["items"]]
+        assert ids == ["ok-1", "ok-2"], ids
+        rej = poll(lambda: admin_events(srv, type="device.message.rejected",
+                                        subject=f"devices/{dev['id']}"), 5)
+        assert rej and all("RFC 3339" in e["data"]["reason"] for e in rej), rej
+    finally:
+        d.close()
+
+
+# ---- 7. CSV import and NUL bytes -----------------------------------------------------------
+
+
+def test_csv_import_with_a_nul_byte_is_refused_not_cut_short(srv):
+    first, second = unique_serial("NUL"), unique_serial("NUL")
+    body = f"serial,model\n{first},m\n{second}\0,m\n{unique_serial('NUL')},m\n".encode()
+    r = srv.post("/v1/admin/devices/import", data=body,
+                 headers=srv.admin_headers(**{"Content-Type": "text/csv"}))
+    assert_problem(r, 400, "validation_failed")
+    assert "NUL" in r.json()["detail"], r.json()
+    # Nothing was imported: the first row imports fresh now.
+    r = srv.post("/v1/admin/devices/import", json={"devices": [{"serial": first}]},
+                 headers=srv.admin_headers())
+    assert r.status_code == 200 and r.json()["imported"] == 1, r.text
+
+
+# ---- 6. mail headers, subjects and addresses -----------------------------------------------
+
+
+def test_an_address_with_a_comma_is_never_two_recipients(srv):
+    anon = srv.post("/v1/sessions/anonymous").json()["access_token"]
+    for addr in ("a,b@example.com", "a@example.com,b@example.com", "<a@example.com>",
+                 "\"a b\"@example.com", "a@example.com\r\nBcc: x@example.com", "a@b"):
+        r = srv.post("/v1/registrations", headers=bearer(anon),
+                     json={"type": "local", "email": addr, "password": "long-enough-pw",
+                           "name": "N"})
+        assert_problem(r, 400, "validation_failed")
+    r = srv.post("/v1/registrations", headers=bearer(anon),
+                 json={"type": "partner", "username": "eve\r\nBcc: x@example.com",
+                       "password": "pw"})
+    assert_problem(r, 400, "validation_failed")
+
+
+def test_names_cannot_inject_headers_and_subjects_are_rfc2047_whole_characters(srv):
+    username = unique("eve")
+    addr = f"{username}@partner.example"
+    name = "Eve\r\nBcc: evil@example.com\r\n" + "\u20ac" * 150
+    mock_override(srv, partner="identity", method="POST", path="/sessions", status=200, times=1,
+                  body={"subject": "sub-" + username, "email": addr, "name": name})
+    anon = srv.post("/v1/sessions/anonymous").json()["access_token"]
+    r = srv.post("/v1/registrations", headers=bearer(anon),
+                 json={"type": "partner", "username": username, "password": "whatever-pw-1"})
+    assert r.status_code == 202, r.text
+
+    def mail():
+        for p in (srv.data_dir / "mail").glob("*.eml"):
+            raw = p.read_bytes()
+            msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+            if msg["To"] == addr:
+                return raw, msg
+        return None
+
+    got = poll(mail, 15)
+    assert got, "no approval mail"
+    raw, msg = got
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    # Step 1: one Subject, no injected header, only ASCII in the header block.
+    assert msg.get_all("Bcc") is None, head
+    assert len(msg.get_all("Subject")) == 1, head
+    head.decode("ascii")
+    # Step 2: the subject is RFC 2047 encoded words, each whole UTF-8 on its own.
+    words = email.header.decode_header(msg["Subject"])
+    assert all(cs and cs.lower() == "utf-8" for _, cs in words), words
+    for enc in msg["Subject"].split():
+        for part, cs in email.header.decode_header(enc):
+            part.decode("utf-8")  # never cut inside a character
+    subject = b"".join(p for p, _ in words).decode("utf-8")
+    assert subject.startswith("Welcome to iotfin, Eve  Bcc: evil@example.com"), subject
+    assert "\r" not in subject and "\n" not in subject
+    assert subject.endswith("\u20ac"), subject[-5:]
+
+
+# ---- 3. the partner mock -------------------------------------------------------------------
+
+
+def test_mock_control_api_needs_the_admin_token(srv):
+    user = make_user(srv, "mockctl")
+    calls = [("GET", "/mock/_control/requests", {}), ("DELETE", "/mock/_control/requests", {}),
+             ("DELETE", "/mock/_control/responses", {}),
+             ("PUT", "/mock/_control/responses",
+              {"json": {"partner": "kyc", "method": "POST", "path": "/verifications",
+                        "status": 200, "body": {"id": "x", "status": "approved"}}})]
+    for method, path, kw in calls:
+        assert_problem(srv.request(method, path, **kw), 401, "unauthenticated")
+        assert_problem(srv.request(method, path, headers=user.headers, **kw), 403, "forbidden")
+    r = srv.get("/mock/_control/requests", headers=srv.admin_headers())
+    assert r.status_code == 200, r.text
+    # The partner-facing side stays open: partners (and iotfin) call it without a token.
+    assert srv.post("/mock/bank/notifications", json={}).status_code < 400
+
+
+def test_mock_request_log_redacts_secrets(srv):
+    marker = unique("redact")
+    r = srv.post("/mock/identity/sessions",
+                 json={"username": marker, "password": "hunter2-pw",
+                       "deep": [{"client_secret": "s3cr3t", "refresh_token": "rt-1"}]},
+                 headers={"Authorization": "Bearer tok-123", "Cookie": "sid=c00kie",
+                          "X-Api-Key": "k3y"})
+    assert r.status_code < 500, r.text
+    log = srv.get("/mock/_control/requests", params={"partner": "identity"},
+                  headers=srv.admin_headers()).json()["items"]
+    mine = [c for c in log if isinstance(c["body"], dict) and c["body"].get("username") == marker]
+    assert len(mine) == 1, log[-3:]
+    text = json.dumps(mine[0])
+    for secret in ("hunter2-pw", "s3cr3t", "rt-1", "tok-123", "c00kie", "k3y"):
+        assert secret not in text, (secret, text)
+    assert mine[0]["body"]["password"] == "[redacted]", mine[0]
+    assert mine[0]["body"]["deep"][0]["client_secret"] == "[redacted]", mine[0]
+
+
+def test_mock_request_log_is_bounded_in_bytes_and_bodies_are_cut(srv):
+    s = requests.Session()
+    s.headers["Content-Type"] = "application/json"
+    big = json.dumps({"blob": "\u00e9" * 30000}, ensure_ascii=False)  # 60 KB, 2-byte chars
+    r = s.post(srv.url + "/mock/bank/notifications", data=big.encode(), timeout=10)
+    assert r.status_code == 202, r.text
+    one = srv.get("/mock/_control/requests", params={"partner": "bank"},
+                  headers=srv.admin_headers()).json()["items"][-1]
+    assert one.get("body_truncated") is True, {k: v for k, v in one.items() if k != "body"}
+    assert isinstance(one["body"], str) and len(one["body"].encode()) <= 8192, len(one["body"])
+    # 2,300 calls of ~8 KiB logged are ~19 MiB: the oldest go so the log stays <= 16 MiB.
+    body = json.dumps({"n": 0, "pad": "x" * 8100})
+    for i in range(2300):
+        s.post(srv.url + "/mock/bank/notifications", data=body.replace('"n": 0', f'"n": {i + 1}'),
+               timeout=10)
+    r = srv.get("/mock/_control/requests", params={"partner": "bank"}, headers=srv.admin_headers())
+    items = r.json()["items"]
+    size = sum(len(json.dumps(i, separators=(",", ":"))) for i in items)
+    assert size <= 16 * 1024 * 1024 + 65536, size
+    assert len(items) < 2300, len(items)
+    assert items[-1]["body"]["n"] == 2300, items[-1]["body"]["n"]
+
+
+def test_mock_overrides_cannot_set_dangerous_headers(srv):
+    for name, value in (("Set-Cookie", "sid=evil"), ("Location", "https://evil.example/"),
+                        ("Connection", "close"), ("Transfer-Encoding", "chunked"),
+                        ("Content-Security-Policy", "none"), ("X-Frame-Options", "ALLOW"),
+                        ("Access-Control-Allow-Origin", "*"), ("X-Ok", "a\r\nSet-Cookie: b")):
+        r = srv.put("/mock/_control/responses", headers=srv.admin_headers(),
+                    json={"partner": "bank", "method": "GET", "path": "/hdr", "status": 200,
+                          "headers": {name: value}, "body": {}})
+        assert_problem(r, 400, "validation_failed")
+    mock_override(srv, partner="bank", method="GET", path="/hdr", status=200, times=1,
+                  headers={"Retry-After": "3", "X-Partner-Trace": "t-1"}, body={"ok": True})
+    r = srv.get("/mock/bank/hdr")
+    assert r.status_code == 200 and r.headers["Retry-After"] == "3", r.headers
+    assert r.headers["X-Partner-Trace"] == "t-1" and "Set-Cookie" not in r.headers
+
+
+def test_serve_warns_when_partner_traffic_is_mocked(srv, start_iotfin):
+    warned = [l for l in srv.stderr_json() if "partner traffic is mocked" in l.get("msg", "")]
+    assert warned and warned[0].get("level") in ("warn", "warning"), warned
+    off = start_iotfin(env={"IOTFIN_MOCK": "off"})
+    assert not [l for l in off.stderr_json() if "partner traffic is mocked" in l.get("msg", "")]
