@@ -7,6 +7,7 @@ import email.header
 import email.policy
 import json
 import os
+import socket
 import stat
 import time
 
@@ -15,6 +16,7 @@ import requests
 
 from conftest import Iotfin, assert_problem, bearer, poll
 from devices_helpers import (
+    SseReader,
     admin_events,
     claim_active,
     device_connect,
@@ -286,3 +288,128 @@ def test_serve_warns_when_partner_traffic_is_mocked(srv, start_iotfin):
     assert warned and warned[0].get("level") in ("warn", "warning"), warned
     off = start_iotfin(env={"IOTFIN_MOCK": "off"})
     assert not [l for l in off.stderr_json() if "partner traffic is mocked" in l.get("msg", "")]
+
+
+# ---- 1. event streams end with their session ------------------------------------------------
+
+
+def ended(reader, timeout):
+    """True once the stream's reader saw the server end it."""
+    return poll(lambda: reader.thread is not None and not reader.thread.is_alive(), timeout,
+                step=0.02)
+
+
+def test_logout_ends_an_open_event_stream_within_a_second(srv):
+    user = make_user(srv, "sselogout")
+    dev = claim_active(srv, user)
+    s = SseReader(srv, user.token)
+    try:
+        assert s.resp.status_code == 200
+        assert poll(lambda: s.comments, 5), "no stream-open comment"
+        # Step 1: logout; the stream ends within about a second.
+        assert srv.delete("/v1/sessions/current", headers=user.headers).status_code == 204
+        t0 = time.monotonic()
+        assert ended(s, 3), "the stream kept going after logout"
+        assert time.monotonic() - t0 < 1.5, time.monotonic() - t0
+        # Step 2: nothing about the device reached it after the logout.
+        assert not [f for f in s.snapshot() if dev["id"] in json.dumps(f.get("data"))], s.frames
+    finally:
+        s.close()
+
+
+def test_an_event_stream_ends_when_its_token_expires(start_iotfin):
+    srv = start_iotfin(env={"IOTFIN_ACCESS_TTL_S": "4", "IOTFIN_AUTH_RATE": "100000"})
+    user = make_user(srv, "sseexp")
+    exp = json.loads(__import__("base64").urlsafe_b64decode(
+        user.token.split(".")[1] + "==").decode())["exp"]
+    s = SseReader(srv, user.token)
+    try:
+        assert s.resp.status_code == 200
+        assert ended(s, exp - time.time() + 3), "the stream outlived its token"
+        assert time.time() >= exp - 0.5, "ended before the token expired"
+    finally:
+        s.close()
+
+
+# ---- 2. event streams are bounded and cheap ------------------------------------------------
+
+
+def test_a_users_sixth_stream_closes_the_oldest(srv):
+    user = make_user(srv, "ssesix")
+    dev = claim_active(srv, user)
+    readers = []
+    try:
+        for _ in range(6):
+            r = SseReader(srv, user.token)
+            assert r.resp.status_code == 200
+            assert poll(lambda: r.comments, 5)
+            readers.append(r)
+        # Step 1: the first (oldest) stream is ended; five stay open.
+        assert ended(readers[0], 3), "six streams open for one user"
+        time.sleep(0.3)
+        assert [r.thread.is_alive() for r in readers[1:]] == [True] * 5
+        # Step 2: the open ones still get the user's events.
+        d = device_connect(srv, get_credentials(srv, user, dev["id"]))
+        try:
+            for r in readers[1:]:
+                assert r.wait_frame(lambda f: f.get("event") == "device.connected", 5), r.frames
+        finally:
+            d.close()
+    finally:
+        for r in readers:
+            r.close()
+
+
+def open_raw_stream(srv, token):
+    """A stream whose answer is never read: the server writes into the socket."""
+    sock = socket.create_connection((srv.http_host.strip("[]"), srv.http_port), timeout=5)
+    sock.sendall(f"GET /v1/events/stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                 f"Authorization: Bearer {token}\r\n\r\n".encode())
+    return sock
+
+
+def test_a_thousand_streams_leave_healthz_fast_and_the_bound_holds(start_iotfin):
+    srv = start_iotfin(env={"IOTFIN_STREAMS_PER_USER": "1000", "IOTFIN_STREAMS_MAX": "1000",
+                            "IOTFIN_AUTH_RATE": "100000"})
+    user = make_user(srv, "sse1k")
+    dev = claim_active(srv, user)
+    socks = []
+    try:
+        for _ in range(1000):
+            socks.append(open_raw_stream(srv, user.token))
+        for sock in socks:  # every one is open (headers are sent at once)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                assert chunk, head
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        # Step 1: the 1,001st is refused: 503 with Retry-After.
+        r = requests.get(srv.url + "/v1/events/stream", headers=bearer(user.token), timeout=5,
+                         stream=True)
+        assert_problem(r, 503, "unavailable")
+        assert r.headers.get("Retry-After"), r.headers
+        # Step 2: a device sends events that fan out to all 1,000 streams while
+        # /healthz is timed.
+        d = device_connect(srv, get_credentials(srv, user, dev["id"]))
+        worst = 0.0
+        try:
+            for i in range(40):
+                d.publish_event({"id": f"k-{i}", "type": "t", "data": {"i": i}}, qos=0)
+                t0 = time.monotonic()
+                assert srv.get("/healthz").status_code == 200
+                worst = max(worst, time.monotonic() - t0)
+                time.sleep(0.05)
+        finally:
+            d.close()
+        assert worst < 0.1, f"/healthz took {worst * 1000:.0f} ms with 1,000 streams"
+        # Step 3: the events reached the streams (the newest one read here).
+        got = b""
+        socks[-1].settimeout(5)
+        while b"k-39" not in got:
+            chunk = socks[-1].recv(65536)
+            assert chunk, got[-500:]
+            got += chunk
+    finally:
+        for s in socks:
+            s.close()
