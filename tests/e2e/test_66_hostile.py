@@ -16,12 +16,14 @@ import requests
 
 from conftest import Iotfin, assert_problem, bearer, poll
 from devices_helpers import (
+    DeviceClient,
     SseReader,
     admin_events,
     claim_active,
     device_connect,
     device_events,
     get_credentials,
+    get_device,
     make_user,
     make_users,
     mock_clear,
@@ -413,3 +415,28 @@ def test_a_thousand_streams_leave_healthz_fast_and_the_bound_holds(start_iotfin)
     finally:
         for s in socks:
             s.close()
+
+
+# ---- 9. a device whose token expires is disconnected ----------------------------------------
+
+
+def test_a_device_is_disconnected_when_its_token_expires(start_iotfin):
+    srv = start_iotfin(env={"IOTFIN_DEVICE_TOKEN_TTL_S": "3", "IOTFIN_AUTH_RATE": "100000"})
+    user = make_user(srv, "devexp")
+    dev = claim_active(srv, user)
+    creds = get_credentials(srv, user, dev["id"])
+    exp = json.loads(__import__("base64").urlsafe_b64decode(
+        creds["password"].split(".")[1] + "==").decode())["exp"]
+    d = device_connect(srv, creds)
+    try:
+        assert poll(lambda: get_device(srv, user, dev["id"])["online"] is True, 5)
+        # Step 1: the broker drops it within about a second of exp.
+        assert d.disconnected.wait(exp - time.time() + 2.5), "still connected after expiry"
+        assert time.time() >= exp - 0.5, "dropped before its token expired"
+        # Step 2: iotfin sees it offline, and the old token cannot reconnect.
+        assert poll(lambda: get_device(srv, user, dev["id"])["online"] is False, 5)
+        again = DeviceClient(srv.mqtt_host, srv.mqtt_port, dev["id"], creds["password"])
+        assert again.connect() != 0
+        again.close()
+    finally:
+        d.close()
