@@ -68,19 +68,17 @@ bool mail_address_valid(const char *a) {
     if (*c == '.' && c[1] == '.') return false;
   }
   const char *label = at + 1;
-  bool dot = false;
   for (const char *c = label;; c++) {
     if (*c == '.' || *c == 0) {
       size_t l = (size_t)(c - label);
       if (l < 1 || l > 63 || label[0] == '-' || c[-1] == '-') return false;
       if (!*c) break;
-      dot = true;
       label = c + 1;
     } else if (!isalnum((unsigned char)*c) && *c != '-') {
       return false;
     }
   }
-  return dot;
+  return true; /* a single label (ops@localhost) is a host name too */
 }
 
 /* Replaces {{key}} with the string (or number) vars[key]; unknown keys become "". */

@@ -21,8 +21,8 @@ typedef struct {
 int mail_render(const char *name, json_t *vars, mail_rendered_t *out);
 void mail_rendered_free(mail_rendered_t *m);
 
-/* True for one plain address local@host.domain (dot-atom local part, host name
- * labels): never a list, a display name or a header fragment. Any thread. */
+/* True for one plain address local@host (dot-atom local part, host name labels,
+ * ops@localhost included): never a list, a display name or a header fragment. Any thread. */
 bool mail_address_valid(const char *address);
 
 /* Sends one mail. Returns 0; -ERR_UPSTREAM_UNAVAILABLE for a transient failure

@@ -25,7 +25,10 @@ static void add_err(json_t **errs, const char *field, const char *msg) {
 }
 
 /* One address, as mail will accept it: "a,b@example.com" must never be two. */
-static bool email_valid(const char *e) { return mail_address_valid(e); }
+static bool email_valid(const char *e) {
+  const char *at = strchr(e, '@');
+  return mail_address_valid(e) && at && strchr(at, '.'); /* a user's mail leaves the host */
+}
 
 static bool has_controls(const char *s) {
   for (; s && *s; s++)
