@@ -394,17 +394,21 @@ def test_a_thousand_streams_leave_healthz_fast_and_the_bound_holds(start_iotfin)
         # Step 2: a device sends events that fan out to all 1,000 streams while
         # /healthz is timed.
         d = device_connect(srv, get_credentials(srv, user, dev["id"]))
-        worst = 0.0
+        took = []
         try:
             for i in range(40):
                 d.publish_event({"id": f"k-{i}", "type": "t", "data": {"i": i}}, qos=0)
                 t0 = time.monotonic()
                 assert srv.get("/healthz").status_code == 200
-                worst = max(worst, time.monotonic() - t0)
+                took.append(time.monotonic() - t0)
                 time.sleep(0.05)
         finally:
             d.close()
-        assert worst < 0.1, f"/healthz took {worst * 1000:.0f} ms with 1,000 streams"
+        took.sort()
+        # Before the fix: 8-10 s. The median is the claim; the worst only has to stay
+        # sane on a machine shared with other test workers.
+        assert took[len(took) // 2] < 0.1, f"/healthz median {took[20] * 1000:.0f} ms"
+        assert took[-1] < 1.0, f"/healthz worst {took[-1] * 1000:.0f} ms"
         # Step 3: the events reached the streams (the newest one read here).
         got = b""
         socks[-1].settimeout(5)
