@@ -92,7 +92,7 @@ static char *frame_of(json_t *ev, size_t *len) {
     int n = snprintf(frame, cap, "id: %s\nevent: %s\ndata: %s\n\n",
                      json_string_value(json_object_get(ev, "id")),
                      json_string_value(json_object_get(ev, "type")), data);
-    *len = n < 0 ? 0 : (size_t)n;
+    *len = n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
   }
   free(data);
   return frame;

@@ -423,13 +423,8 @@ static bool secret_name(const char *name) {
   static const char *parts[] = {"password",      "passwd",     "secret",   "token",
                                 "authorization", "cookie",     "api_key",  "apikey",
                                 "api-key",       "credential", "signature"};
-  char low[128];
-  size_t i;
-  for (i = 0; i < sizeof(low) - 1 && name[i]; i++)
-    low[i] = (char)tolower((unsigned char)name[i]);
-  low[i] = 0;
   for (size_t k = 0; k < sizeof(parts) / sizeof(parts[0]); k++)
-    if (strstr(low, parts[k])) return true;
+    if (strcasestr(name, parts[k])) return true;
   return false;
 }
 
