@@ -246,6 +246,7 @@ def test_mock_request_log_redacts_secrets(srv):
     assert mine[0]["body"]["deep"][0]["client_secret"] == "[redacted]", mine[0]
 
 
+@pytest.mark.slow
 def test_mock_request_log_is_bounded_in_bytes_and_bodies_are_cut(srv):
     s = requests.Session()
     s.headers["Content-Type"] = "application/json"
@@ -319,6 +320,7 @@ def test_logout_ends_an_open_event_stream_within_a_second(srv):
         s.close()
 
 
+@pytest.mark.slow
 def test_an_event_stream_ends_when_its_token_expires(start_iotfin):
     srv = start_iotfin(env={"IOTFIN_ACCESS_TTL_S": "4", "IOTFIN_AUTH_RATE": "100000"})
     user = make_user(srv, "sseexp")
@@ -370,6 +372,7 @@ def open_raw_stream(srv, token):
     return sock
 
 
+@pytest.mark.slow
 def test_a_thousand_streams_leave_healthz_fast_and_the_bound_holds(start_iotfin):
     srv = start_iotfin(env={"IOTFIN_STREAMS_PER_USER": "1000", "IOTFIN_STREAMS_MAX": "1000",
                             "IOTFIN_AUTH_RATE": "100000"})
@@ -424,6 +427,7 @@ def test_a_thousand_streams_leave_healthz_fast_and_the_bound_holds(start_iotfin)
 # ---- 9. a device whose token expires is disconnected ----------------------------------------
 
 
+@pytest.mark.slow
 def test_a_device_is_disconnected_when_its_token_expires(start_iotfin):
     srv = start_iotfin(env={"IOTFIN_DEVICE_TOKEN_TTL_S": "3", "IOTFIN_AUTH_RATE": "100000"})
     user = make_user(srv, "devexp")
