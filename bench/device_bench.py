@@ -674,10 +674,10 @@ def count_stored(api, token, devices, tag):
     return total
 
 
-def check_bank_log(api, tag, devices):
+def check_bank_log(api, admin, tag, devices):
     """From the BANK mock's request log: distinct events of this run forwarded to
     /notifications, and whether each device's arrived in order (first arrivals)."""
-    body = api.expect(200, "GET", "/mock/_control/requests?partner=bank")
+    body = api.expect(200, "GET", "/mock/_control/requests?partner=bank", admin)
     first = {}
     order_ok = True
     last_n = {}
@@ -713,7 +713,7 @@ def events_iotfin(args, srv, api, token, creds, n, window, tag):
         # Idle first: nothing left for the forwarder from earlier work.
         if not wait_until(lambda: poll.get()["backlog"] == 0, 120, 0.05):
             problem("events: iotfin's bank-forwarder queue did not drain before the run")
-        api.expect(204, "DELETE", "/mock/_control/requests")
+        api.expect(204, "DELETE", "/mock/_control/requests", dfx.admin_token(srv.data_dir))
         pubs = Publishers(srv.mqtt_port, creds)
         v0 = poll.get()
         for k in range(len(creds)):
@@ -766,7 +766,7 @@ def events_iotfin(args, srv, api, token, creds, n, window, tag):
         taken = v["in"] - base["in"]
         fwd = v["done"] - base["done"]
         stored_api = count_stored(api, token, creds, tag)
-        bank = check_bank_log(api, tag, creds)
+        bank = check_bank_log(api, dfx.admin_token(srv.data_dir), tag, creds)
         threads = {k: r3(cpu1["iotfin_threads"].get(k, 0) - cpu0["iotfin_threads"].get(k, 0), 2)
                    for k in cpu1["iotfin_threads"]}
         threads = {k: x for k, x in sorted(threads.items(), key=lambda kv: -kv[1]) if x >= 0.01}

@@ -75,6 +75,7 @@ static const char *usage_serve =
     "  IOTFIN_RETRY_BASE_MS, IOTFIN_RETRY_MAX_MS, IOTFIN_MAX_RECEIVES,\n"
     "  IOTFIN_VISIBILITY_TIMEOUT_MS, IOTFIN_KYC_POLL_MS, IOTFIN_COMMAND_TTL_S,\n"
     "  IOTFIN_ACCESS_TTL_S, IOTFIN_DEVICE_TOKEN_TTL_S, IOTFIN_AUTH_RATE\n"
+    "  IOTFIN_STREAMS_PER_USER (5), IOTFIN_STREAMS_MAX (2000): open event streams\n"
     "  IOTFIN_LOG_LEVEL           debug, info (default), warn or error\n"
     "  IOTFIN_TLS_CERT, IOTFIN_TLS_KEY            PEM files: serve the API over HTTPS\n"
     "  IOTFIN_MQTT_TLS_CERT, IOTFIN_MQTT_TLS_KEY  PEM files: the managed broker takes\n"
@@ -228,6 +229,9 @@ static int serve(void) {
   app.cfg = &cfg;
   app.started_ms = time_now_ms();
   int status = 1;
+  /* Everything iotfin writes (database, keys, mail, spool) is for its own user only,
+   * whatever umask it was started with. */
+  umask(077);
   if (files_mkdir_p(cfg.data_dir) < 0) {
     fprintf(stderr, "iotfin: invalid setting IOTFIN_DATA_DIR: cannot create %s: %s\n", cfg.data_dir,
             strerror(errno));
@@ -281,6 +285,7 @@ static int serve(void) {
            v6 ? "[" : "", cfg.listen_host, v6 ? "]" : "",
            http_server_port((http_server_t *)app.http));
   if (cfg.mock && partner_mock_start(&app, &app.mock) < 0) goto out;
+  if (cfg.mock) log_warn("main", "partner traffic is mocked; IOTFIN_MOCK=on is for development");
   /* Workers start last: their handlers may call the partner mock over HTTP. */
   if (bus_start(&app, 4, &app.bus) < 0) goto out;
   if (retention_start(&app, &retention) < 0) goto out;

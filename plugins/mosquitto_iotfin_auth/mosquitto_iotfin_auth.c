@@ -6,6 +6,8 @@
  *   with iss "iotfin", tier "device", sub = the device id, unexpired, and neither
  *   its session nor its device revoked. Anonymous clients are refused.
  * - Confines each device to topics under devices/<its id>/.
+ * - Disconnects a device when the token it connected with expires (checked about
+ *   once a second on the broker's tick).
  * - Makes a PUBACK a promise: every QoS 1 device event and command ack is appended to
  *   the spool (src/hub/spool_format.h) and flushed to disk before the broker answers;
  *   a message that cannot be made durable fails the callback, so the broker drops the
@@ -76,6 +78,7 @@ typedef struct {
   const void *client;
   char device[64];
   bool subscribed; /* to its commands topic */
+  int64_t exp;     /* its token's exp (unix seconds) */
 } conn_t;
 
 typedef struct {
@@ -168,8 +171,9 @@ static bool is_internal(const char *username) {
   return username && st.internal_user && strcmp(username, st.internal_user) == 0;
 }
 
-/* Verifies a device token for device_id; true when every check passes. */
-static bool device_token_ok(const char *device_id, const char *jwt) {
+/* Verifies a device token for device_id; true when every check passes, with the
+ * token's exp in *exp_out. */
+static bool device_token_ok(const char *device_id, const char *jwt, int64_t *exp_out) {
   if (!jwt || strlen(jwt) > 4096) return false;
   const char *d1 = strchr(jwt, '.'), *d2 = d1 ? strchr(d1 + 1, '.') : NULL;
   if (!d1 || !d2 || strchr(d2 + 1, '.')) return false;
@@ -199,6 +203,7 @@ static bool device_token_ok(const char *device_id, const char *jwt) {
        strcmp(sub, device_id) == 0 && sid && json_is_integer(exp) &&
        json_integer_value(exp) > (json_int_t)time(NULL) && !set_has(&st.revoked_sessions, sid) &&
        !set_has(&st.revoked_devices, device_id);
+  if (ok) *exp_out = (int64_t)json_integer_value(exp);
 out:
   json_decref(hj);
   json_decref(pj);
@@ -229,8 +234,9 @@ static int on_basic_auth(int event, void *event_data, void *userdata) {
                : MOSQ_ERR_AUTH;
   if (!st.iotfin_listening) return MOSQ_ERR_AUTH; /* the device retries in a moment */
   const char *cid = mosquitto_client_id(ed->client);
+  int64_t exp = 0;
   if (!ed->username || !cid || strcmp(cid, ed->username) != 0 || strlen(ed->username) >= 64 ||
-      !device_token_ok(ed->username, ed->password))
+      !device_token_ok(ed->username, ed->password, &exp))
     return MOSQ_ERR_AUTH;
   if (st.nconns == st.capconns) {
     int cap = st.capconns ? st.capconns * 2 : 64;
@@ -242,6 +248,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata) {
   bool first = device_conn_count(ed->username) == 0;
   st.conns[st.nconns].client = ed->client;
   st.conns[st.nconns].subscribed = false;
+  st.conns[st.nconns].exp = exp;
   snprintf(st.conns[st.nconns].device, sizeof(st.conns[0].device), "%s", ed->username);
   st.nconns++;
   if (first) publish_presence(ed->username, "{\"online\":true}");
@@ -294,6 +301,29 @@ static int on_acl_check(int event, void *event_data, void *userdata) {
       publish_presence(user, "{\"subscribed\":true}");
     }
   }
+  return MOSQ_ERR_SUCCESS;
+}
+
+/* Kicks the devices whose token has expired, about once a second. The client ids are
+ * copied first: a kick may end the connection, and on_disconnect edit st.conns, at once. */
+static int on_tick(int event, void *event_data, void *userdata) {
+  static time_t last;
+  time_t now = time(NULL);
+  if (now == last || st.nconns == 0) return MOSQ_ERR_SUCCESS;
+  last = now;
+  char(*expired)[64] = NULL;
+  int n = 0;
+  for (int i = 0; i < st.nconns; i++) {
+    if (st.conns[i].exp > (int64_t)now) continue;
+    if (!expired && !(expired = calloc((size_t)st.nconns, sizeof(*expired)))) break;
+    snprintf(expired[n++], sizeof(expired[0]), "%s", st.conns[i].device);
+  }
+  for (int i = 0; i < n; i++) {
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotfin_auth: device %s: token expired, disconnecting",
+                         expired[i]);
+    mosquitto_kick_client_by_clientid(expired[i], false);
+  }
+  free(expired);
   return MOSQ_ERR_SUCCESS;
 }
 
@@ -556,6 +586,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
     rc = mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL);
   if (rc == MOSQ_ERR_SUCCESS)
     rc = mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
+  if (rc == MOSQ_ERR_SUCCESS)
+    rc = mosquitto_callback_register(identifier, MOSQ_EVT_TICK, on_tick, NULL, NULL);
   return rc;
 }
 
@@ -564,6 +596,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
   mosquitto_callback_unregister(st.id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
   mosquitto_callback_unregister(st.id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
   mosquitto_callback_unregister(st.id, MOSQ_EVT_MESSAGE, on_message, NULL);
+  mosquitto_callback_unregister(st.id, MOSQ_EVT_TICK, on_tick, NULL);
   set_clear(&st.revoked_sessions);
   set_clear(&st.revoked_devices);
   if (st.seg_fd >= 0) close(st.seg_fd);

@@ -35,6 +35,11 @@ const http_body_t api_admin_devices_import_body = {import_fields, true, false};
  * reported in invalid and left out. */
 static int parse_csv(const char *body, size_t len, json_t *items, json_t *invalid,
                      const char **why) {
+  /* strndup would stop at a NUL and import the rows before it as if that were all. */
+  if (memchr(body, 0, len)) {
+    *why = "the CSV body contains a NUL byte";
+    return -ERR_VALIDATION_FAILED;
+  }
   char *copy = strndup(body, len);
   if (!copy) return -ERR_INTERNAL;
   int rc = 0, row = -1;

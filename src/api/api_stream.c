@@ -1,10 +1,18 @@
 /* GET /v1/events/stream: Server-Sent Events about the caller's devices, and
- * GET /console/api/stream: every event, for the operator console (optionally
- * filtered by type and subject), while its console session lasts. Each
- * stream reads the event log after its last event; with nothing to send it
- * suspends its connection, and the "sse-notify" thread resumes suspended streams
- * when the log grows (checked every 100 ms) or a heartbeat is due (every 15 s).
- * streams_lock guards the registry and each stream's suspended flag. */
+ * GET /console/api/stream: every event (optionally filtered by type and subject) for the
+ * operator console, while its console session lasts.
+ *
+ * One "sse-notify" thread reads the event log every 100 ms, once for all streams:
+ * each new device event is formatted once and appended to the pending output of every
+ * stream of the device's owner, which is then resumed. A stream only queries the log
+ * itself to catch up after Last-Event-ID, until it meets the notifier. The notifier
+ * also ends streams whose session was revoked (it sees session.revoked in the log) or
+ * whose token expired, and writes the heartbeats. A user keeps at most
+ * IOTFIN_STREAMS_PER_USER streams (a new one closes that user's oldest: a client that
+ * reconnects must not be locked out by its own dead connection); past
+ * IOTFIN_STREAMS_MAX in all, a new one gets 503 with Retry-After.
+ * streams_lock guards the registry, notified_seq and every field of a stream the
+ * notifier touches (last_seq, pending, suspended, closing, catching_up). */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -21,77 +29,124 @@
 #include "services/console.h"
 #include "services/console_sessions.h"
 #include "services/events.h"
+#include "services/sessions.h"
 
 #define HEARTBEAT_MS 15000
+#define WAKE_MS 100
 #define BATCH 50
+#define NOTIFY_PAGE 500
+#define NOTIFY_PAGES_PER_WAKE 20
+/* Output a stream may have waiting for its client; past it the client is too slow and
+ * the stream ends (it resumes with Last-Event-ID). */
+#define PENDING_MAX (1024 * 1024)
 
 typedef struct stream {
   app_t *app;
   void *conn;
-  char user_id[64];
-  /* Console streams: every event (no user), type filter as a LIKE pattern and
-   * subject ("" = any), and the console session that must stay signed in. */
-  bool all;
-  char type_like[200], subject[200];
-  char console_sid[CONSOLE_SECRET_LEN + 1];
-  int64_t last_seq;
+  auth_claims_t claims;
+  int64_t opened_ms;
+  int64_t last_seq; /* the newest event queued for this stream */
   char *pending;
   size_t pending_len, pending_off;
   int64_t last_write_ms;
-  bool suspended, closing;
+  bool suspended, closing, catching_up;
+  /* A console stream: every event (no user), filtered by type (exact, or a prefix when
+   * it ends in '*'; type_like is the same as a LIKE pattern for the catch-up query) and
+   * by subject ("" = any), while console_sid stays signed in. */
+  bool all;
+  char type[200], type_like[400], subject[200];
+  char console_sid[CONSOLE_SECRET_LEN + 1];
   struct stream *next;
 } stream_t;
 
 static pthread_mutex_t streams_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static stream_t *streams;
+static long streams_count, console_count; /* console_count: streams with all set */
+static int64_t notified_seq;              /* the notifier has fanned out every event up to here */
 static pthread_t notifier;
 static atomic_bool notifier_running, notifier_stop;
-static app_t *notifier_app;
+
+/* Caller must hold streams_lock. false (and the stream closing) when out of room. */
+static bool append(stream_t *s, const char *text, size_t add) {
+  if (s->pending_len - s->pending_off + add > PENDING_MAX) {
+    if (!s->closing)
+      log_warn("api", "closing an event stream of user %s: its client reads too slowly",
+               s->claims.sub);
+    s->closing = true;
+    return false;
+  }
+  char *p = realloc(s->pending, s->pending_len + add + 1);
+  if (!p) return false;
+  memcpy(p + s->pending_len, text, add);
+  p[s->pending_len + add] = 0;
+  s->pending = p;
+  s->pending_len += add;
+  return true;
+}
+
+/* Caller must hold streams_lock. */
+static void wake(stream_t *s) {
+  if (!s->suspended) return;
+  s->suspended = false;
+  http_conn_resume(s->conn);
+}
+
+/* One event as an SSE frame (malloc'd), or NULL. Console frames leave out `event:` so
+ * that a browser's EventSource hands every event to one onmessage: the type is in the
+ * data. */
+static char *frame_of(json_t *ev, bool with_type, size_t *len) {
+  char *data = json_dumps(ev, JSON_COMPACT);
+  if (!data) return NULL;
+  size_t cap = strlen(data) + 512;
+  char *frame = malloc(cap);
+  if (frame) {
+    int n = with_type ? snprintf(frame, cap, "id: %s\nevent: %s\ndata: %s\n\n",
+                                 json_string_value(json_object_get(ev, "id")),
+                                 json_string_value(json_object_get(ev, "type")), data)
+                      : snprintf(frame, cap, "id: %s\ndata: %s\n\n",
+                                 json_string_value(json_object_get(ev, "id")), data);
+    *len = n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+  }
+  free(data);
+  return frame;
+}
+
+/* A stream lives while its token has not expired and its session is not revoked; a
+ * console stream while its console session lasts (sign-out or expiry end it). */
+static bool alive(stream_t *s) {
+  if (s->all) return console_sessions_check(s->console_sid, time_now_ms(), NULL, NULL) >= 0;
+  if (time_now_ms() / 1000 >= s->claims.exp) return false;
+  return sessions_check(s->app, &s->claims) == 0;
+}
+
+/* --- catching up after Last-Event-ID ---------------------------------------------- */
 
 typedef struct {
   stream_t *s;
+  int64_t after, upto;
   json_t *items;
   int64_t max_seq;
 } fetch_t;
 
-/* Every event after the stream's last, as filtered. The scan stops at the log's
- * top as it was when it began, and a batch shorter than BATCH moves the stream
- * there, so a filter that matches nothing does not rescan the same rows. */
-static int fetch_all_tx(store_tx_t *tx, void *arg) {
-  fetch_t *f = arg;
-  stream_t *s = f->s;
-  store_rows_t *rows = NULL;
-  int n = store_exec(tx, &rows, "SELECT COALESCE(MAX(seq), 0) FROM events", "");
-  if (n < 0) return n;
-  int64_t top = store_rows_int(rows, 0, 0);
-  store_rows_free(&rows);
-  const char *type = s->type_like[0] ? s->type_like : NULL;
-  const char *subject = s->subject[0] ? s->subject : NULL;
-  n = store_exec(tx, &rows,
-                 "SELECT " EVENTS_COLUMNS " FROM events WHERE seq > ? AND seq <= ? "
-                 "AND (? IS NULL OR type LIKE ? ESCAPE '\\') AND (? IS NULL OR subject = ?) "
-                 "ORDER BY seq LIMIT ?",
-                 "iissssi", s->last_seq, top, type, type, subject, subject, (int64_t)BATCH);
-  if (n < 0) return n;
-  f->items = json_array();
-  for (int i = 0; i < n; i++) {
-    json_array_append_new(f->items, events_row_to_json(rows, i));
-    f->max_seq = store_rows_int(rows, i, 0);
-  }
-  if (n < BATCH && top > f->max_seq) f->max_seq = top;
-  store_rows_free(&rows);
-  return 0;
-}
-
 static int fetch_tx(store_tx_t *tx, void *arg) {
   fetch_t *f = arg;
-  if (f->s->all) return fetch_all_tx(tx, arg);
   store_rows_t *rows = NULL;
-  int n = store_exec(tx, &rows,
-                     "SELECT " EVENTS_COLUMNS " FROM events WHERE seq > ? AND subject IN "
-                     "(SELECT 'devices/' || id FROM devices WHERE owner_id = ?) "
-                     "ORDER BY seq LIMIT ?",
-                     "isi", f->s->last_seq, f->s->user_id, (int64_t)BATCH);
+  stream_t *s = f->s;
+  const char *type = s->type_like[0] ? s->type_like : NULL;
+  const char *subject = s->subject[0] ? s->subject : NULL;
+  int n =
+      s->all
+          ? store_exec(tx, &rows,
+                       "SELECT " EVENTS_COLUMNS " FROM events WHERE seq > ? AND seq <= ? "
+                       "AND (? IS NULL OR type LIKE ? ESCAPE '\\') AND (? IS NULL OR "
+                       "subject = ?) ORDER BY seq LIMIT ?",
+                       "iissssi", f->after, f->upto, type, type, subject, subject, (int64_t)BATCH)
+          : store_exec(tx, &rows,
+                       "SELECT " EVENTS_COLUMNS " FROM events WHERE seq > ? AND seq <= ? AND "
+                       "subject IN (SELECT 'devices/' || id FROM devices WHERE owner_id = ?) "
+                       "ORDER BY seq LIMIT ?",
+                       "iisi", f->after, f->upto, f->s->claims.sub, (int64_t)BATCH);
   if (n < 0) return n;
   f->items = json_array();
   for (int i = 0; i < n; i++) {
@@ -102,69 +157,67 @@ static int fetch_tx(store_tx_t *tx, void *arg) {
   return 0;
 }
 
-static void append(stream_t *s, const char *text) {
-  size_t add = strlen(text);
-  char *p = realloc(s->pending, s->pending_len + add + 1);
-  if (!p) return;
-  memcpy(p + s->pending_len, text, add + 1);
-  s->pending = p;
-  s->pending_len += add;
-}
-
-/* Fills s->pending with new events, or a heartbeat when one is due. */
-static void refill(stream_t *s) {
-  fetch_t f = {s, NULL, s->last_seq};
-  if (store_read(s->app->store, fetch_tx, &f) == 0) {
+/* Reads this stream's own backlog up to what the notifier has fanned out; once it
+ * meets the notifier, the notifier feeds it. Runs on the stream's request thread. */
+static void catch_up(stream_t *s) {
+  for (;;) {
+    pthread_mutex_lock(&streams_lock);
+    int64_t after = s->last_seq, upto = notified_seq;
+    pthread_mutex_unlock(&streams_lock);
+    fetch_t f = {s, after, upto, NULL, after};
+    if (store_read(s->app->store, fetch_tx, &f) < 0) {
+      json_decref(f.items);
+      return; /* storage trouble: try again on the next call */
+    }
+    pthread_mutex_lock(&streams_lock);
     size_t i;
     json_t *ev;
     json_array_foreach(f.items, i, ev) {
-      char *data = json_dumps(ev, JSON_COMPACT);
-      size_t cap = strlen(data) + 256;
-      char *frame = malloc(cap);
-      /* Console streams leave out `event:` so that a browser's EventSource hands
-       * every event to one onmessage: the type is in the data. */
-      if (s->all)
-        snprintf(frame, cap, "id: %s\ndata: %s\n\n", json_string_value(json_object_get(ev, "id")),
-                 data);
-      else
-        snprintf(frame, cap, "id: %s\nevent: %s\ndata: %s\n\n",
-                 json_string_value(json_object_get(ev, "id")),
-                 json_string_value(json_object_get(ev, "type")), data);
-      append(s, frame);
+      size_t len = 0;
+      char *frame = frame_of(ev, !s->all, &len);
+      if (frame) append(s, frame, len);
       free(frame);
-      free(data);
     }
-    s->last_seq = f.max_seq;
+    bool all = json_array_size(f.items) < BATCH; /* everything up to upto is read */
+    s->last_seq = all ? upto : f.max_seq;
+    bool done = all && notified_seq == upto;
+    if (done) s->catching_up = false;
+    bool have = s->pending_len > s->pending_off;
+    pthread_mutex_unlock(&streams_lock);
+    json_decref(f.items);
+    if (done || have) return;
   }
-  json_decref(f.items);
-  if (!s->pending_len && time_mono_ms() - s->last_write_ms >= HEARTBEAT_MS)
-    append(s, ": heartbeat\n\n");
 }
+
+/* --- the stream's request side ----------------------------------------------------- */
 
 static long stream_fill(void *cls, char *buf, size_t max) {
   stream_t *s = cls;
-  if (s->closing) return -1;
-  if (s->pending_off == s->pending_len) {
-    /* A console stream ends with its session (sign-out or expiry). */
-    if (s->all && console_sessions_check(s->console_sid, time_now_ms(), NULL, NULL) < 0) return -1;
-    free(s->pending);
-    s->pending = NULL;
-    s->pending_len = s->pending_off = 0;
-    refill(s);
+  /* Checked on every delivery and heartbeat: a logged-out or expired token's stream
+   * ends even between two notifier rounds. */
+  if (!alive(s)) return -1;
+  if (s->catching_up) catch_up(s);
+  pthread_mutex_lock(&streams_lock);
+  if (s->closing) {
+    pthread_mutex_unlock(&streams_lock);
+    return -1;
   }
   if (s->pending_len > s->pending_off) {
     size_t n = s->pending_len - s->pending_off;
     if (n > max) n = max;
     memcpy(buf, s->pending + s->pending_off, n);
     s->pending_off += n;
+    if (s->pending_off == s->pending_len) {
+      free(s->pending);
+      s->pending = NULL;
+      s->pending_len = s->pending_off = 0;
+    }
     s->last_write_ms = time_mono_ms();
+    pthread_mutex_unlock(&streams_lock);
     return (long)n;
   }
-  pthread_mutex_lock(&streams_lock);
-  if (s->closing) {
-    pthread_mutex_unlock(&streams_lock);
-    return -1;
-  }
+  /* Nothing to send (or storage failed mid catch-up: the notifier's next round wakes
+   * a catching-up stream to retry). */
   s->suspended = true;
   http_conn_suspend(s->conn);
   pthread_mutex_unlock(&streams_lock);
@@ -177,12 +230,16 @@ static void stream_free(void *cls) {
   for (stream_t **pp = &streams; *pp; pp = &(*pp)->next)
     if (*pp == s) {
       *pp = s->next;
+      streams_count--;
+      if (s->all) console_count--;
       break;
     }
   pthread_mutex_unlock(&streams_lock);
   free(s->pending);
   free(s);
 }
+
+/* --- the notifier -------------------------------------------------------------------- */
 
 static int max_seq_tx(store_tx_t *tx, void *arg) {
   store_rows_t *rows = NULL;
@@ -192,28 +249,152 @@ static int max_seq_tx(store_tx_t *tx, void *arg) {
   return n < 0 ? n : 0;
 }
 
+#define OWNER_COL 7 /* after the EVENTS_COLUMNS */
+
+typedef struct {
+  int64_t after, upto;
+  bool every; /* console streams are open: every event, not only devices' */
+  store_rows_t *rows;
+  int n;
+} page_t;
+
+/* New device events (with their device's owner) and session revocations, in order. */
+static int page_tx(store_tx_t *tx, void *arg) {
+  page_t *p = arg;
+  p->n = store_exec(tx, &p->rows,
+                    "SELECT " EVENTS_COLUMNS ", (SELECT owner_id FROM devices WHERE devices.id = "
+                    "substr(events.subject, 9)) FROM events WHERE seq > ? AND seq <= ? AND "
+                    "(? <> 0 OR subject LIKE 'devices/%' OR type = 'session.revoked') "
+                    "ORDER BY seq LIMIT ?",
+                    "iiii", p->after, p->upto, (int64_t)p->every, (int64_t)NOTIFY_PAGE);
+  return p->n < 0 ? p->n : 0;
+}
+
+static bool console_match(const stream_t *s, const char *type, const char *subject) {
+  size_t tl = strlen(s->type);
+  if (tl && s->type[tl - 1] == '*' ? strncmp(type, s->type, tl - 1) != 0
+                                   : tl && strcmp(type, s->type) != 0)
+    return false;
+  return !s->subject[0] || strcmp(subject, s->subject) == 0;
+}
+
+/* Caller must hold streams_lock. Row i to the console streams whose filters it passes. */
+static void fan_out_console(store_rows_t *rows, int i) {
+  int64_t seq = store_rows_int(rows, i, 0);
+  const char *type = store_rows_text(rows, i, 2), *subject = store_rows_text(rows, i, 4);
+  char *frame = NULL;
+  size_t len = 0;
+  for (stream_t *s = streams; s && type && subject; s = s->next) {
+    if (!s->all || s->catching_up || s->closing || seq <= s->last_seq) continue;
+    s->last_seq = seq;
+    if (!console_match(s, type, subject)) continue;
+    if (!frame) {
+      json_t *ev = events_row_to_json(rows, i);
+      frame = frame_of(ev, false, &len);
+      json_decref(ev);
+      if (!frame) return;
+    }
+    append(s, frame, len);
+  }
+  free(frame);
+}
+
+/* Caller must hold streams_lock. Fans row i out to its owner's streams. */
+static void fan_out(store_rows_t *rows, int i) {
+  int64_t seq = store_rows_int(rows, i, 0);
+  const char *type = store_rows_text(rows, i, 2);
+  if (console_count) fan_out_console(rows, i);
+  if (type && strcmp(type, "session.revoked") == 0) {
+    json_t *ev = events_row_to_json(rows, i);
+    const char *sid = json_string_value(json_object_get(json_object_get(ev, "data"), "session_id"));
+    for (stream_t *s = streams; sid && s; s = s->next)
+      if (strcmp(s->claims.sid, sid) == 0) s->closing = true;
+    json_decref(ev);
+    return;
+  }
+  const char *owner = store_rows_text(rows, i, OWNER_COL);
+  if (!owner) return;
+  char *frame = NULL;
+  size_t len = 0;
+  for (stream_t *s = streams; s; s = s->next) {
+    if (s->all || s->catching_up || s->closing || seq <= s->last_seq ||
+        strcmp(s->claims.sub, owner) != 0)
+      continue;
+    if (!frame) {
+      json_t *ev = events_row_to_json(rows, i);
+      frame = frame_of(ev, true, &len);
+      json_decref(ev);
+      if (!frame) return;
+    }
+    append(s, frame, len);
+    s->last_seq = seq;
+  }
+  free(frame);
+}
+
+static void notify_round(app_t *app) {
+  int64_t top = 0;
+  if (store_read(app->store, max_seq_tx, &top) < 0) return;
+  pthread_mutex_lock(&streams_lock);
+  int64_t seen = notified_seq;
+  bool every = console_count > 0;
+  pthread_mutex_unlock(&streams_lock);
+  for (int pages = 0; seen < top && pages < NOTIFY_PAGES_PER_WAKE; pages++) {
+    page_t p = {seen, top, every, NULL, 0};
+    if (store_read(app->store, page_tx, &p) < 0) {
+      store_rows_free(&p.rows);
+      return;
+    }
+    int64_t upto = p.n < NOTIFY_PAGE ? top : store_rows_int(p.rows, p.n - 1, 0);
+    pthread_mutex_lock(&streams_lock);
+    for (int i = 0; i < p.n; i++)
+      fan_out(p.rows, i);
+    notified_seq = upto;
+    pthread_mutex_unlock(&streams_lock);
+    store_rows_free(&p.rows);
+    seen = upto;
+  }
+}
+
 static void *notifier_main(void *arg) {
   app_t *app = arg;
   pthread_setname_np(pthread_self(), "sse-notify");
-  int64_t seen = -1;
   while (!atomic_load(&notifier_stop)) {
-    usleep(100 * 1000);
-    int64_t top = 0;
-    if (store_read(app->store, max_seq_tx, &top) < 0) continue;
-    bool grew = top != seen;
-    seen = top;
-    int64_t now = time_mono_ms();
+    usleep(WAKE_MS * 1000);
+    notify_round(app);
+    int64_t now = time_mono_ms(), now_s = time_now_ms() / 1000;
     pthread_mutex_lock(&streams_lock);
     for (stream_t *s = streams; s; s = s->next) {
-      if (!s->suspended) continue;
-      if (grew || now - s->last_write_ms >= HEARTBEAT_MS) {
-        s->suspended = false;
-        http_conn_resume(s->conn);
-      }
+      if (s->all ? console_sessions_check(s->console_sid, now_s * 1000, NULL, NULL) < 0
+                 : now_s >= s->claims.exp)
+        s->closing = true;
+      if (!s->closing && s->pending_len == s->pending_off && now - s->last_write_ms >= HEARTBEAT_MS)
+        append(s, ": heartbeat\n\n", 13);
+      if (s->closing || s->pending_len > s->pending_off || s->catching_up) wake(s);
     }
     pthread_mutex_unlock(&streams_lock);
   }
   return NULL;
+}
+
+/* Starts the notifier once, from the log's current end. */
+static int notifier_ensure(app_t *app) {
+  int rc = 0;
+  pthread_mutex_lock(&start_lock);
+  if (!atomic_load(&notifier_running)) {
+    int64_t top = 0;
+    rc = store_read(app->store, max_seq_tx, &top);
+    if (rc >= 0) {
+      pthread_mutex_lock(&streams_lock);
+      notified_seq = top;
+      pthread_mutex_unlock(&streams_lock);
+      atomic_store(&notifier_stop, false);
+      rc = pthread_create(&notifier, NULL, notifier_main, app) == 0 ? 0 : -ERR_INTERNAL;
+      if (rc == 0) atomic_store(&notifier_running, true);
+    }
+  }
+  pthread_mutex_unlock(&start_lock);
+  return rc < 0 ? rc : 0;
 }
 
 typedef struct {
@@ -221,38 +402,69 @@ typedef struct {
   int64_t seq;
 } seq_q_t;
 
+/* Streams of one user, or of one console session, share the per-user bound. */
+static bool same_owner(const stream_t *a, const stream_t *b) {
+  return a->all == b->all && (a->all ? strcmp(a->console_sid, b->console_sid) == 0
+                                     : strcmp(a->claims.sub, b->claims.sub) == 0);
+}
+
 static int seq_of_tx(store_tx_t *tx, void *arg) {
   seq_q_t *q = arg;
   store_rows_t *rows = NULL;
   int n = store_exec(tx, &rows, "SELECT seq FROM events WHERE id = ?", "s", q->id);
   if (n > 0) q->seq = store_rows_int(rows, 0, 0);
   store_rows_free(&rows);
-  return n < 0 ? n : n;
+  return n;
 }
 
-/* Opens the stream s (user or console fields set) on req's connection. */
+/* Opens s (its user or console fields set; freed here on failure) on req. */
 static int stream_open(http_req_t *req, stream_t *s) {
   app_t *app = http_req_app(req);
-  if (!atomic_exchange(&notifier_running, true)) {
-    notifier_app = app;
-    pthread_create(&notifier, NULL, notifier_main, app);
+  int rc = notifier_ensure(app);
+  if (rc < 0) {
+    free(s);
+    return rc;
   }
-  s->app = app;
-  s->conn = http_req_connection(req);
   const char *last = http_req_header(req, "Last-Event-ID");
   seq_q_t q = {last, -1};
-  if (last && store_read(app->store, seq_of_tx, &q) > 0) {
-    s->last_seq = q.seq; /* resume after that event */
-  } else {
-    int64_t top = 0;
-    store_read(app->store, max_seq_tx, &top);
-    s->last_seq = top; /* new events only */
-  }
-  s->last_write_ms = time_mono_ms();
-  append(s, ": stream open\nretry: 2000\n\n");
+  bool resume = last && store_read(app->store, seq_of_tx, &q) > 0;
+  s->app = app;
+  s->conn = http_req_connection(req);
+  s->opened_ms = s->last_write_ms = time_mono_ms();
+
   pthread_mutex_lock(&streams_lock);
+  if (streams_count >= app->cfg->streams_max) {
+    pthread_mutex_unlock(&streams_lock);
+    free(s);
+    http_reply_header(req, "Retry-After", "5");
+    return http_reply_problem(req, ERR_UNAVAILABLE, "too many event streams are open", NULL);
+  }
+  /* The user's oldest open streams make room (a client reconnecting must win over
+   * its own connection that has not been noticed gone yet). */
+  long mine = 0;
+  for (stream_t *o = streams; o; o = o->next)
+    if (!o->closing && same_owner(o, s)) mine++;
+  while (mine >= app->cfg->streams_per_user) {
+    stream_t *oldest = NULL;
+    for (stream_t *o = streams; o; o = o->next)
+      if (!o->closing && same_owner(o, s) && (!oldest || o->opened_ms <= oldest->opened_ms))
+        oldest = o;
+    if (!oldest) break;
+    oldest->closing = true;
+    wake(oldest);
+    mine--;
+  }
+  if (resume && q.seq < notified_seq) {
+    s->last_seq = q.seq;
+    s->catching_up = true;
+  } else {
+    s->last_seq = resume && q.seq > notified_seq ? q.seq : notified_seq; /* new events only */
+  }
+  append(s, ": stream open\nretry: 2000\n\n", 26);
   s->next = streams;
   streams = s;
+  streams_count++;
+  if (s->all) console_count++;
   pthread_mutex_unlock(&streams_lock);
   return http_reply_stream(req, "text/event-stream", stream_fill, stream_free, s);
 }
@@ -260,7 +472,7 @@ static int stream_open(http_req_t *req, stream_t *s) {
 int api_stream_events(http_req_t *req) {
   stream_t *s = calloc(1, sizeof(*s));
   if (!s) return -ERR_INTERNAL;
-  snprintf(s->user_id, sizeof(s->user_id), "%s", http_req_claims(req)->sub);
+  s->claims = *http_req_claims(req);
   return stream_open(req, s);
 }
 
@@ -271,13 +483,16 @@ int api_stream_all_events(http_req_t *req, const char *console_sid) {
   if (!s) return -ERR_INTERNAL;
   s->all = true;
   snprintf(s->console_sid, sizeof(s->console_sid), "%s", console_sid);
-  if ((type && *type && console_type_pattern(type, s->type_like, sizeof(s->type_like)) < 0) ||
+  if ((type && *type &&
+       (strlen(type) >= sizeof(s->type) ||
+        console_type_pattern(type, s->type_like, sizeof(s->type_like)) < 0)) ||
       (subject && strlen(subject) >= sizeof(s->subject))) {
     free(s);
     return http_reply_problem(
         req, ERR_VALIDATION_FAILED, "filter too long",
         json_pack("[{s:s,s:s}]", "field", type ? "type" : "subject", "message", "too long"));
   }
+  if (type) snprintf(s->type, sizeof(s->type), "%s", type);
   if (subject) snprintf(s->subject, sizeof(s->subject), "%s", subject);
   return stream_open(req, s);
 }
@@ -286,16 +501,15 @@ void api_stream_shutdown(void) {
   pthread_mutex_lock(&streams_lock);
   for (stream_t *s = streams; s; s = s->next) {
     s->closing = true;
-    if (s->suspended) {
-      s->suspended = false;
-      http_conn_resume(s->conn);
-    }
+    wake(s);
   }
   pthread_mutex_unlock(&streams_lock);
+  pthread_mutex_lock(&start_lock);
   if (atomic_load(&notifier_running)) {
     atomic_store(&notifier_stop, true);
     pthread_join(notifier, NULL);
     atomic_store(&notifier_running, false);
     atomic_store(&notifier_stop, false);
   }
+  pthread_mutex_unlock(&start_lock);
 }

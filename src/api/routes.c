@@ -184,10 +184,12 @@ const http_route_t api_routes[] = {
      .summary = "Signed partner callbacks",
      .tag = "partners"},
 
-    /* The partner mock (IOTFIN_MOCK=on); the control routes come before the catch-all. */
+    /* The partner mock (IOTFIN_MOCK=on); the control routes come before the catch-all and
+     * need the admin token: they read partner traffic and change partner answers. */
     {.method = "PUT",
      .path = "/mock/_control/responses",
      .handler = api_mock_put_response,
+     .auth = HTTP_AUTH_ADMIN,
      .enabled = api_mock_enabled,
      .body = &api_mock_override_body,
      .success_status = 201,
@@ -196,6 +198,7 @@ const http_route_t api_routes[] = {
     {.method = "DELETE",
      .path = "/mock/_control/responses",
      .handler = api_mock_delete_responses,
+     .auth = HTTP_AUTH_ADMIN,
      .enabled = api_mock_enabled,
      .success_status = 204,
      .summary = "Clear every override",
@@ -203,6 +206,7 @@ const http_route_t api_routes[] = {
     {.method = "GET",
      .path = "/mock/_control/requests",
      .handler = api_mock_get_requests,
+     .auth = HTTP_AUTH_ADMIN,
      .enabled = api_mock_enabled,
      .success_status = 200,
      .summary = "Every call the mock received (?partner=)",
@@ -210,6 +214,7 @@ const http_route_t api_routes[] = {
     {.method = "DELETE",
      .path = "/mock/_control/requests",
      .handler = api_mock_delete_requests,
+     .auth = HTTP_AUTH_ADMIN,
      .enabled = api_mock_enabled,
      .success_status = 204,
      .summary = "Clear the mock's request log",

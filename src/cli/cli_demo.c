@@ -236,7 +236,7 @@ static void publish_event(struct mosquitto *m, device_t *d, const char *type, in
 
 static int bank_notifications(void) {
   json_t *o = NULL;
-  call("GET", "/mock/_control/requests?partner=bank", NULL, NULL, &o);
+  call("GET", "/mock/_control/requests?partner=bank", admin, NULL, &o);
   int n = 0;
   size_t i;
   json_t *e;
@@ -430,7 +430,7 @@ static int run(void) {
              sse_saw(&sse, "device.command.completed", 3000);
   if (!done(saw, "=seen %s", sse.seen)) goto out;
 
-  bool mock = call("GET", "/mock/_control/requests?partner=bank", NULL, NULL, NULL) == 200;
+  bool mock = call("GET", "/mock/_control/requests?partner=bank", admin, NULL, NULL) == 200;
   int before = mock ? bank_notifications() : 0;
   step("6. the device raises 3 events");
   for (int i = 1; i <= 3; i++)
@@ -477,7 +477,7 @@ static int run(void) {
   }
   step("7. BANK refuses one notification (400): it ends as a dead letter");
   int dead_before = queue_dead("bank-forwarder");
-  call("PUT", "/mock/_control/responses", NULL,
+  call("PUT", "/mock/_control/responses", admin,
        json_pack("{s:s,s:s,s:s,s:i,s:{s:s},s:i}", "partner", "bank", "method", "POST", "path",
                  "/notifications", "status", 400, "body", "error", "poisoned by iotfin demo",
                  "times", 1),
@@ -493,7 +493,7 @@ static int run(void) {
   if (!done(raised, "alarm %s", alarm_state("dead-letters:bank-forwarder"))) goto out;
 
   step("7. after the fix, redrive clears the dead letters and the alarm");
-  call("DELETE", "/mock/_control/responses", NULL, NULL, NULL);
+  call("DELETE", "/mock/_control/responses", admin, NULL, NULL);
   st = call("POST", "/v1/admin/queues/bank-forwarder/redrive", admin, json_object(), &o);
   json_decref(o);
   bool cleared = st == 200 && wait_until(alarm_is, "ok", 10000);

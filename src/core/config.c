@@ -217,6 +217,8 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
       {"IOTFIN_ACCESS_TTL_S", &cfg->access_ttl_s, 900, 1, 86400},
       {"IOTFIN_DEVICE_TOKEN_TTL_S", &cfg->device_token_ttl_s, 86400, 1, 31536000},
       {"IOTFIN_AUTH_RATE", &cfg->auth_rate, 60, 1, 1000000},
+      {"IOTFIN_STREAMS_PER_USER", &cfg->streams_per_user, 5, 1, 1000},
+      {"IOTFIN_STREAMS_MAX", &cfg->streams_max, 2000, 1, 100000},
   };
   for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
     v = get(nums[i].name);

@@ -50,6 +50,8 @@ typedef struct {
   long command_ttl_s;
   long access_ttl_s, device_token_ttl_s;
   long auth_rate;
+  /* Open event streams (GET /v1/events/stream): per user, and in all. */
+  long streams_per_user, streams_max;
   /* TLS: PEM files; empty: plain. Both of a pair or neither (checked here); that
    * they can be read and belong together is checked at start (core/tls.c). */
   char tls_cert[1024], tls_key[1024];

@@ -3,6 +3,7 @@
 #ifndef IOTFIN_CORE_TIMEUTIL_H
 #define IOTFIN_CORE_TIMEUTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -12,5 +13,8 @@ int64_t time_now_ms(void);
 int64_t time_mono_ms(void);
 /* Writes e.g. 2026-11-27T07:00:00.123Z; buf needs 25 bytes. Returns buf. */
 char *time_format_rfc3339(int64_t ms, char *buf, size_t cap);
+/* True when s is an RFC 3339 date-time (2026-11-27T07:00:00Z, fraction and offset
+ * optional, calendar checked): the one form a device event's time may take. */
+bool time_is_rfc3339(const char *s);
 
 #endif

@@ -314,7 +314,9 @@ static int authenticate(http_req_t *r) {
     if (need == HTTP_AUTH_ADMIN) {
       /* A valid user token on an admin route is the wrong principal, not a bad one. */
       auth_claims_t c;
-      if (auth_token_verify(app->keys, tok, time_now_ms() / 1000, &c) == 0)
+      /* A revoked or expired session's token is a bad token here as everywhere. */
+      if (auth_token_verify(app->keys, tok, time_now_ms() / 1000, &c) == 0 &&
+          sessions_check(app, &c) == 0)
         return http_reply_problem(r, ERR_FORBIDDEN, "this route needs the admin token", NULL), -1;
       return http_reply_problem(r, ERR_UNAUTHENTICATED, "invalid admin token", NULL), -1;
     }

@@ -34,6 +34,11 @@
 /* Per lane: past this, the network thread waits for room (the broker holds the
  * rest) rather than drop what it received. */
 #define LANE_MAX 20000
+/* And past this many payload bytes: 20,000 messages of 15 KiB would be 300 MB. */
+#define LANE_MAX_BYTES (8u * 1024u * 1024u)
+/* Malformed messages: at most one device.message.rejected event and log line per
+ * slot (devices hash to slots) per second; the rest are counted into the next one. */
+#define REJECT_SLOTS 1024
 #define RETRY_MS 200
 
 typedef enum {
@@ -66,7 +71,13 @@ typedef struct {
   pthread_cond_t room; /* signalled when len drops below LANE_MAX */
   work_t *head, *tail;
   int len;
+  size_t bytes; /* payload bytes queued */
 } lane_t;
+
+typedef struct {
+  int64_t second;  /* unix second of the last recorded rejection */
+  long suppressed; /* rejections since, counted but not recorded */
+} reject_slot_t;
 
 typedef struct {
   int mid;
@@ -85,6 +96,9 @@ struct hub {
   pthread_mutex_t lock;
   transit_t transit[TRANSIT_SLOTS]; /* mid == 0: free */
   char *listening[LISTENING_SLOTS]; /* devices subscribed to their commands */
+  /* reject_lock guards rejects. */
+  pthread_mutex_t reject_lock;
+  reject_slot_t rejects[REJECT_SLOTS];
 };
 
 static unsigned hash(const char *s) {
@@ -102,13 +116,15 @@ static void count(const char *name, const char *labels) { metrics_counter_add(na
  * other work (flushes, broker answers) always goes in. */
 static void push_wait(hub_t *hub, lane_t *l, work_t *w, bool wait) {
   pthread_mutex_lock(&l->lock);
-  while (wait && l->len >= LANE_MAX && !atomic_load(&hub->closing)) {
+  while (wait && (l->len >= LANE_MAX || l->bytes >= LANE_MAX_BYTES) &&
+         !atomic_load(&hub->closing)) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += 1;
     pthread_cond_timedwait(&l->room, &l->lock, &ts);
   }
   l->len++;
+  l->bytes += w->len;
   if (l->tail)
     l->tail->next = w;
   else
@@ -116,6 +132,14 @@ static void push_wait(hub_t *hub, lane_t *l, work_t *w, bool wait) {
   l->tail = w;
   pthread_cond_signal(&l->cond);
   pthread_mutex_unlock(&l->lock);
+}
+
+/* Caller must hold l->lock; w was just unlinked from l. */
+static void lane_took(lane_t *l, work_t *w) {
+  bool was_full = l->len >= LANE_MAX || l->bytes >= LANE_MAX_BYTES;
+  l->len--;
+  l->bytes -= w->len;
+  if (was_full && l->len < LANE_MAX && l->bytes < LANE_MAX_BYTES) pthread_cond_broadcast(&l->room);
 }
 
 static work_t *pop(hub_t *hub, lane_t *l) {
@@ -130,7 +154,7 @@ static work_t *pop(hub_t *hub, lane_t *l) {
   if (w) {
     l->head = w->next;
     if (!l->head) l->tail = NULL;
-    if (l->len-- == LANE_MAX) pthread_cond_broadcast(&l->room);
+    lane_took(l, w);
   }
   pthread_mutex_unlock(&l->lock);
   return w;
@@ -253,33 +277,52 @@ static void flush_commands(hub_t *hub, const char *device) {
 
 /* --- handling one device message ---------------------------------------------- */
 
-static void reject(const char *device, const char *topic, const char *reason) {
-  char labels[128];
-  snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
-  count("iotfin_mqtt_messages_rejected_total", labels);
-  log_warn("hub", "dropped a message from device %s on %s: %s", device, topic, reason);
-}
-
 typedef struct {
   const char *device, *topic, *reason, *subject;
+  long count;
 } rej_t;
 
 static int reject_tx(store_tx_t *tx, void *arg) {
   rej_t *r = arg;
-  return events_record(
-      tx, "device.message.rejected", r->subject,
-      json_pack("{s:s,s:s,s:s}", "device_id", r->device, "topic", r->topic, "reason", r->reason),
-      NULL);
+  return events_record(tx, "device.message.rejected", r->subject,
+                       json_pack("{s:s,s:s,s:s,s:I}", "device_id", r->device, "topic", r->topic,
+                                 "reason", r->reason, "count", (json_int_t)r->count),
+                       NULL);
 }
 
+/* Every rejection is counted in /metrics; a flood from one device writes at most one
+ * event and one log line a second, whose count says how many rejections it stands
+ * for (this one and those suppressed since the last record). */
 static void record_rejection(hub_t *hub, const char *device, const char *topic,
                              const char *reason) {
-  reject(device, topic, reason);
+  char labels[128];
+  snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
+  count("iotfin_mqtt_messages_rejected_total", labels);
+  int64_t now_s = time_now_ms() / 1000;
+  long n = 0;
+  pthread_mutex_lock(&hub->reject_lock);
+  reject_slot_t *slot = &hub->rejects[hash(device) % REJECT_SLOTS];
+  if (slot->second == now_s) {
+    slot->suppressed++;
+  } else {
+    n = slot->suppressed + 1;
+    slot->second = now_s;
+    slot->suppressed = 0;
+  }
+  pthread_mutex_unlock(&hub->reject_lock);
+  if (!n) return;
+  if (n > 1)
+    log_warn("hub",
+             "dropped a message from device %s on %s: %s (and %ld more since the last "
+             "report)",
+             device, topic, reason, n - 1);
+  else
+    log_warn("hub", "dropped a message from device %s on %s: %s", device, topic, reason);
   char subject[80];
   snprintf(subject, sizeof(subject), "devices/%s", device);
   char status[16], ext[128];
   if (devices_status(hub->app, device, status, ext) < 0) return;
-  rej_t r = {device, topic, reason, subject};
+  rej_t r = {device, topic, reason, subject, n};
   store_write(hub->app->store, reject_tx, &r);
 }
 
@@ -311,7 +354,7 @@ static void handle_events(hub_t *hub, lane_t *l, work_t *w) {
     batch[n++] = l->head;
     l->head = l->head->next;
     if (!l->head) l->tail = NULL;
-    if (l->len-- == LANE_MAX) pthread_cond_broadcast(&l->room);
+    lane_took(l, batch[n - 1]);
   }
   pthread_mutex_unlock(&l->lock);
   const char *ids[EVENT_BATCH];
@@ -574,7 +617,7 @@ static void on_message(void *arg, const char *topic, const void *payload, size_t
   if (!split_device_topic(topic, device, &rest)) return;
   if (len > MAX_PAYLOAD) {
     work_t *w = work_new(W_REJECT, device, "payload over 16 KiB", topic, NULL, 0);
-    if (w) push(lane_of(hub, device), w);
+    if (w) push_device(hub, device, w);
     return;
   }
   work_t *w = NULL;
@@ -593,7 +636,7 @@ static void on_message(void *arg, const char *topic, const void *payload, size_t
     w = work_new(W_REQUEST, device, rest + 9, topic, payload, len);
     if (w) w->arrived_ms = arrived_ms;
     if (w && strcmp(rest + 9, "authorize") == 0) {
-      push(&hub->requests, w);
+      push_wait(hub, &hub->requests, w, true);
       return;
     }
   }
@@ -766,6 +809,7 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
   if (!hub) return -ERR_INTERNAL;
   hub->app = app;
   pthread_mutex_init(&hub->lock, NULL);
+  pthread_mutex_init(&hub->reject_lock, NULL);
   metrics_describe("iotfin_mqtt_messages_in_total", "counter",
                    "Device messages taken in, by kind.");
   metrics_describe("iotfin_mqtt_messages_out_total", "counter",

@@ -14,6 +14,7 @@
 
 #include "core/errors.h"
 #include "core/log.h"
+#include "core/timeutil.h"
 #include "hub/spool_format.h"
 #include "services/devices.h"
 
@@ -30,6 +31,11 @@ json_t *hub_event_parse(const void *payload, size_t len, const char **why) {
       !str_ok(json_object_get(e, "type"), 128) || !json_is_object(json_object_get(e, "data")) ||
       (time && !str_ok(time, 64))) {
     *why = e ? "event needs id, type and data (object)" : "not JSON";
+    json_decref(e);
+    return NULL;
+  }
+  if (time && !time_is_rfc3339(json_string_value(time))) {
+    *why = "event time is not an RFC 3339 timestamp";
     json_decref(e);
     return NULL;
   }

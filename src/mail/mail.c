@@ -2,9 +2,12 @@
  * placeholders; they are few, so they live here rather than in files to load. */
 #include "mail/mail.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sodium.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +38,49 @@ static const template_t templates[] = {
      "After a fix: POST /v1/admin/queues/{{queue}}/redrive\n"},
 };
 
+/* Shortens s (NUL-terminated) to at most n bytes without splitting a UTF-8 sequence;
+ * a sequence already cut short (by snprintf into a fixed buffer) is dropped too. */
+static void utf8_cut(char *s, size_t n) {
+  size_t len = strlen(s);
+  if (len > n) len = n;
+  size_t start = len;
+  while (start > 0 && ((unsigned char)s[start - 1] & 0xC0) == 0x80 && len - start < 3)
+    start--;
+  if (start > 0) {
+    unsigned char lead = (unsigned char)s[start - 1];
+    size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+    if (lead >= 0xC0 && len - (start - 1) < need) len = start - 1;
+  }
+  s[len] = 0;
+}
+
+bool mail_address_valid(const char *a) {
+  /* Deliberately narrower than RFC 5322: a dot-atom local part and a host name, so
+   * that an address is always exactly one recipient and never a header fragment
+   * ("a,b@example.com", "<x>", quotes, spaces and controls are refused). */
+  static const char local_ok[] = "!#$%&'*+-/=?^_`{|}~.";
+  size_t n = a ? strlen(a) : 0;
+  const char *at = a ? strchr(a, '@') : NULL;
+  if (n < 3 || n > 254 || !at || at == a || at - a > 64 || strchr(at + 1, '@')) return false;
+  if (a[0] == '.' || at[-1] == '.') return false;
+  for (const char *c = a; c < at; c++) {
+    if (!isalnum((unsigned char)*c) && !strchr(local_ok, *c)) return false;
+    if (*c == '.' && c[1] == '.') return false;
+  }
+  const char *label = at + 1;
+  for (const char *c = label;; c++) {
+    if (*c == '.' || *c == 0) {
+      size_t l = (size_t)(c - label);
+      if (l < 1 || l > 63 || label[0] == '-' || c[-1] == '-') return false;
+      if (!*c) break;
+      label = c + 1;
+    } else if (!isalnum((unsigned char)*c) && *c != '-') {
+      return false;
+    }
+  }
+  return true; /* a single label (ops@localhost) is a host name too */
+}
+
 /* Replaces {{key}} with the string (or number) vars[key]; unknown keys become "". */
 static char *fill(const char *tpl, json_t *vars) {
   size_t cap = strlen(tpl) + 256, len = 0;
@@ -56,6 +102,11 @@ static char *fill(const char *tpl, json_t *vars) {
         snprintf(val, sizeof(val), "%s", json_string_value(v));
       else if (json_is_integer(v))
         snprintf(val, sizeof(val), "%lld", (long long)json_integer_value(v));
+      /* Values come from users and partners (a name, a partner username): no line
+       * breaks or other controls reach a header or start a line of their own. */
+      for (char *c = val; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = ' ';
+      utf8_cut(val, strlen(val));
     }
     size_t need = len + lit + strlen(val) + 1;
     if (need > cap) {
@@ -92,6 +143,7 @@ int mail_render(const char *name, json_t *vars, mail_rendered_t *out) {
     /* Header injection guard: a subject is one line. */
     for (char *c = subj; *c; c++)
       if (*c == '\r' || *c == '\n') *c = ' ';
+    utf8_cut(subj, sizeof(out->subject) - 1);
     snprintf(out->subject, sizeof(out->subject), "%s", subj);
     free(subj);
     return 0;
@@ -106,21 +158,52 @@ void mail_rendered_free(mail_rendered_t *m) {
 
 static bool header_safe(const char *s) { return !strpbrk(s, "\r\n"); }
 
-static char *compose(const config_t *cfg, const char *to, const char *subject, const char *body,
+/* The Subject header's value: as is when ASCII, else RFC 2047 encoded words
+ * ("=?UTF-8?B?...?=", each at most 75 characters and holding whole characters),
+ * folded onto continuation lines. Caller frees. */
+static char *subject_header(const char *subject) {
+  bool ascii = true;
+  for (const unsigned char *c = (const unsigned char *)subject; *c; c++)
+    if (*c >= 0x80) ascii = false;
+  if (ascii) return strdup(subject);
+  size_t len = strlen(subject);
+  size_t cap = len * 2 + 64 * (len / 30 + 1);
+  char *out = malloc(cap);
+  if (!out) return NULL;
+  size_t o = 0, i = 0;
+  while (i < len) {
+    /* 45 bytes of text are 60 of base64: 72 with the delimiters. */
+    size_t take = len - i > 45 ? 45 : len - i;
+    while (take > 0 && i + take < len && ((unsigned char)subject[i + take] & 0xC0) == 0x80)
+      take--;
+    if (take == 0) take = len - i > 45 ? 45 : len - i; /* not UTF-8: cut anyway */
+    char b64[128];
+    sodium_bin2base64(b64, sizeof(b64), (const unsigned char *)subject + i, take,
+                      sodium_base64_VARIANT_ORIGINAL);
+    o += (size_t)snprintf(out + o, cap - o, "%s=?UTF-8?B?%s?=", i ? "\r\n " : "", b64);
+    i += take;
+  }
+  return out;
+}
+
+static char *compose(const config_t *cfg, const char *to, const char *subject_raw, const char *body,
                      const char *message_id) {
+  char *subject = subject_header(subject_raw);
+  if (!subject) return NULL;
   char date[64];
   time_t now = time(NULL);
   struct tm tm;
   gmtime_r(&now, &tm);
   strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-  size_t cap = strlen(body) + 1024;
+  size_t cap = strlen(body) + strlen(subject) + 1024;
   char *msg = malloc(cap);
-  if (!msg) return NULL;
-  snprintf(msg, cap,
-           "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s@iotfin>\r\n"
-           "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-           "Content-Transfer-Encoding: 8bit\r\n\r\n%s",
-           cfg->mail_from, to, subject, date, message_id, body);
+  if (msg)
+    snprintf(msg, cap,
+             "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s@iotfin>\r\n"
+             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             "Content-Transfer-Encoding: 8bit\r\n\r\n%s",
+             cfg->mail_from, to, subject, date, message_id, body);
+  free(subject);
   return msg;
 }
 
@@ -195,7 +278,7 @@ static int send_smtp(const config_t *cfg, const char *to, const char *msg, char 
 
 int mail_send(const config_t *cfg, const char *to, const char *subject, const char *body,
               const char *message_id, char *err, size_t errlen) {
-  if (!header_safe(to) || !header_safe(subject) || !strchr(to, '@')) {
+  if (!mail_address_valid(to) || !header_safe(subject)) {
     snprintf(err, errlen, "invalid recipient or subject");
     return -ERR_VALIDATION_FAILED;
   }

@@ -6,6 +6,7 @@
 #define IOTFIN_MAIL_MAIL_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 #include "core/config.h"
 
@@ -19,6 +20,10 @@ typedef struct {
  * Returns 0, or -ERR_NOT_FOUND for an unknown template. Free with mail_rendered_free. */
 int mail_render(const char *name, json_t *vars, mail_rendered_t *out);
 void mail_rendered_free(mail_rendered_t *m);
+
+/* True for one plain address local@host (dot-atom local part, host name labels,
+ * ops@localhost included): never a list, a display name or a header fragment. Any thread. */
+bool mail_address_valid(const char *address);
 
 /* Sends one mail. Returns 0; -ERR_UPSTREAM_UNAVAILABLE for a transient failure
  * (server down, 4xx) worth retrying; -ERR_VALIDATION_FAILED when the server

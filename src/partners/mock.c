@@ -26,7 +26,12 @@
 #include "partners/partners.h"
 
 #define MAX_LOG 10000
+/* The log's bound in bytes (its entries as JSON), beside its bound in entries; a body
+ * above LOG_BODY_MAX is kept as its first LOG_BODY_MAX bytes. */
+#define MAX_LOG_BYTES (16u * 1024u * 1024u)
+#define LOG_BODY_MAX 8192
 #define MAX_DELAY_MS 30000
+#define REDACTED "[redacted]"
 
 typedef struct override {
   char partner[32], method[16], path[512];
@@ -50,7 +55,9 @@ struct partner_mock {
   pthread_mutex_t lock;
   pthread_cond_t cond;
   override_t *overrides; /* newest first */
-  json_t *log;           /* array of received calls */
+  json_t *log;           /* array of received calls, oldest first */
+  size_t *log_sizes;     /* ring of MAX_LOG entry sizes, parallel to log */
+  size_t log_head, log_bytes;
   callback_t *callbacks; /* sorted by due_ms */
   bool stopping;
   pthread_t thread;
@@ -368,10 +375,17 @@ int partner_mock_start(app_t *app, partner_mock_t **out) {
   if (!mk) return -ERR_INTERNAL;
   mk->app = app;
   mk->log = json_array();
+  mk->log_sizes = calloc(MAX_LOG, sizeof(*mk->log_sizes));
+  if (!mk->log_sizes) {
+    json_decref(mk->log);
+    free(mk);
+    return -ERR_INTERNAL;
+  }
   pthread_mutex_init(&mk->lock, NULL);
   pthread_cond_init(&mk->cond, NULL);
   if (pthread_create(&mk->thread, NULL, scheduler_main, mk) != 0) {
     json_decref(mk->log);
+    free(mk->log_sizes);
     free(mk);
     return -ERR_INTERNAL;
   }
@@ -407,10 +421,140 @@ void partner_mock_stop(partner_mock_t **pmk) {
     free(c);
   }
   json_decref(mk->log);
+  free(mk->log_sizes);
   pthread_mutex_destroy(&mk->lock);
   pthread_cond_destroy(&mk->cond);
   free(mk);
   *pmk = NULL;
+}
+
+/* --- request log: redacted and bounded -------------------------------------- */
+
+/* Names whose values are secrets wherever they appear: a header, or a body field at
+ * any depth (partner users' passwords pass through IDENTITY calls). */
+static bool secret_name(const char *name) {
+  static const char *parts[] = {"password",      "passwd",     "secret",   "token",
+                                "authorization", "cookie",     "api_key",  "apikey",
+                                "api-key",       "credential", "signature"};
+  for (size_t k = 0; k < sizeof(parts) / sizeof(parts[0]); k++)
+    if (strcasestr(name, parts[k])) return true;
+  return false;
+}
+
+/* Replaces, in place, the value of every secret-named field of v (any depth). */
+static void redact(json_t *v) {
+  if (json_is_object(v)) {
+    const char *k;
+    json_t *x;
+    void *tmp;
+    json_object_foreach_safe(v, tmp, k, x) {
+      if (secret_name(k))
+        json_object_set_new(v, k, json_string(REDACTED));
+      else
+        redact(x);
+    }
+  } else if (json_is_array(v)) {
+    size_t i;
+    json_t *x;
+    json_array_foreach(v, i, x) redact(x);
+  }
+}
+
+/* The body as the log keeps it: redacted JSON, or the raw text; above LOG_BODY_MAX,
+ * a string of its first bytes (never cut inside a UTF-8 character). */
+static json_t *log_body(json_t *parsed, const char *raw, size_t len, bool *truncated) {
+  *truncated = false;
+  if (!parsed && !len) return json_null();
+  json_t *b = parsed ? json_deep_copy(parsed) : NULL;
+  if (b) redact(b);
+  char *text = b ? json_dumps(b, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+  const char *src = text ? text : raw;
+  size_t n = text ? strlen(text) : len;
+  if (n <= LOG_BODY_MAX && b) {
+    free(text);
+    return b;
+  }
+  json_decref(b);
+  if (!text && len) {
+    /* Raw text may carry password=... form fields; only what is JSON is redacted
+     * field by field, so anything else naming a secret is withheld. */
+    char probe[LOG_BODY_MAX + 1];
+    size_t pn = len < LOG_BODY_MAX ? len : LOG_BODY_MAX;
+    memcpy(probe, raw, pn);
+    probe[pn] = 0;
+    if (secret_name(probe)) return json_string(REDACTED);
+  }
+  if (n > LOG_BODY_MAX) {
+    *truncated = true;
+    n = LOG_BODY_MAX;
+    while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+      n--;
+  }
+  json_t *out = json_stringn(src, n);
+  free(text);
+  return out ? out : json_string("(not UTF-8)");
+}
+
+static json_t *log_headers(http_req_t *req) {
+  json_t *h = http_req_headers(req);
+  const char *k;
+  json_t *v;
+  json_object_foreach(h, k, v) {
+    if (secret_name(k)) json_object_set_new(h, k, json_string(REDACTED));
+  }
+  return h;
+}
+
+/* Caller must hold mk->lock. Appends entry (stolen), dropping the oldest entries
+ * until both bounds hold. */
+static void log_append(partner_mock_t *mk, json_t *entry) {
+  char *d = json_dumps(entry, JSON_COMPACT);
+  size_t size = d ? strlen(d) : 0;
+  free(d);
+  size_t n = json_array_size(mk->log);
+  while (n && (n >= MAX_LOG || mk->log_bytes + size > MAX_LOG_BYTES)) {
+    json_array_remove(mk->log, 0);
+    mk->log_bytes -= mk->log_sizes[mk->log_head];
+    mk->log_head = (mk->log_head + 1) % MAX_LOG;
+    n--;
+  }
+  mk->log_sizes[(mk->log_head + n) % MAX_LOG] = size;
+  mk->log_bytes += size;
+  json_array_append_new(mk->log, entry);
+}
+
+static void log_clear(partner_mock_t *mk) {
+  json_array_clear(mk->log);
+  mk->log_head = mk->log_bytes = 0;
+}
+
+/* Headers an answer may carry. The mock answers on iotfin's own origin, so nothing
+ * that sets state in a browser, redirects, or changes how the connection or the
+ * content is handled: a short list, plus X-* application headers. */
+static bool header_allowed(const char *name, const char *value) {
+  static const char *safe[] = {"content-type", "content-language", "retry-after", "etag",
+                               "last-modified"};
+  static const char *unsafe_x[] = {"x-frame-options",
+                                   "x-content-type-options",
+                                   "x-xss-protection",
+                                   "x-forwarded-",
+                                   "x-real-ip",
+                                   "x-accel-",
+                                   "x-sendfile",
+                                   "x-powered-by",
+                                   "x-request-id",
+                                   "x-permitted-cross-domain-policies",
+                                   "x-dns-prefetch-control",
+                                   "x-download-options"};
+  if (!name[0] || strlen(name) > 64 || (value && strpbrk(value, "\r\n"))) return false;
+  for (const char *c = name; *c; c++)
+    if (!isalnum((unsigned char)*c) && *c != '-') return false;
+  for (size_t i = 0; i < sizeof(safe) / sizeof(safe[0]); i++)
+    if (strcasecmp(name, safe[i]) == 0) return true;
+  if (strncasecmp(name, "x-", 2) != 0) return false;
+  for (size_t i = 0; i < sizeof(unsafe_x) / sizeof(unsafe_x[0]); i++)
+    if (strncasecmp(name, unsafe_x[i], strlen(unsafe_x[i])) == 0) return false;
+  return true;
 }
 
 /* --- routes ----------------------------------------------------------------- */
@@ -437,14 +581,14 @@ int api_mock_any(http_req_t *req) {
   json_t *reqbody = len ? json_loadb(raw, len, 0, NULL) : NULL;
   char ts[32];
   time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
-  json_t *entry = json_pack("{s:s,s:s,s:s,s:o,s:O?,s:s}", "partner", partner, "method", method,
-                            "path", path, "headers", http_req_headers(req), "body",
-                            reqbody ? reqbody : (len ? json_stringn(raw, len) : json_null()),
-                            "received_at", ts);
+  bool truncated;
+  json_t *entry = json_pack("{s:s,s:s,s:s,s:o,s:o*,s:s}", "partner", partner, "method", method,
+                            "path", path, "headers", log_headers(req), "body",
+                            log_body(reqbody, raw, len, &truncated), "received_at", ts);
+  if (entry && truncated) json_object_set_new(entry, "body_truncated", json_true());
 
   pthread_mutex_lock(&mk->lock);
-  if (json_array_size(mk->log) >= MAX_LOG) json_array_remove(mk->log, 0);
-  json_array_append_new(mk->log, entry);
+  if (entry) log_append(mk, entry);
   json_t *ans = take_override(mk, partner, method, path);
   pthread_mutex_unlock(&mk->lock);
 
@@ -478,7 +622,11 @@ int api_mock_any(http_req_t *req) {
   const char *k;
   json_t *v;
   json_object_foreach(json_object_get(ans, "headers"), k, v) {
-    if (json_is_string(v)) http_reply_header(req, k, json_string_value(v));
+    if (!json_is_string(v)) continue;
+    if (header_allowed(k, json_string_value(v)))
+      http_reply_header(req, k, json_string_value(v));
+    else
+      log_warn("mock", "left out header %.64s of a %s answer: not one a mock may set", k, partner);
   }
   int status = (int)json_integer_value(json_object_get(ans, "status"));
   if (status < 100 || status > 599) status = 200;
@@ -525,6 +673,20 @@ int api_mock_put_response(http_req_t *req) {
   if (!mk || !http_req_app(req)->cfg->mock) return mock_off(req);
   json_t *b = http_req_json(req);
   const char *path = json_string_value(json_object_get(b, "path"));
+  const char *hk;
+  json_t *hv;
+  json_t *bad = NULL;
+  json_object_foreach(json_object_get(b, "headers"), hk, hv) {
+    if (json_is_string(hv) && header_allowed(hk, json_string_value(hv))) continue;
+    if (!bad) bad = json_array();
+    char field[96];
+    snprintf(field, sizeof(field), "headers.%.80s", hk);
+    json_array_append_new(bad, json_pack("{s:s,s:s}", "field", field, "message",
+                                         "not a header a mock may set (allowed: Content-Type, "
+                                         "Content-Language, Retry-After, ETag, Last-Modified, "
+                                         "X-*); values are strings of one line"));
+  }
+  if (bad) return http_reply_problem(req, ERR_VALIDATION_FAILED, "headers a mock may not set", bad);
   if (path[0] != '/')
     return http_reply_problem(
         req, ERR_VALIDATION_FAILED, "path needs a leading slash",
@@ -578,7 +740,7 @@ int api_mock_delete_requests(http_req_t *req) {
   partner_mock_t *mk = the_mock;
   if (!mk || !http_req_app(req)->cfg->mock) return mock_off(req);
   pthread_mutex_lock(&mk->lock);
-  json_array_clear(mk->log);
+  log_clear(mk);
   pthread_mutex_unlock(&mk->lock);
   return http_reply_text(req, 204, "application/json", "");
 }

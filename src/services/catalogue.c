@@ -33,8 +33,9 @@ static const catalogue_entry_t entries[] = {
      "The device acknowledged the command."},
     {"device.command.expired", "devices/<id>", "device_id,command_id",
      "The command's deadline passed unacknowledged."},
-    {"device.message.rejected", "devices/<id>", "device_id,topic,reason",
-     "A malformed device message was dropped."},
+    {"device.message.rejected", "devices/<id>", "device_id,topic,reason,count",
+     "Malformed device messages were dropped (at most one event per device a second; "
+     "count says how many)."},
     {"mail.sent", "mails/<id>", "mail_id,to,template,cause", "A mail left iotfin."},
     {"partner.webhook.received", "partners/<name>", "partner,webhook_id,type",
      "A partner called back."},

@@ -14,6 +14,7 @@
 #include "core/ids.h"
 #include "core/log.h"
 #include "core/timeutil.h"
+#include "mail/mail.h"
 #include "partners/partners.h"
 #include "services/events.h"
 #include "services/sessions.h"
@@ -23,15 +24,16 @@ static void add_err(json_t **errs, const char *field, const char *msg) {
   json_array_append_new(*errs, json_pack("{s:s,s:s}", "field", field, "message", msg));
 }
 
+/* One address, as mail will accept it: "a,b@example.com" must never be two. */
 static bool email_valid(const char *e) {
-  size_t n = strlen(e);
   const char *at = strchr(e, '@');
-  if (n < 3 || n > 254 || !at || at == e || strchr(at + 1, '@')) return false;
-  const char *dot = strrchr(at, '.');
-  if (!dot || dot == at + 1 || !dot[1]) return false;
-  for (; *e; e++)
-    if (isspace((unsigned char)*e) || iscntrl((unsigned char)*e)) return false;
-  return true;
+  return mail_address_valid(e) && at && strchr(at, '.'); /* a user's mail leaves the host */
+}
+
+static bool has_controls(const char *s) {
+  for (; s && *s; s++)
+    if ((unsigned char)*s < 0x20 || *s == 0x7f) return true;
+  return false;
 }
 
 /* A fixed hash to verify against when the user does not exist. */
@@ -120,7 +122,10 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
     if (!name) add_err(errors, "name", "is required for a local registration");
     if (username) add_err(errors, "username", "is only for partner registrations");
   } else {
-    if (!username) add_err(errors, "username", "is required for a partner registration");
+    if (!username)
+      add_err(errors, "username", "is required for a partner registration");
+    else if (has_controls(username))
+      add_err(errors, "username", "must not contain control characters");
     if (!password) add_err(errors, "password", "is required");
     if (email) add_err(errors, "email", "comes from the identity partner");
     if (name) add_err(errors, "name", "comes from the identity partner");
@@ -149,6 +154,12 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
     r.username = username;
     r.subject = json_string_value(json_object_get(who, "subject"));
     const char *pe = json_string_value(json_object_get(who, "email"));
+    if (pe && !email_valid(pe)) {
+      /* Stored, it would reach a mail's To: the user simply gets no mail. */
+      log_warn("users", "the identity partner's email for a partner user is not one plain "
+                        "address; it is not kept");
+      pe = NULL;
+    }
     if (pe) {
       snprintf(lower, sizeof(lower), "%s", pe);
       for (char *c = lower; *c; c++)

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "core/errors.h"
@@ -112,6 +113,9 @@ static int conn_open(const char *path, conn_t **out) {
     return -ERR_UNAVAILABLE;
   }
   sqlite3_busy_timeout(c->db, 10000);
+  /* A database made by an older build or under a loose umask holds emails and
+   * password hashes: owner only. SQLite gives -wal and -shm the main file's mode. */
+  chmod(path, 0600);
   /* FULL: a committed state change survives power loss; group commit pays for it. */
   const char *pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
                         "PRAGMA temp_store=MEMORY;";
@@ -123,6 +127,11 @@ static int conn_open(const char *path, conn_t **out) {
     free(c);
     return -ERR_UNAVAILABLE;
   }
+  char side[1100];
+  snprintf(side, sizeof(side), "%s-wal", path);
+  chmod(side, 0600);
+  snprintf(side, sizeof(side), "%s-shm", path);
+  chmod(side, 0600);
   *out = c;
   return 0;
 }

@@ -217,23 +217,24 @@ def queue_stats(srv):
 
 
 def mock_override(srv, **spec):
-    r = srv.put("/mock/_control/responses", json=spec)
+    r = srv.put("/mock/_control/responses", json=spec, headers=srv.admin_headers())
     assert r.status_code == 201, r.text
 
 
 def mock_clear(srv):
-    r = srv.delete("/mock/_control/responses")
+    r = srv.delete("/mock/_control/responses", headers=srv.admin_headers())
     assert r.status_code in (200, 204), r.text
 
 
 def mock_requests(srv, partner):
-    r = srv.get("/mock/_control/requests", params={"partner": partner})
+    r = srv.get("/mock/_control/requests", params={"partner": partner},
+                headers=srv.admin_headers())
     assert r.status_code == 200, r.text
     return r.json()["items"]
 
 
 def mock_clear_requests(srv):
-    r = srv.delete("/mock/_control/requests")
+    r = srv.delete("/mock/_control/requests", headers=srv.admin_headers())
     assert r.status_code in (200, 204), r.text
 
 

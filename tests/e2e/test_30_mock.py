@@ -53,23 +53,24 @@ def answer_file(mock_dir, partner, path, method, obj):
 
 
 def put_override(srv, **spec):
-    r = srv.put("/mock/_control/responses", json=spec)
+    r = srv.put("/mock/_control/responses", json=spec, headers=srv.admin_headers())
     assert r.status_code == 201, r.text
     return r
 
 
 def clear_overrides(srv):
-    r = srv.delete("/mock/_control/responses")
+    r = srv.delete("/mock/_control/responses", headers=srv.admin_headers())
     assert r.status_code in (200, 204), r.text
 
 
 def clear_log(srv):
-    r = srv.delete("/mock/_control/requests")
+    r = srv.delete("/mock/_control/requests", headers=srv.admin_headers())
     assert r.status_code in (200, 204), r.text
 
 
 def mock_log(srv, partner=None):
-    r = srv.get("/mock/_control/requests", params={"partner": partner} if partner else None)
+    r = srv.get("/mock/_control/requests", params={"partner": partner} if partner else None,
+                headers=srv.admin_headers())
     assert r.status_code == 200, r.text
     body = r.json()
     assert isinstance(body.get("items"), list), body
@@ -391,7 +392,7 @@ def test_override_validation(clean):
         {"partner": "supplier", "method": "GET", "path": "/x", "status": 200, "delay_ms": -1},
     ]
     for spec in bad:
-        r = srv.put("/mock/_control/responses", json=spec)
+        r = srv.put("/mock/_control/responses", json=spec, headers=srv.admin_headers())
         assert_problem(r, 400, "validation_failed")
     # None of them took effect.
     assert_problem(srv.get("/mock/supplier/x"), 404, "not_found")
@@ -609,7 +610,7 @@ def test_shipped_mocks_run_step_2_for_a_partner_user(start_iotfin):
     # Step 1: register as a partner user: IDENTITY (shipped file) vouches for anyone.
     reg, token = register(srv, {"type": "partner", "username": username, "password": "whatever-pw-1"})
     idp = mock_log(srv, "identity")
-    assert [c["body"] for c in idp] == [{"username": username, "password": "whatever-pw-1"}], idp
+    assert [c["body"] for c in idp] == [{"username": username, "password": "[redacted]"}], idp
 
     # Step 2: KYC approves by callback.
     wait_approved(srv, reg, token)
@@ -713,7 +714,8 @@ def test_no_rate_limit_on_the_mock(start_iotfin):
             bad.append((i, r.status_code, r.text[:200]))
     assert bad == [], bad[:5]
     for i in range(50):
-        r = srv.get("/mock/_control/requests", params={"partner": "supplier"})
+        r = srv.get("/mock/_control/requests", params={"partner": "supplier"},
+                    headers=srv.admin_headers())
         assert r.status_code == 200, (i, r.status_code, r.text[:200])
     items = mock_log(srv, "bank")
     assert len(items) == 300, len(items)

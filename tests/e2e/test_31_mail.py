@@ -154,7 +154,7 @@ def kyc_answers(srv, status, body=None):
     spec = {"partner": "kyc", "method": "POST", "path": "/verifications", "status": status}
     if body is not None:
         spec["body"] = body
-    r = srv.put("/mock/_control/responses", json=spec)
+    r = srv.put("/mock/_control/responses", json=spec, headers=srv.admin_headers())
     assert r.status_code == 201, r.text
 
 
@@ -310,7 +310,8 @@ def test_a_dead_letter_mails_ops_exactly_once(start_iotfin, sink, transport):
     dls = poll(lambda: dead_letters(srv, "registration-kyc"))
     assert len(dls) == 1, dls
     assert reg["id"] in json.dumps(dls[0]), dls
-    posts = [c for c in srv.get("/mock/_control/requests", params={"partner": "kyc"}).json()["items"]
+    posts = [c for c in srv.get("/mock/_control/requests", params={"partner": "kyc"},
+                                    headers=srv.admin_headers()).json()["items"]
              if c["method"] == "POST"]
     assert len(posts) == 2, posts
 

@@ -206,6 +206,7 @@ def test_mock_delay_does_not_hold_a_request_thread(start_iotfin):
             "/mock/_control/responses",
             json={"partner": "bank", "method": "POST", "path": path, "status": 200,
                   "body": {"ok": True}, "delay_ms": delay_ms},
+            headers=inst.admin_headers(),
         )
         assert r.status_code == 201, r.text
 
@@ -225,7 +226,7 @@ def test_mock_delay_does_not_hold_a_request_thread(start_iotfin):
     for t in slow:
         t.start()
     assert poll(
-        lambda: len(inst.get("/mock/_control/requests?partner=bank").json()["items"]) >= 20,
+        lambda: len(inst.get("/mock/_control/requests?partner=bank", headers=inst.admin_headers()).json()["items"]) >= 20,
         timeout=10,
     )
     # Step 2: the API is not slowed down.
@@ -257,6 +258,7 @@ def test_a_client_that_leaves_while_suspended_costs_nothing(start_iotfin, kyc, i
         "/mock/_control/responses",
         json={"partner": "bank", "method": "POST", "path": "/gone", "status": 200,
               "body": {}, "delay_ms": 700},
+        headers=inst.admin_headers(),
     )
     assert r.status_code == 201
     gate = threading.Event()
@@ -344,7 +346,7 @@ def test_an_error_storm_writes_a_bounded_number_of_lines(start_iotfin, kyc, iden
     t0 = time.monotonic()
     for _ in range(1500):
         r = s.put(inst.url + "/mock/_control/responses", data=b"{nope",
-                  headers={"Content-Type": "application/json"}, timeout=5)
+                  headers=inst.admin_headers(**{"Content-Type": "application/json"}), timeout=5)
         assert r.status_code == 400
     creds = {"type": "partner", "username": "x", "password": "y"}
     for _ in range(300):
