@@ -11,6 +11,7 @@ Fixtures:
 Helpers the test files import: assert_problem, PROBLEM_MEMBERS.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -41,6 +42,30 @@ PASSTHROUGH = {"IOTFIN_MOSQUITTO", "IOTFIN_BROKER_PLUGIN"}
 PROBLEM_MEMBERS = ("type", "title", "status", "detail", "code")
 
 
+# Set by `sh scripts/pg.sh run ...` (make e2e-pg): the URL of an empty PostgreSQL
+# database. Each data dir then gets its own schema there (search_path in the URL), so
+# tests stay as independent as with one SQLite file per data dir, and a server
+# restarted on the same data dir finds its state again.
+TEST_PG = os.environ.get("IOTFIN_TEST_PG")
+_pg_schemas = set()
+
+
+def pg_url(data_dir):
+    """The IOTFIN_DB of a server on data_dir when the suite runs on PostgreSQL."""
+    schema = "t_" + hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
+    if schema not in _pg_schemas:
+        subprocess.run(["psql", "-X", "-q", TEST_PG, "-c", f"CREATE SCHEMA IF NOT EXISTS {schema}"],
+                       check=True, stdout=subprocess.DEVNULL)
+        _pg_schemas.add(schema)
+    return f"{TEST_PG}?options=-csearch_path%3D{schema}"
+
+
+def sqlite_only(reason):
+    """Marks a test (or, as pytestmark, a module) that is about the SQLite file itself;
+    it is skipped when the suite runs on PostgreSQL."""
+    return pytest.mark.skipif(bool(TEST_PG), reason=f"SQLite only: {reason}")
+
+
 def base_env(data_dir, extra=None):
     """The environment of a test server: free ports, a private data dir, `extra`
     merged in last (a value of None removes that variable)."""
@@ -52,6 +77,8 @@ def base_env(data_dir, extra=None):
             "IOTFIN_MQTT_LISTEN": "127.0.0.1:0",
         }
     )
+    if TEST_PG and "IOTFIN_DB" not in (extra or {}):
+        env["IOTFIN_DB"] = pg_url(data_dir)
     mocks = REPO_ROOT / "mocks"
     if mocks.is_dir():
         env["IOTFIN_MOCK_DIR"] = str(mocks)

@@ -107,7 +107,7 @@ def old_data_dir(path, upto):
     files = sorted((REPO_ROOT / "src" / "store" / "migrations").glob("*.sql"))
     applied = 0
     for f in files:
-        m = re.match(r"(\d+)_(\w+?)(\.sqlite)?\.sql$", f.name)
+        m = re.match(r"(\d+)_(\w+?)(\.sqlite|\.pg)?\.sql$", f.name)
         version = int(m.group(1))
         if version > upto or (f.name.count(".") == 2 and ".sqlite." not in f.name):
             continue
