@@ -969,9 +969,10 @@ int bus_start(app_t *app, int nworkers, bus_t **out) {
   metrics_describe("iotfin_queue_messages", "gauge", "Messages by queue and state.");
   metrics_describe("iotfin_queue_dead_letters", "gauge", "Dead letters by queue.");
   metrics_add_collector(collect, app);
-  /* SQLite serves one instance: whatever it had in flight died with the last run,
+  /* One instance per database (SQLite, and PostgreSQL until leases name their
+   * instance, docs/scaling.md): whatever it had in flight died with the last run,
    * so hand it out again now instead of after the visibility timeout. */
-  if (strcmp(store_backend(app->store), "sqlite") == 0) {
+  {
     int n = store_write(app->store, reclaim_tx, NULL);
     if (n > 0) log_info("bus", "%d message(s) in flight at the last stop are ready again", n);
   }

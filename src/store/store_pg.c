@@ -28,6 +28,9 @@
 #define BATCH_MAX 512
 #define PROBE_MS 250
 #define MAX_PARAMS 64
+/* Statements prepared per connection. The code has about a hundred distinct ones;
+ * past this many a statement simply runs unprepared, so nothing is ever evicted. */
+#define STMT_CACHE 256
 /* Any constant both old and new iotfin agree on: the key of the migration lock. */
 #define MIGRATION_LOCK_KEY 0x696f7466696e01LL
 
@@ -37,6 +40,8 @@
 
 typedef struct pconn {
   PGconn *pg;
+  char *stmts[STMT_CACHE]; /* types "\x01" sql of statement "s<i>", for this session */
+  int nstmts;
   int64_t last_reset_ms;
   struct pg_store *owner;
   struct pconn *next, *prev;
@@ -61,7 +66,7 @@ typedef struct job {
 
 typedef struct pg_store {
   struct store base;
-  char *url;         /* as given, with its password: for libpq only */
+  char *url;          /* as given, with its password: for libpq only */
   char redacted[512]; /* for log lines */
   pconn_t *writer;
   pthread_t writer_thread;
@@ -201,6 +206,13 @@ static void first_line(PGconn *pg, char *buf, size_t cap) {
   buf[strcspn(buf, "\n")] = 0;
 }
 
+/* Prepared statements live and die with their server session. */
+static void conn_forget_statements(pconn_t *c) {
+  for (int i = 0; i < c->nstmts; i++)
+    free(c->stmts[i]);
+  c->nstmts = 0;
+}
+
 static bool conn_usable(pconn_t *c) { return c->pg && PQstatus(c->pg) == CONNECTION_OK; }
 
 /* Reconnects a connection that went bad, at most once per PROBE_MS. */
@@ -210,6 +222,7 @@ static bool conn_revive(pconn_t *c) {
   if (c->last_reset_ms && now - c->last_reset_ms < PROBE_MS) return false;
   c->last_reset_ms = now;
   if (c->pg) PQfinish(c->pg);
+  conn_forget_statements(c);
   c->pg = pg_connect(c->owner);
   return conn_usable(c);
 }
@@ -279,7 +292,41 @@ static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
       return -ERR_INTERNAL;
     }
   }
-  PGresult *r = PQexecParams(tx->conn->pg, q, nt, oids, vals, NULL, NULL, 0);
+  /* Parsed and planned once per connection: the server's CPU is the bottleneck of a
+   * small write, not the network. */
+  pconn_t *c = tx->conn;
+  size_t klen = strlen(types ? types : "") + 1 + strlen(sql) + 1;
+  char *key = malloc(klen);
+  if (!key) {
+    free(q);
+    return -ERR_INTERNAL;
+  }
+  snprintf(key, klen, "%s\x01%s", types ? types : "", sql);
+  int slot = -1;
+  for (int i = 0; i < c->nstmts; i++)
+    if (strcmp(c->stmts[i], key) == 0) slot = i;
+  char name[16];
+  PGresult *r = NULL;
+  if (slot < 0 && c->nstmts < STMT_CACHE) {
+    snprintf(name, sizeof(name), "s%d", c->nstmts);
+    r = PQprepare(c->pg, name, q, nt, oids);
+    if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+      PQclear(r);
+      r = NULL;
+      slot = c->nstmts;
+      c->stmts[c->nstmts++] = key;
+      key = NULL;
+    }
+  }
+  if (!r) {
+    if (slot >= 0) {
+      snprintf(name, sizeof(name), "s%d", slot);
+      r = PQexecPrepared(c->pg, name, nt, vals, NULL, NULL, 0);
+    } else {
+      r = PQexecParams(c->pg, q, nt, oids, vals, NULL, NULL, 0);
+    }
+  }
+  free(key);
   free(q);
   ExecStatusType st = PQresultStatus(r);
   int rc;
@@ -329,8 +376,7 @@ static void set_health(pg_store_t *s, const char *cause) {
   if (cause) {
     const char *was = atomic_exchange(&s->failure, cause);
     if (!atomic_exchange(&s->failing, true) || was != cause)
-      log_error("store", "storage failing (%s); requests answer 503 until it recovers",
-                cause + 21);
+      log_error("store", "storage failing (%s); requests answer 503 until it recovers", cause + 21);
   } else if (atomic_exchange(&s->failing, false)) {
     log_info("store", "storage recovered: the database takes writes again");
   }
@@ -353,7 +399,8 @@ static void probe(pg_store_t *s) {
     set_health(s, NULL);
     return;
   }
-  if (conn_usable(s->writer)) simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+  if (conn_usable(s->writer))
+    simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
   set_health(s, tx.cause ? tx.cause : CAUSE_LOST);
 }
 
@@ -391,7 +438,8 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
       /* The connection or the server failed under this job: the whole transaction
        * is in doubt, so every job of the batch fails and none is reported done. */
       fail_jobs(batch);
-      if (conn_usable(s->writer)) simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+      if (conn_usable(s->writer))
+        simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
       return tx.cause;
     }
     if (tx.failed && j->rc >= 0) {
@@ -404,7 +452,8 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
     tx.failed = false;
     if (simple(&tx, next) < 0) {
       fail_jobs(batch);
-      if (conn_usable(s->writer)) simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+      if (conn_usable(s->writer))
+        simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
       return tx.cause ? tx.cause : CAUSE_LOST;
     }
   }
@@ -513,6 +562,7 @@ static void reader_gone(void *p) {
   if (c->next) c->next->prev = c->prev;
   pthread_mutex_unlock(&s->lock);
   if (c->pg) PQfinish(c->pg);
+  conn_forget_statements(c);
   free(c);
 }
 
@@ -670,8 +720,9 @@ int store__pg_open(const char *url, int wait_s, store_t **out) {
     if (time_mono_ms() >= deadline) {
       char why[300];
       first_line(s->writer->pg, why, sizeof(why));
-      log_error("store", "cannot reach the database named by IOTFIN_DB (%s) within %d s "
-                         "(IOTFIN_DB_WAIT_S): %s",
+      log_error("store",
+                "cannot reach the database named by IOTFIN_DB (%s) within %d s "
+                "(IOTFIN_DB_WAIT_S): %s",
                 s->redacted, wait_s, why);
       pg_close(&s->base);
       return -ERR_UNAVAILABLE;
@@ -708,12 +759,14 @@ static void pg_close(store_t *base) {
   }
   if (s->writer) {
     if (s->writer->pg) PQfinish(s->writer->pg);
+    conn_forget_statements(s->writer);
     free(s->writer);
   }
   pthread_key_delete(s->reader_key);
   for (pconn_t *c = s->readers, *next; c; c = next) {
     next = c->next;
     if (c->pg) PQfinish(c->pg);
+    conn_forget_statements(c);
     free(c);
   }
   pthread_mutex_destroy(&s->lock);

@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,27 @@ def pg_url(data_dir):
                        check=True, stdout=subprocess.DEVNULL)
         _pg_schemas.add(schema)
     return f"{TEST_PG}?options=-csearch_path%3D{schema}"
+
+
+def store_socket_inodes(pid):
+    """Socket inodes (as in /proc/PID/fd links, "socket:[N]") of the server's
+    connections to the test PostgreSQL; empty on SQLite. Tests that count a server's
+    sockets leave these out: their number follows the threads that read, not clients."""
+    if not TEST_PG:
+        return set()
+    port = urllib.parse.urlsplit(TEST_PG).port
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and int(cols[2].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{cols[9]}]")
+    return inodes
 
 
 def sqlite_only(reason):

@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from conftest import BIN, REPO_ROOT, base_env
+from conftest import BIN, REPO_ROOT, base_env, sqlite_only
 from devices_helpers import claim_active, make_user, send_command
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              sqlite_only("backs up, restores and upgrades the SQLite file in the data dir")]
 
 
 def run(args, data_dir, timeout=30):
