@@ -1,6 +1,7 @@
 # The human entry points. CMake does the building; this file only sequences it.
 #   make run    install missing Debian packages, build, start iotfin
 #   make test   install missing packages, build, run unit (also under ASan+UBSan) and e2e tests
+#               (on SQLite, then the store's part again on PostgreSQL: make e2e-pg)
 #   make install / make deb   see docs/operating.md
 BUILD ?= build
 ASAN_BUILD ?= build-asan
@@ -12,8 +13,8 @@ JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build deps test-deps run test unit unit-asan e2e e2e-asan fuzz fmt fmt-check \
-        lint bench clean install deb
+.PHONY: all build deps test-deps run test unit unit-asan e2e e2e-asan e2e-pg fuzz fmt \
+        fmt-check lint bench clean install deb
 
 all: build
 
@@ -71,7 +72,25 @@ fuzz: test-deps
 	@cmake --build $(FUZZ_BUILD) --target fuzz_all -j $(JOBS) >/dev/null
 	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$(JOBS) sh scripts/fuzz.sh
 
-test: test-deps build fmt-check unit unit-asan fuzz e2e e2e-asan
+
+# The same tests on PostgreSQL 15 (docs/scaling.md): scripts/pg.sh starts a throwaway
+# cluster from Debian's packages on a free loopback port and removes it afterwards, even
+# on failure; each test server gets its own schema in it. The whole suite twice does not
+# fit `make test`'s 3 minutes on 2 cores, so it runs the modules that exercise the store
+# (errors, sessions, device import, identity, bus, devices) and the PostgreSQL-only
+# tests; `make e2e-pg PG_E2E=tests/e2e` runs everything (SQLite-file tests skip).
+PG_E2E ?= tests/e2e/test_02_errors.py tests/e2e/test_03_sessions.py \
+  tests/e2e/test_04_devices_import.py tests/e2e/test_10_identity.py tests/e2e/test_20_bus.py \
+  tests/e2e/test_40_devices.py tests/e2e/test_06_store_pg.py
+PRIVATE_PG = $(BUILD)/private-pg
+e2e-pg: build test-deps
+	@rm -rf $(PRIVATE_PG) && mkdir -m 700 $(PRIVATE_PG)
+	@cp $(BUILD)/iotfin $(BUILD)/mosquitto_iotfin_auth.so $(PRIVATE_PG)/
+	sh scripts/pg.sh run env IOTFIN_BIN=$(CURDIR)/$(PRIVATE_PG)/iotfin \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 $(PG_E2E)
+
+
+test: test-deps build fmt-check unit unit-asan fuzz e2e e2e-pg e2e-asan
 
 fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')

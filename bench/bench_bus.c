@@ -105,6 +105,8 @@ int main(int argc, char **argv) {
   if (!mkdtemp(dir)) return 1;
   char url[300], raw[300];
   snprintf(url, sizeof(url), "sqlite:%s/bus.db", dir);
+  /* IOTFIN_BENCH_DB=postgres://... runs the bus on PostgreSQL instead (an empty database). */
+  if (getenv("IOTFIN_BENCH_DB")) snprintf(url, sizeof(url), "%s", getenv("IOTFIN_BENCH_DB"));
   snprintf(raw, sizeof(raw), "%s/raw.db", dir);
 
   double raw_rate = raw_sqlite_commits(raw, 2000);

@@ -1,5 +1,6 @@
 # Turns src/store/migrations/NNN_name[.dialect].sql into a C array of
 # {version, name, dialect, sql} so the binary applies exactly the schema it was built with.
+# NNN_name.sql serves both backends; NNN_name.sqlite.sql and NNN_name.pg.sql come in pairs.
 file(GLOB files ${DIR}/*.sql)
 list(SORT files)
 set(body "/* Generated from src/store/migrations by cmake/embed_migrations.cmake. */\n#include \"store/migrations.h\"\nconst store_migration_t store_migrations[] = {\n")
@@ -17,6 +18,13 @@ foreach(f ${files})
   string(REPLACE "\"" "\\\"" sql "${sql}")
   string(REPLACE "\n" "\\n\"\n\"" sql "${sql}")
   math(EXPR vnum "${ver}")
+  # A dialect file needs its twin, or the other backend would silently skip the step.
+  if(dialect STREQUAL "sqlite" AND NOT EXISTS ${DIR}/${ver}_${name}.pg.sql)
+    message(FATAL_ERROR "${fname} has no ${ver}_${name}.pg.sql (write it, or name the file ${ver}_${name}.sql if both dialects take it)")
+  endif()
+  if(dialect STREQUAL "pg" AND NOT EXISTS ${DIR}/${ver}_${name}.sqlite.sql)
+    message(FATAL_ERROR "${fname} has no ${ver}_${name}.sqlite.sql")
+  endif()
   string(APPEND body "  {${vnum}, \"${name}\", \"${dialect}\", \"${sql}\"},\n")
 endforeach()
 string(APPEND body "};\nconst int store_migrations_count = (int)(sizeof(store_migrations) / sizeof(store_migrations[0]));\n")

@@ -9,10 +9,12 @@ libsodium-dev libssl-dev libmosquitto-dev mosquitto mosquitto-dev libcmocka-dev"
 # strace: tests/e2e/test_70_package.py checks the systemd unit's hardening with it.
 # chromium, chromium-driver, python3-selenium: tests/e2e/test_80_console.py drives the
 # operator console in a real headless browser.
+# postgresql-15: `make e2e-pg` runs a throwaway server from it (scripts/pg.sh); the
+# package's own cluster is stopped below, nothing of it is used.
 if [ "${1:-}" = "test" ]; then
   PKGS="$PKGS python3-pytest python3-requests python3-paho-mqtt python3-aiosmtpd \
 python3-jwt python3-cryptography python3-pytest-xdist strace clang libclang-rt-14-dev \
-chromium chromium-driver python3-selenium"
+chromium chromium-driver python3-selenium postgresql-15"
 fi
 
 missing=""
@@ -35,3 +37,7 @@ apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null || true
 apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends $missing >/dev/null
 # Debian's mosquitto package may start a system broker on 1883; iotfin manages its own.
 if command -v service >/dev/null 2>&1; then service mosquitto stop >/dev/null 2>&1 || true; fi
+# Likewise Debian's postgresql package starts a cluster on 5432; the tests start their own.
+case "$missing" in *postgresql*)
+  if command -v service >/dev/null 2>&1; then service postgresql stop >/dev/null 2>&1 || true; fi ;;
+esac

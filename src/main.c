@@ -62,7 +62,9 @@ static const char *usage_serve =
     "Settings (environment):\n"
     "  IOTFIN_LISTEN              HTTP address (127.0.0.1:8080; port 0 picks one)\n"
     "  IOTFIN_DATA_DIR            database, keys, broker config, mail (./iotfin-data)\n"
-    "  IOTFIN_DB                  sqlite:<path> (default <data_dir>/iotfin.db)\n"
+    "  IOTFIN_DB                  sqlite:<path> (default <data_dir>/iotfin.db) or\n"
+    "                             postgres://USER:PASS@HOST:PORT/DB (docs/scaling.md)\n"
+    "  IOTFIN_DB_WAIT_S           seconds to wait for PostgreSQL at start (30)\n"
     "  IOTFIN_BROKER              managed (default) or mqtt://[user:pass@]host:port\n"
     "  IOTFIN_MQTT_LISTEN         managed broker address (127.0.0.1:1883; port 0 picks one)\n"
     "  IOTFIN_ADMIN_TOKEN         admin bearer token (default: generated into\n"
@@ -241,9 +243,10 @@ static int serve(void) {
   char keydir[1200];
   snprintf(keydir, sizeof(keydir), "%s/keys", cfg.data_dir);
   if (load_admin_token(&app) < 0 || auth_keys_load(keydir, &app.keys) < 0) goto out;
-  int src = store_open(cfg.db_url, &app.store);
+  int src = store_open_wait(cfg.db_url, (int)cfg.db_wait_s, &app.store);
   if (src < 0) {
-    quiet = src == -ERR_CONFLICT; /* a schema too new: its one line says it all */
+    /* A schema too new, or PostgreSQL out of reach: their one line says it all. */
+    quiet = src == -ERR_CONFLICT || strncmp(cfg.db_url, "sqlite:", 7) != 0;
     goto out;
   }
 

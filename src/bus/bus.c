@@ -357,14 +357,15 @@ static int claim_tx(store_tx_t *tx, void *arg) {
   /* Candidates: the oldest visible messages of unordered queues, and the head of
    * each FIFO group (its oldest message not dead) when nothing of the group is in
    * flight. Looking at heads only keeps a long backlog behind a busy head from
-   * being scanned again at every claim. */
+   * being scanned again at every claim. Every subquery in FROM has an alias, as
+   * PostgreSQL 15 wants. */
   snprintf(sql, sizeof(sql),
            "SELECT " CLAIM_COLUMNS
            " FROM (SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
-           "  AND group_key IS NULL AND visible_at_ms <= ?%s ORDER BY id LIMIT ?) "
+           "  AND group_key IS NULL AND visible_at_ms <= ?%s ORDER BY id LIMIT ?) u "
            " UNION ALL SELECT head FROM (SELECT MIN(id) AS head FROM queue_messages "
            "  WHERE group_key IS NOT NULL AND state != 'dead'%s GROUP BY group_key, queue "
-           "  HAVING SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END) = 0)) c "
+           "  HAVING SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END) = 0) f) c "
            "JOIN queue_messages m ON m.id = c.id JOIN events e ON e.seq = m.event_seq "
            "WHERE m.state = 'ready' AND m.visible_at_ms <= ? ORDER BY m.id LIMIT ?",
            excl, excl);
@@ -968,9 +969,10 @@ int bus_start(app_t *app, int nworkers, bus_t **out) {
   metrics_describe("iotfin_queue_messages", "gauge", "Messages by queue and state.");
   metrics_describe("iotfin_queue_dead_letters", "gauge", "Dead letters by queue.");
   metrics_add_collector(collect, app);
-  /* SQLite serves one instance: whatever it had in flight died with the last run,
+  /* One instance per database (SQLite, and PostgreSQL until leases name their
+   * instance, docs/scaling.md): whatever it had in flight died with the last run,
    * so hand it out again now instead of after the visibility timeout. */
-  if (strcmp(store_backend(app->store), "sqlite") == 0) {
+  {
     int n = store_write(app->store, reclaim_tx, NULL);
     if (n > 0) log_info("bus", "%d message(s) in flight at the last stop are ready again", n);
   }

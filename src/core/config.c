@@ -112,6 +112,11 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
     snprintf(cfg->db_url, sizeof(cfg->db_url), "sqlite:%s/iotfin.db", cfg->data_dir);
   }
 
+  /* How long a PostgreSQL server that does not answer yet is waited for at start. */
+  v = get("IOTFIN_DB_WAIT_S");
+  if (parse_long(v ? v : "30", 0, 3600, &cfg->db_wait_s))
+    return fail(err, errlen, "IOTFIN_DB_WAIT_S", "expected seconds from 0 to 3600");
+
   v = get("IOTFIN_BROKER");
   if (!v || strcmp(v, "managed") == 0) {
     cfg->broker_managed = true;

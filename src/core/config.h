@@ -32,6 +32,7 @@ typedef struct {
   int listen_port; /* 0: pick a free port */
   char data_dir[1024];
   char db_url[1200]; /* sqlite:<path> or postgres://... */
+  long db_wait_s;    /* IOTFIN_DB_WAIT_S: start-up wait for PostgreSQL */
   bool broker_managed;
   char broker_url[512]; /* when not managed: mqtt://[user:pass@]host:port */
   char mqtt_host[256];

@@ -8,10 +8,15 @@
 #include "core/log.h"
 #include "store/store_internal.h"
 
-int store_open(const char *url, store_t **out) {
+int store_open(const char *url, store_t **out) { return store_open_wait(url, 0, out); }
+
+int store_open_wait(const char *url, int wait_s, store_t **out) {
   *out = NULL;
   if (strncmp(url, "sqlite:", 7) == 0) return store__sqlite_ops.open(url + 7, out);
-  log_error("store", "unsupported database URL scheme (only sqlite: is built in)");
+  /* The whole URL goes to libpq, which reads both schemes and multi-host lists. */
+  if (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0)
+    return store__pg_open(url, wait_s, out);
+  log_error("store", "unsupported database URL scheme (sqlite: or postgres://)");
   return -ERR_UNAVAILABLE;
 }
 

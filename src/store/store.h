@@ -20,9 +20,12 @@ typedef struct store_rows store_rows_t;
  * value is what store_write()/store_read() return. */
 typedef int (*store_tx_fn)(store_tx_t *tx, void *arg);
 
-/* Opens the database named by url (sqlite:<path>) and applies pending migrations.
- * Returns 0 and *out (free with store_close), or -ERR_UNAVAILABLE with a log line. */
+/* Opens the database named by url (sqlite:<path>, or postgres:// / postgresql://, a
+ * libpq URI) and applies pending migrations. Returns 0 and *out (free with
+ * store_close), or -ERR_UNAVAILABLE with a log line. store_open_wait retries a
+ * PostgreSQL server that does not answer for up to wait_s seconds. */
 int store_open(const char *url, store_t **out);
+int store_open_wait(const char *url, int wait_s, store_t **out);
 /* Stops the writer and closes every connection; sets *s to NULL. */
 void store_close(store_t **s);
 

@@ -4,6 +4,7 @@
 #define IOTFIN_STORE_INTERNAL_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 #include "store/store.h"
 
@@ -35,5 +36,14 @@ int store__rows_add(store_rows_t *r, int ncols, const char *const *cells);
 store_rows_t *store__rows_new(int ncols);
 
 extern const store_ops_t store__sqlite_ops;
+extern const store_ops_t store__pg_ops;
+
+/* PostgreSQL (store_pg.c). Opening waits up to wait_s for the server to answer. */
+int store__pg_open(const char *url, int wait_s, store_t **out);
+/* Rewrites `?` placeholders outside quotes and comments to $1..$n into *out (free it);
+ * returns n, or -1 when out of memory or beyond 999 placeholders. */
+int store__pg_rewrite(const char *sql, char **out);
+/* Copies url with its password (user:PASS@ or password=PASS) replaced by ***. */
+void store__pg_redact(const char *url, char *out, size_t cap);
 
 #endif

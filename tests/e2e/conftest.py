@@ -11,12 +11,14 @@ Fixtures:
 Helpers the test files import: assert_problem, PROBLEM_MEMBERS.
 """
 
+import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,51 @@ def sanitizer_report(text):
     return text[start : m.start() + 6000]
 
 
+# Set by `sh scripts/pg.sh run ...` (make e2e-pg): the URL of an empty PostgreSQL
+# database. Each data dir then gets its own schema there (search_path in the URL), so
+# tests stay as independent as with one SQLite file per data dir, and a server
+# restarted on the same data dir finds its state again.
+TEST_PG = os.environ.get("IOTFIN_TEST_PG")
+_pg_schemas = set()
+
+
+def pg_url(data_dir):
+    """The IOTFIN_DB of a server on data_dir when the suite runs on PostgreSQL."""
+    schema = "t_" + hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
+    if schema not in _pg_schemas:
+        subprocess.run(["psql", "-X", "-q", TEST_PG, "-c", f"CREATE SCHEMA IF NOT EXISTS {schema}"],
+                       check=True, stdout=subprocess.DEVNULL)
+        _pg_schemas.add(schema)
+    return f"{TEST_PG}?options=-csearch_path%3D{schema}"
+
+
+def store_socket_inodes(pid):
+    """Socket inodes (as in /proc/PID/fd links, "socket:[N]") of the server's
+    connections to the test PostgreSQL; empty on SQLite. Tests that count a server's
+    sockets leave these out: their number follows the threads that read, not clients."""
+    if not TEST_PG:
+        return set()
+    port = urllib.parse.urlsplit(TEST_PG).port
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and int(cols[2].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{cols[9]}]")
+    return inodes
+
+
+def sqlite_only(reason):
+    """Marks a test (or, as pytestmark, a module) that is about the SQLite file itself;
+    it is skipped when the suite runs on PostgreSQL."""
+    return pytest.mark.skipif(bool(TEST_PG), reason=f"SQLite only: {reason}")
+
+
 def base_env(data_dir, extra=None):
     """The environment of a test server: free ports, a private data dir, `extra`
     merged in last (a value of None removes that variable)."""
@@ -68,6 +115,8 @@ def base_env(data_dir, extra=None):
             "IOTFIN_MQTT_LISTEN": "127.0.0.1:0",
         }
     )
+    if TEST_PG and "IOTFIN_DB" not in (extra or {}):
+        env["IOTFIN_DB"] = pg_url(data_dir)
     mocks = REPO_ROOT / "mocks"
     if mocks.is_dir():
         env["IOTFIN_MOCK_DIR"] = str(mocks)

@@ -17,7 +17,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import assert_problem, bearer, poll
+from conftest import assert_problem, bearer, poll, store_socket_inodes
 from fakes import FakeIdentity, FakeKyc, Response
 
 FAST_S = 0.2  # what "answers quickly" means while partners hang

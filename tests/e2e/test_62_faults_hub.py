@@ -25,7 +25,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import assert_problem, wait_until
+from conftest import assert_problem, sqlite_only, wait_until
 from devices_helpers import (
     DeviceClient,
     admin_events,
@@ -288,6 +288,7 @@ def fill(path):
                 pass
 
 
+@sqlite_only("fills the tmpfs that holds iotfin.db")
 def test_full_disk_refuses_writes_holds_device_events_and_recovers(small_tmpfs, start_iotfin):
     srv = start_iotfin(env=ENV, data_dir=small_tmpfs / "data")
     user, (dev,), (creds,) = setup_devices(srv, 1)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import poll
+from conftest import poll, sqlite_only
 from devices_helpers import (
     claim_active,
     device_connect,
@@ -22,7 +22,8 @@ from devices_helpers import (
     wait_command,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              sqlite_only("reads iotfin.db and measures its file size")]
 
 WINDOW_S = 3
 

@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from conftest import BIN, REPO_ROOT, base_env
+from conftest import BIN, REPO_ROOT, base_env, sqlite_only
 from devices_helpers import claim_active, make_user, send_command
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              sqlite_only("backs up, restores and upgrades the SQLite file in the data dir")]
 
 
 def run(args, data_dir, timeout=30):
@@ -107,7 +108,7 @@ def old_data_dir(path, upto):
     files = sorted((REPO_ROOT / "src" / "store" / "migrations").glob("*.sql"))
     applied = 0
     for f in files:
-        m = re.match(r"(\d+)_(\w+?)(\.sqlite)?\.sql$", f.name)
+        m = re.match(r"(\d+)_(\w+?)(\.sqlite|\.pg)?\.sql$", f.name)
         version = int(m.group(1))
         if version > upto or (f.name.count(".") == 2 and ".sqlite." not in f.name):
             continue

@@ -30,9 +30,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BIN, READY_RE, REPO_ROOT, broker_pids, wait_until
+from conftest import BIN, READY_RE, REPO_ROOT, broker_pids, sqlite_only, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              sqlite_only("the installed unit runs on its default SQLite file")]
 
 STATE_DIR = Path("/var/lib/iotfin")
 UNIT = Path("/lib/systemd/system/iotfin.service")

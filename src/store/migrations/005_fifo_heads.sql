@@ -1,3 +1,4 @@
+-- Both dialects.
 -- Claiming reads two ways: unordered queues by (state, id) among rows without a
 -- group, and FIFO queues by the oldest pending message of each group. These two
 -- indexes serve them without touching the table rows.

@@ -1,0 +1,788 @@
+/* PostgreSQL backend (libpq): the same contract as the SQLite one. One writer
+ * thread owns the write connection and commits every callback waiting at that
+ * moment in one transaction, each in its own savepoint (synchronous_commit=on, so a
+ * returned store_write() is on the server's disk); readers use a connection per
+ * thread in a REPEATABLE READ snapshot. Callers write `?` placeholders; they are
+ * rewritten to $1..$n here, and bound with the types the caller names.
+ *
+ * A lost or refusing server is storage failing: calls answer -ERR_UNAVAILABLE (so
+ * HTTP answers 503), the writer reconnects and probes every PROBE_MS, and says so
+ * once when it fails and once when it heals. Passwords never reach a log line. */
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/errors.h"
+#include "core/log.h"
+#include "core/timeutil.h"
+#include "store/migrations.h"
+#include "store/store_internal.h"
+
+#define BATCH_MAX 512
+#define PROBE_MS 250
+#define MAX_PARAMS 64
+/* Statements prepared per connection. The code has about a hundred distinct ones;
+ * past this many a statement simply runs unprepared, so nothing is ever evicted. */
+#define STMT_CACHE 256
+/* Any constant both old and new iotfin agree on: the key of the migration lock. */
+#define MIGRATION_LOCK_KEY 0x696f7466696e01LL
+
+#define CAUSE_LOST "storage unavailable: the database is not reachable"
+#define CAUSE_READONLY "storage unavailable: the database is read-only"
+#define CAUSE_FULL "storage unavailable: the database is out of space or resources"
+
+typedef struct pconn {
+  PGconn *pg;
+  char *stmts[STMT_CACHE]; /* types "\x01" sql of statement "s<i>", for this session */
+  int nstmts;
+  int64_t last_reset_ms;
+  struct pg_store *owner;
+  struct pconn *next, *prev;
+} pconn_t;
+
+/* failed: a statement failed, so PostgreSQL refuses the rest of this transaction
+ * (or savepoint). cause: set when the failure blames the server, not the SQL. */
+struct store_tx {
+  const store_ops_t *ops;
+  pconn_t *conn;
+  bool failed;
+  const char *cause;
+};
+
+typedef struct job {
+  store_tx_fn fn;
+  void *arg;
+  int rc;
+  sem_t done;
+  struct job *next;
+} job_t;
+
+typedef struct pg_store {
+  struct store base;
+  char *url;          /* as given, with its password: for libpq only */
+  char redacted[512]; /* for log lines */
+  pconn_t *writer;
+  pthread_t writer_thread;
+  pthread_mutex_t lock; /* queue, stopping, readers list */
+  pthread_cond_t work_cond;
+  job_t *queue_head, *queue_tail;
+  bool stopping;
+  bool probe_asked; /* a reader saw the server go: the writer should look now */
+  pconn_t *readers;
+  pthread_key_t reader_key;
+  void (*hook)(void *);
+  void *hook_arg;
+  atomic_bool failing;
+  _Atomic(const char *) failure;
+  int64_t last_probe_ms;
+  bool writer_thread_started;
+} pg_store_t;
+
+/* ---- helpers the unit tests reach through store_internal.h ---- */
+
+int store__pg_rewrite(const char *sql, char **out) {
+  size_t len = strlen(sql);
+  /* "$NN" is at most 3 bytes longer than "?" for 999 parameters; plenty. */
+  char *o = malloc(len * 4 + 1);
+  if (!o) return -1;
+  size_t w = 0;
+  int n = 0;
+  char quote = 0;
+  for (size_t i = 0; i < len; i++) {
+    char c = sql[i];
+    if (quote) {
+      if (c == quote) quote = 0; /* '' inside a literal closes and reopens: same result */
+      o[w++] = c;
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+      o[w++] = c;
+    } else if (c == '-' && sql[i + 1] == '-') {
+      while (i < len && sql[i] != '\n')
+        o[w++] = sql[i++];
+      if (i < len) o[w++] = '\n';
+    } else if (c == '?') {
+      if (++n > 999) {
+        free(o);
+        return -1;
+      }
+      w += (size_t)sprintf(o + w, "$%d", n);
+    } else {
+      o[w++] = c;
+    }
+  }
+  o[w] = 0;
+  *out = o;
+  return n;
+}
+
+void store__pg_redact(const char *url, char *out, size_t cap) {
+  if (!cap) return;
+  out[0] = 0;
+  size_t w = 0;
+#define PUT(ch)                                                                                    \
+  do {                                                                                             \
+    if (w + 1 < cap) out[w++] = (ch);                                                              \
+  } while (0)
+  const char *p = url;
+  const char *scheme = strstr(url, "://");
+  const char *hosts_end = NULL;
+  if (scheme) {
+    const char *auth = scheme + 3;
+    hosts_end = auth + strcspn(auth, "/?#");
+    const char *at = NULL;
+    for (const char *q = auth; q < hosts_end; q++)
+      if (*q == '@') at = q;
+    for (; p < auth; p++)
+      PUT(*p);
+    if (at) {
+      const char *colon = memchr(auth, ':', (size_t)(at - auth));
+      for (; p < (colon ? colon : at); p++)
+        PUT(*p);
+      if (colon) {
+        PUT(':');
+        PUT('*');
+        PUT('*');
+        PUT('*');
+      }
+      p = at;
+    }
+  }
+  /* The rest, with any password=VALUE parameter masked. */
+  while (*p) {
+    if ((p == url || p[-1] == '?' || p[-1] == '&' || p[-1] == ' ') &&
+        strncmp(p, "password=", 9) == 0) {
+      for (const char *s = "password=***"; *s; s++)
+        PUT(*s);
+      p += 9;
+      while (*p && *p != '&' && *p != ' ')
+        p++;
+      continue;
+    }
+    PUT(*p);
+    p++;
+  }
+  out[w] = 0;
+#undef PUT
+}
+
+/* ---- connections ---- */
+
+/* SQLSTATEs that blame the server or the network rather than the statement. */
+static const char *server_cause(const char *state) {
+  if (!state) return CAUSE_LOST;
+  if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0) return CAUSE_LOST;
+  if (strcmp(state, "25006") == 0) return CAUSE_READONLY; /* a standby after failover */
+  if (strncmp(state, "53", 2) == 0 || strncmp(state, "58", 2) == 0) return CAUSE_FULL;
+  if (strncmp(state, "40", 2) == 0) return CAUSE_LOST; /* serialization, deadlock: retry */
+  return NULL;
+}
+
+static PGconn *pg_connect(pg_store_t *s) {
+  /* The URL comes last so what it says wins over these defaults. */
+  const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
+  const char *vals[] = {"3", "iotfin", s->url, NULL};
+  PGconn *pg = PQconnectdbParams(keys, vals, 1);
+  if (pg && PQstatus(pg) == CONNECTION_OK) {
+    /* Durable means on disk before the answer, whatever the server's default. */
+    PGresult *r = PQexec(pg, "SET synchronous_commit = on; SET client_min_messages = warning");
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (ok) return pg;
+  }
+  return pg; /* the caller reads PQstatus and PQerrorMessage */
+}
+
+/* The first line of libpq's message, which names host and cause but no password. */
+static void first_line(PGconn *pg, char *buf, size_t cap) {
+  const char *m = pg ? PQerrorMessage(pg) : "out of memory";
+  snprintf(buf, cap, "%s", m && *m ? m : "unknown error");
+  buf[strcspn(buf, "\n")] = 0;
+}
+
+/* Prepared statements live and die with their server session. */
+static void conn_forget_statements(pconn_t *c) {
+  for (int i = 0; i < c->nstmts; i++)
+    free(c->stmts[i]);
+  c->nstmts = 0;
+}
+
+static bool conn_usable(pconn_t *c) { return c->pg && PQstatus(c->pg) == CONNECTION_OK; }
+
+/* Reconnects a connection that went bad, at most once per PROBE_MS. */
+static bool conn_revive(pconn_t *c) {
+  if (conn_usable(c)) return true;
+  int64_t now = time_mono_ms();
+  if (c->last_reset_ms && now - c->last_reset_ms < PROBE_MS) return false;
+  c->last_reset_ms = now;
+  if (c->pg) PQfinish(c->pg);
+  conn_forget_statements(c);
+  c->pg = pg_connect(c->owner);
+  return conn_usable(c);
+}
+
+/* Runs a statement without parameters (BEGIN, SAVEPOINT, DDL). */
+static int simple(store_tx_t *tx, const char *sql) {
+  PGresult *r = PQexec(tx->conn->pg, sql);
+  ExecStatusType st = PQresultStatus(r);
+  int rc = 0;
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    const char *cause = server_cause(PQresultErrorField(r, PG_DIAG_SQLSTATE));
+    if (PQstatus(tx->conn->pg) != CONNECTION_OK) cause = CAUSE_LOST;
+    if (cause) {
+      tx->cause = cause;
+      rc = -ERR_UNAVAILABLE;
+    } else {
+      log_error("store", "postgres: %s", PQresultErrorMessage(r));
+      rc = -ERR_INTERNAL;
+    }
+    tx->failed = true;
+  }
+  PQclear(r);
+  return rc;
+}
+
+static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types,
+                   va_list ap) {
+  if (rows) *rows = NULL;
+  /* PostgreSQL refuses every statement after a failed one until the savepoint is
+   * rolled back: say so without a round trip. */
+  if (tx->failed) return tx->cause ? -ERR_UNAVAILABLE : -ERR_INTERNAL;
+  int nt = types ? (int)strlen(types) : 0;
+  if (nt > MAX_PARAMS) {
+    log_error("store", "too many parameters (%d)", nt);
+    return -ERR_INTERNAL;
+  }
+  char *q = NULL;
+  int np = store__pg_rewrite(sql, &q);
+  if (np < 0) return -ERR_INTERNAL;
+  if (np != nt) {
+    log_error("store", "statement has %d placeholders but %d bound values", np, nt);
+    free(q);
+    return -ERR_INTERNAL;
+  }
+  Oid oids[MAX_PARAMS];
+  const char *vals[MAX_PARAMS];
+  char nums[MAX_PARAMS][32];
+  for (int i = 0; i < nt; i++) {
+    switch (types[i]) {
+    case 's':
+      oids[i] = 25; /* text: also lets `? IS NULL` know its type */
+      vals[i] = va_arg(ap, const char *);
+      break;
+    case 'i':
+      oids[i] = 20; /* int8 */
+      snprintf(nums[i], sizeof(nums[i]), "%lld", (long long)va_arg(ap, int64_t));
+      vals[i] = nums[i];
+      break;
+    case 'd':
+      oids[i] = 701; /* float8 */
+      snprintf(nums[i], sizeof(nums[i]), "%.17g", va_arg(ap, double));
+      vals[i] = nums[i];
+      break;
+    default:
+      log_error("store", "bad bind type '%c'", types[i]);
+      free(q);
+      return -ERR_INTERNAL;
+    }
+  }
+  /* Parsed and planned once per connection: the server's CPU is the bottleneck of a
+   * small write, not the network. */
+  pconn_t *c = tx->conn;
+  size_t klen = strlen(types ? types : "") + 1 + strlen(sql) + 1;
+  char *key = malloc(klen);
+  if (!key) {
+    free(q);
+    return -ERR_INTERNAL;
+  }
+  snprintf(key, klen, "%s\x01%s", types ? types : "", sql);
+  int slot = -1;
+  for (int i = 0; i < c->nstmts; i++)
+    if (strcmp(c->stmts[i], key) == 0) slot = i;
+  char name[16];
+  PGresult *r = NULL;
+  if (slot < 0 && c->nstmts < STMT_CACHE) {
+    snprintf(name, sizeof(name), "s%d", c->nstmts);
+    r = PQprepare(c->pg, name, q, nt, oids);
+    if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+      PQclear(r);
+      r = NULL;
+      slot = c->nstmts;
+      c->stmts[c->nstmts++] = key;
+      key = NULL;
+    }
+  }
+  if (!r) {
+    if (slot >= 0) {
+      snprintf(name, sizeof(name), "s%d", slot);
+      r = PQexecPrepared(c->pg, name, nt, vals, NULL, NULL, 0);
+    } else {
+      r = PQexecParams(c->pg, q, nt, oids, vals, NULL, NULL, 0);
+    }
+  }
+  free(key);
+  free(q);
+  ExecStatusType st = PQresultStatus(r);
+  int rc;
+  if (st == PGRES_TUPLES_OK) {
+    int n = PQntuples(r), ncols = PQnfields(r);
+    rc = n;
+    if (rows) {
+      store_rows_t *out = store__rows_new(ncols);
+      const char **cells = malloc(sizeof(char *) * (size_t)(ncols ? ncols : 1));
+      if (!out || !cells) rc = -ERR_INTERNAL;
+      for (int i = 0; rc >= 0 && i < n; i++) {
+        for (int j = 0; j < ncols; j++)
+          cells[j] = PQgetisnull(r, i, j) ? NULL : PQgetvalue(r, i, j);
+        if (store__rows_add(out, ncols, cells) < 0) rc = -ERR_INTERNAL;
+      }
+      free(cells);
+      if (rc < 0)
+        store_rows_free(&out);
+      else
+        *rows = out;
+    }
+  } else if (st == PGRES_COMMAND_OK) {
+    rc = atoi(PQcmdTuples(r));
+  } else {
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char *cause = server_cause(state);
+    if (PQstatus(tx->conn->pg) != CONNECTION_OK) cause = CAUSE_LOST;
+    tx->failed = true;
+    if (state && strcmp(state, "23505") == 0) {
+      rc = -ERR_CONFLICT;
+    } else if (cause) {
+      /* Not logged here: the writer logs the store's state changes. */
+      tx->cause = cause;
+      rc = -ERR_UNAVAILABLE;
+    } else {
+      log_error("store", "postgres: %s", PQresultErrorMessage(r));
+      rc = -ERR_INTERNAL;
+    }
+  }
+  PQclear(r);
+  return rc;
+}
+
+/* ---- health ---- */
+
+static void set_health(pg_store_t *s, const char *cause) {
+  if (cause) {
+    const char *was = atomic_exchange(&s->failure, cause);
+    if (!atomic_exchange(&s->failing, true) || was != cause)
+      log_error("store", "storage failing (%s); requests answer 503 until it recovers", cause + 21);
+  } else if (atomic_exchange(&s->failing, false)) {
+    log_info("store", "storage recovered: the database takes writes again");
+  }
+}
+
+/* One small write tells whether the server takes writes again. */
+static void probe(pg_store_t *s) {
+  s->last_probe_ms = time_mono_ms();
+  if (!conn_revive(s->writer)) {
+    set_health(s, CAUSE_LOST);
+    return;
+  }
+  char sql[200];
+  snprintf(sql, sizeof(sql),
+           "BEGIN; INSERT INTO store_probe (id, at_ms) VALUES (1, %lld) ON CONFLICT (id) DO "
+           "UPDATE SET at_ms = EXCLUDED.at_ms; COMMIT",
+           (long long)time_now_ms());
+  store_tx_t tx = {s->base.ops, s->writer, false, NULL};
+  if (simple(&tx, sql) == 0) {
+    set_health(s, NULL);
+    return;
+  }
+  if (conn_usable(s->writer))
+    simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+  set_health(s, tx.cause ? tx.cause : CAUSE_LOST);
+}
+
+/* ---- the writer ---- */
+
+static void fail_jobs(job_t *batch) {
+  for (job_t *j = batch; j; j = j->next)
+    j->rc = -ERR_UNAVAILABLE;
+}
+
+/* Runs one batch in one transaction; returns NULL when it committed, else the cause
+ * to report (or NULL with every job failed for a reason of its own SQL). */
+static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
+  if (!conn_revive(s->writer)) {
+    fail_jobs(batch);
+    return CAUSE_LOST;
+  }
+  store_tx_t tx = {s->base.ops, s->writer, false, NULL};
+  /* As for readers: a connection dropped while idle is retried once, before any job ran. */
+  if (simple(&tx, "BEGIN; SAVEPOINT job") < 0 && tx.cause &&
+      (s->writer->last_reset_ms = 0, conn_revive(s->writer))) {
+    tx = (store_tx_t){s->base.ops, s->writer, false, NULL};
+    simple(&tx, "BEGIN; SAVEPOINT job");
+  }
+  if (tx.failed) {
+    fail_jobs(batch);
+    simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+    return tx.cause ? tx.cause : CAUSE_LOST;
+  }
+  for (job_t *j = batch; j; j = j->next) {
+    tx.failed = false;
+    tx.cause = NULL;
+    j->rc = j->fn(&tx, j->arg);
+    if (tx.cause) {
+      /* The connection or the server failed under this job: the whole transaction
+       * is in doubt, so every job of the batch fails and none is reported done. */
+      fail_jobs(batch);
+      if (conn_usable(s->writer))
+        simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+      return tx.cause;
+    }
+    if (tx.failed && j->rc >= 0) {
+      log_error("store", "a transaction went on after a failed statement; undone");
+      j->rc = -ERR_INTERNAL;
+    }
+    const char *next = j->rc < 0 ? (j->next ? "ROLLBACK TO job; RELEASE job; SAVEPOINT job"
+                                            : "ROLLBACK TO job; RELEASE job; COMMIT")
+                                 : (j->next ? "RELEASE job; SAVEPOINT job" : "RELEASE job; COMMIT");
+    tx.failed = false;
+    if (simple(&tx, next) < 0) {
+      fail_jobs(batch);
+      if (conn_usable(s->writer))
+        simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+      return tx.cause ? tx.cause : CAUSE_LOST;
+    }
+  }
+  *committed = true;
+  return NULL;
+}
+
+static void *writer_main(void *p) {
+  pg_store_t *s = p;
+  pthread_setname_np(pthread_self(), "store-writer");
+  for (;;) {
+    pthread_mutex_lock(&s->lock);
+    while (!s->queue_head && !s->stopping) {
+      if (s->probe_asked) {
+        s->probe_asked = false;
+        pthread_mutex_unlock(&s->lock);
+        probe(s);
+        pthread_mutex_lock(&s->lock);
+        continue;
+      }
+      if (!atomic_load(&s->failing)) {
+        pthread_cond_wait(&s->work_cond, &s->lock);
+        continue;
+      }
+      int64_t wait = s->last_probe_ms + PROBE_MS - time_mono_ms();
+      if (wait <= 0) {
+        pthread_mutex_unlock(&s->lock);
+        probe(s);
+        pthread_mutex_lock(&s->lock);
+        continue;
+      }
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_sec += wait / 1000;
+      ts.tv_nsec += (wait % 1000) * 1000000L;
+      if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+      }
+      pthread_cond_timedwait(&s->work_cond, &s->lock, &ts);
+    }
+    if (!s->queue_head && s->stopping) {
+      pthread_mutex_unlock(&s->lock);
+      break;
+    }
+    job_t *batch = s->queue_head, *last = batch;
+    int n = 1;
+    while (last->next && n < BATCH_MAX) {
+      last = last->next;
+      n++;
+    }
+    s->queue_head = last->next;
+    if (!s->queue_head) s->queue_tail = NULL;
+    last->next = NULL;
+    pthread_mutex_unlock(&s->lock);
+
+    bool committed = false;
+    const char *cause = run_batch(s, batch, &committed);
+    if (committed)
+      set_health(s, NULL);
+    else if (cause) {
+      set_health(s, cause);
+      s->last_probe_ms = time_mono_ms();
+    }
+    if (committed && s->hook) s->hook(s->hook_arg);
+    sem_post(&batch->done);
+  }
+  return NULL;
+}
+
+static int pg_write(store_t *base, store_tx_fn fn, void *arg) {
+  pg_store_t *s = (pg_store_t *)base;
+  job_t job = {.fn = fn, .arg = arg};
+  sem_init(&job.done, 0, 0);
+  pthread_mutex_lock(&s->lock);
+  if (s->stopping) {
+    pthread_mutex_unlock(&s->lock);
+    sem_destroy(&job.done);
+    return -ERR_UNAVAILABLE;
+  }
+  if (s->queue_tail)
+    s->queue_tail->next = &job;
+  else
+    s->queue_head = &job;
+  s->queue_tail = &job;
+  pthread_cond_signal(&s->work_cond);
+  pthread_mutex_unlock(&s->lock);
+  while (sem_wait(&job.done) != 0) {
+  }
+  /* As in the SQLite backend: each woken caller wakes the next of its batch. */
+  if (job.next) sem_post(&job.next->done);
+  sem_destroy(&job.done);
+  return job.rc;
+}
+
+/* ---- readers ---- */
+
+static void reader_gone(void *p) {
+  pconn_t *c = p;
+  pg_store_t *s = c->owner;
+  pthread_mutex_lock(&s->lock);
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->readers = c->next;
+  if (c->next) c->next->prev = c->prev;
+  pthread_mutex_unlock(&s->lock);
+  if (c->pg) PQfinish(c->pg);
+  conn_forget_statements(c);
+  free(c);
+}
+
+static void ask_probe(pg_store_t *s) {
+  pthread_mutex_lock(&s->lock);
+  s->probe_asked = true;
+  pthread_cond_signal(&s->work_cond);
+  pthread_mutex_unlock(&s->lock);
+}
+
+static int pg_read(store_t *base, store_tx_fn fn, void *arg) {
+  pg_store_t *s = (pg_store_t *)base;
+  pconn_t *c = pthread_getspecific(s->reader_key);
+  if (!c) {
+    c = calloc(1, sizeof(*c));
+    if (!c) return -ERR_INTERNAL;
+    c->owner = s;
+    pthread_mutex_lock(&s->lock);
+    c->next = s->readers;
+    if (s->readers) s->readers->prev = c;
+    s->readers = c;
+    pthread_mutex_unlock(&s->lock);
+    pthread_setspecific(s->reader_key, c);
+  }
+  if (!conn_revive(c)) {
+    if (!atomic_load(&s->failing)) ask_probe(s);
+    return -ERR_UNAVAILABLE;
+  }
+  store_tx_t tx = {base->ops, c, false, NULL};
+  const char *begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+  /* A connection the server dropped while idle (a restart) shows only now; nothing
+   * has run yet, so one fresh connection may try again. */
+  if (simple(&tx, begin) < 0 && tx.cause && (c->last_reset_ms = 0, conn_revive(c))) {
+    tx = (store_tx_t){base->ops, c, false, NULL};
+    simple(&tx, begin);
+  }
+  if (tx.failed) {
+    if (!atomic_load(&s->failing)) ask_probe(s);
+    return tx.cause ? -ERR_UNAVAILABLE : -ERR_INTERNAL;
+  }
+  int rc = fn(&tx, arg);
+  bool lost = tx.cause != NULL;
+  const char *end = tx.failed ? "ROLLBACK" : "COMMIT";
+  tx.failed = false;
+  if (simple(&tx, end) < 0 && tx.cause) lost = true;
+  if (lost) {
+    /* Whatever fn made of a lost connection, its answer is not to be trusted. */
+    if (!atomic_load(&s->failing)) ask_probe(s);
+    return -ERR_UNAVAILABLE;
+  }
+  return rc;
+}
+
+static int ping_tx(store_tx_t *tx, void *arg) { return store_exec(tx, NULL, "SELECT 1", ""); }
+
+static int pg_ping(store_t *base) {
+  pg_store_t *s = (pg_store_t *)base;
+  if (atomic_load(&s->failing)) return -ERR_UNAVAILABLE;
+  /* A quiet server may have gone since the last write: ask it. */
+  return pg_read(base, ping_tx, NULL) < 0 ? -ERR_UNAVAILABLE : 0;
+}
+
+static const char *pg_failure(store_t *base) {
+  pg_store_t *s = (pg_store_t *)base;
+  return atomic_load(&s->failing) ? atomic_load(&s->failure) : NULL;
+}
+
+static void pg_set_commit_hook(store_t *base, void (*hook)(void *), void *arg) {
+  pg_store_t *s = (pg_store_t *)base;
+  s->hook = hook;
+  s->hook_arg = arg;
+}
+
+/* ---- opening ---- */
+
+static int migrate(pg_store_t *s) {
+  store_tx_t tx = {s->base.ops, s->writer, false, NULL};
+  /* Several instances may start at once: one migrates, the others wait for it and
+   * then find nothing left to do. The lock is the session's, freed on disconnect. */
+  char lock[120];
+  snprintf(lock, sizeof(lock), "SELECT pg_advisory_lock(%lld)", MIGRATION_LOCK_KEY);
+  if (simple(&tx, lock) < 0) return -ERR_UNAVAILABLE;
+  int rc = simple(&tx, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY "
+                       "KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL);"
+                       "CREATE TABLE IF NOT EXISTS store_probe (id INTEGER PRIMARY KEY, at_ms "
+                       "BIGINT NOT NULL)");
+  int64_t known = 0, have = 0;
+  for (int i = 0; i < store_migrations_count; i++)
+    if (store_migrations[i].version > known) known = store_migrations[i].version;
+  store_rows_t *rows = NULL;
+  if (rc == 0 &&
+      store_exec(&tx, &rows, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", "") > 0)
+    have = store_rows_int(rows, 0, 0);
+  store_rows_free(&rows);
+  if (rc == 0 && have > known) {
+    log_error("store",
+              "the database %s has schema version %lld, newer than this iotfin %s knows (%lld); "
+              "run a newer iotfin, or restore a backup taken before the upgrade",
+              s->redacted, (long long)have, IOTFIN_VERSION, (long long)known);
+    rc = -ERR_CONFLICT;
+  }
+  for (int i = 0; rc == 0 && i < store_migrations_count; i++) {
+    const store_migration_t *m = &store_migrations[i];
+    if (m->dialect[0] && strcmp(m->dialect, "pg") != 0) continue;
+    int n = store_exec(&tx, NULL, "SELECT 1 FROM schema_migrations WHERE version = ?", "i",
+                       (int64_t)m->version);
+    if (n < 0) {
+      rc = -ERR_UNAVAILABLE;
+      break;
+    }
+    if (n > 0) continue;
+    if (simple(&tx, "BEGIN") < 0 || simple(&tx, m->sql) < 0 ||
+        store_exec(&tx, NULL,
+                   "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, "
+                   "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))",
+                   "is", (int64_t)m->version, m->name) < 0 ||
+        simple(&tx, "COMMIT") < 0) {
+      tx.failed = false;
+      simple(&tx, "ROLLBACK");
+      log_error("store", "migration %d_%s failed", m->version, m->name);
+      rc = -ERR_UNAVAILABLE;
+      break;
+    }
+    log_info("store", "applied migration %03d_%s", m->version, m->name);
+  }
+  tx.failed = false;
+  snprintf(lock, sizeof(lock), "SELECT pg_advisory_unlock(%lld)", MIGRATION_LOCK_KEY);
+  simple(&tx, lock);
+  return rc;
+}
+
+static void pg_close(store_t *base);
+
+int store__pg_open(const char *url, int wait_s, store_t **out) {
+  pg_store_t *s = calloc(1, sizeof(*s));
+  if (!s) return -ERR_INTERNAL;
+  s->base.ops = &store__pg_ops;
+  s->url = strdup(url);
+  store__pg_redact(url, s->redacted, sizeof(s->redacted));
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_cond_init(&s->work_cond, NULL);
+  pthread_key_create(&s->reader_key, reader_gone);
+  s->writer = calloc(1, sizeof(*s->writer));
+  if (!s->url || !s->writer) {
+    pg_close(&s->base);
+    return -ERR_INTERNAL;
+  }
+  s->writer->owner = s;
+  /* A database that is still starting (a container, a failover) gets wait_s. */
+  int64_t deadline = time_mono_ms() + (int64_t)wait_s * 1000;
+  bool said = false;
+  for (;;) {
+    s->writer->pg = pg_connect(s);
+    if (conn_usable(s->writer)) break;
+    if (time_mono_ms() >= deadline) {
+      char why[300];
+      first_line(s->writer->pg, why, sizeof(why));
+      log_error("store",
+                "cannot reach the database named by IOTFIN_DB (%s) within %d s "
+                "(IOTFIN_DB_WAIT_S): %s",
+                s->redacted, wait_s, why);
+      pg_close(&s->base);
+      return -ERR_UNAVAILABLE;
+    }
+    if (!said) {
+      log_info("store", "waiting up to %d s for the database %s", wait_s, s->redacted);
+      said = true;
+    }
+    PQfinish(s->writer->pg);
+    s->writer->pg = NULL;
+    usleep(250 * 1000);
+  }
+  int rc = migrate(s);
+  if (rc == 0 && pthread_create(&s->writer_thread, NULL, writer_main, s) != 0) rc = -ERR_INTERNAL;
+  if (rc < 0) {
+    if (rc == -ERR_UNAVAILABLE) log_error("store", "cannot prepare the database %s", s->redacted);
+    pg_close(&s->base);
+    return rc;
+  }
+  s->writer_thread_started = true;
+  log_info("store", "postgres %s, server %d", s->redacted, PQserverVersion(s->writer->pg));
+  *out = &s->base;
+  return 0;
+}
+
+static void pg_close(store_t *base) {
+  pg_store_t *s = (pg_store_t *)base;
+  if (s->writer_thread_started) {
+    pthread_mutex_lock(&s->lock);
+    s->stopping = true;
+    pthread_cond_signal(&s->work_cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->writer_thread, NULL);
+  }
+  if (s->writer) {
+    if (s->writer->pg) PQfinish(s->writer->pg);
+    conn_forget_statements(s->writer);
+    free(s->writer);
+  }
+  pthread_key_delete(s->reader_key);
+  for (pconn_t *c = s->readers, *next; c; c = next) {
+    next = c->next;
+    if (c->pg) PQfinish(c->pg);
+    conn_forget_statements(c);
+    free(c);
+  }
+  pthread_mutex_destroy(&s->lock);
+  pthread_cond_destroy(&s->work_cond);
+  free(s->url);
+  free(s);
+}
+
+const store_ops_t store__pg_ops = {
+    .name = "postgres",
+    .open = NULL, /* store.c calls store__pg_open: it needs the start-up wait */
+    .close = pg_close,
+    .write = pg_write,
+    .read = pg_read,
+    .exec = pg_exec,
+    .ping = pg_ping,
+    .set_commit_hook = pg_set_commit_hook,
+    .failure = pg_failure,
+};
