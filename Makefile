@@ -13,8 +13,8 @@ JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all build deps test-deps run test unit unit-asan e2e e2e-asan e2e-pg fuzz fmt \
-        fmt-check lint bench clean install deb
+.PHONY: all build asan-build fuzz-build deps test-deps run test unit unit-asan e2e e2e-asan \
+        e2e-pg fuzz fmt fmt-check lint bench clean install deb
 
 all: build
 
@@ -34,9 +34,11 @@ run: build
 unit: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-unit-asan: test-deps
+asan-build: test-deps
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DIOTFIN_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+unit-asan: asan-build
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS)
 
 # The suite runs the binary and its broker plugin from a folder only its owner may
@@ -59,7 +61,7 @@ E2E_ASAN_TESTS ?= tests/e2e/test_02_errors.py tests/e2e/test_03_sessions.py \
   tests/e2e/test_40_devices.py \
   tests/e2e/test_62_faults_hub.py::test_full_disk_refuses_writes_holds_device_events_and_recovers
 ASAN_PRIVATE = $(ASAN_BUILD)/private
-e2e-asan: build unit-asan
+e2e-asan: build asan-build
 	@rm -rf $(ASAN_PRIVATE) && mkdir -m 700 $(ASAN_PRIVATE)
 	@cp $(ASAN_BUILD)/iotfin $(BUILD)/mosquitto_iotfin_auth.so $(ASAN_PRIVATE)/
 	ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:fast_unwind_on_malloc=0 \
@@ -67,9 +69,11 @@ e2e-asan: build unit-asan
 	IOTFIN_BIN=$(CURDIR)/$(ASAN_PRIVATE)/iotfin /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 $(E2E_ASAN_TESTS)
 
 # libFuzzer targets (fuzz/), built with clang, ASan and UBSan; any finding fails.
-fuzz: test-deps
+fuzz-build: test-deps
 	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DIOTFIN_FUZZ=ON >/dev/null
 	@cmake --build $(FUZZ_BUILD) --target fuzz_all -j $(JOBS) >/dev/null
+
+fuzz: fuzz-build
 	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$(JOBS) sh scripts/fuzz.sh
 
 
@@ -89,8 +93,15 @@ e2e-pg: build test-deps
 	sh scripts/pg.sh run env IOTFIN_BIN=$(CURDIR)/$(PRIVATE_PG)/iotfin \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 $(PG_E2E)
 
-
-test: test-deps build fmt-check unit unit-asan fuzz e2e e2e-pg e2e-asan
+# Everything, in three steps: the three builds one after another (each already uses every
+# core), then the unit tests and the fuzzers side by side, then the three end-to-end runs
+# side by side. The end-to-end tests spend most of their time waiting (on fsync, on
+# partners, on deadlines the contract sets), so running them together uses the cores
+# that one run leaves idle. -O keeps each part's output together.
+test: test-deps fmt-check
+	@$(MAKE) --no-print-directory build asan-build fuzz-build
+	@$(MAKE) --no-print-directory -j3 -O unit unit-asan fuzz
+	@$(MAKE) --no-print-directory -j3 -O e2e e2e-pg e2e-asan
 
 fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')
