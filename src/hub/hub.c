@@ -553,7 +553,9 @@ static void handle_request(hub_t *hub, work_t *w) {
       } else {
         memset(&res, 0, sizeof(res));
         res.verdict = PARTNER_TRANSIENT;
-        snprintf(res.error, sizeof(res.error), "too many authorizations waiting for the bank");
+        snprintf(res.error, sizeof(res.error),
+                 "too little of the 3 s left to ask the bank (the request waited %lld ms)",
+                 (long long)(time_now_ms() - w->arrived_ms));
       }
       json_decref(body);
       if (res.verdict == PARTNER_OK && res.body)
