@@ -737,11 +737,7 @@ static void *keeper_main(void *arg) {
     int64_t wait = last + every - time_mono_ms();
     if (wait > 0) {
       struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += wait / 1000;
-      ts.tv_nsec += (wait % 1000) * 1000000L;
-      ts.tv_sec += ts.tv_nsec / 1000000000L;
-      ts.tv_nsec %= 1000000000L;
+      time_deadline(wait, &ts);
       pthread_mutex_lock(&bus->lock);
       if (!bus->stopping) pthread_cond_timedwait(&bus->cond, &bus->lock, &ts);
       pthread_mutex_unlock(&bus->lock);
@@ -919,10 +915,7 @@ static void *worker_main(void *arg) {
     if (n < 0) log_error("bus", "claiming messages failed; retrying");
     /* Nothing visible: sleep until a commit wakes us or a delay may have passed. */
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += IDLE_WAIT_MS * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    time_deadline(IDLE_WAIT_MS, &ts);
     pthread_mutex_lock(&bus->lock);
     while (!bus->stopping && bus->wake_seq == seen)
       if (pthread_cond_timedwait(&bus->cond, &bus->lock, &ts) != 0) break;

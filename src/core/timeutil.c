@@ -84,3 +84,12 @@ bool time_is_rfc3339(const char *s) {
   return (*p == '+' || *p == '-') && read_digits(p + 1, 2, &oh) && p[3] == ':' &&
          read_digits(p + 4, 2, &om) && p[6] == 0 && oh <= 23 && om <= 59;
 }
+
+void time_deadline(int64_t ms, struct timespec *out) {
+  clock_gettime(CLOCK_REALTIME, out);
+  if (ms <= 0) return;
+  out->tv_sec += ms / 1000;
+  out->tv_nsec += (ms % 1000) * 1000000L;
+  out->tv_sec += out->tv_nsec / 1000000000L;
+  out->tv_nsec %= 1000000000L;
+}

@@ -109,11 +109,7 @@ static void *timer_main(void *arg) {
     if (d->heap_len > 0 && d->heap[0].due_ms < until) until = d->heap[0].due_ms;
     int64_t wait_ms = until - now;
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += wait_ms / 1000;
-    ts.tv_nsec += (wait_ms % 1000) * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    time_deadline(wait_ms, &ts);
     pthread_cond_timedwait(&d->timer_cond, &d->lock, &ts);
   }
   pthread_mutex_unlock(&d->lock);

@@ -358,12 +358,7 @@ static void *scheduler_main(void *arg) {
       continue;
     }
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t wait_ms = c ? c->due_ms - now : 1000;
-    ts.tv_sec += wait_ms / 1000;
-    ts.tv_nsec += (wait_ms % 1000) * 1000000L;
-    ts.tv_sec += ts.tv_nsec / 1000000000L;
-    ts.tv_nsec %= 1000000000L;
+    time_deadline(c ? c->due_ms - now : 1000, &ts);
     pthread_cond_timedwait(&mk->cond, &mk->lock, &ts);
   }
   pthread_mutex_unlock(&mk->lock);

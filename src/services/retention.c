@@ -132,10 +132,7 @@ static int delete_tx(store_tx_t *tx, void *arg) {
 static void pause_ms(retention_t *r, int ms) {
   if (!r) return;
   struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_nsec += (long)ms * 1000000L;
-  ts.tv_sec += ts.tv_nsec / 1000000000L;
-  ts.tv_nsec %= 1000000000L;
+  time_deadline(ms, &ts);
   pthread_mutex_lock(&r->lock);
   if (!r->stopping) pthread_cond_timedwait(&r->cond, &r->lock, &ts);
   pthread_mutex_unlock(&r->lock);

@@ -366,13 +366,7 @@ static void *writer_main(void *p) {
         continue;
       }
       struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_sec += wait / 1000;
-      ts.tv_nsec += (wait % 1000) * 1000000L;
-      if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-      }
+      time_deadline(wait, &ts);
       pthread_cond_timedwait(&s->work_cond, &s->lock, &ts);
     }
     if (!s->queue_head && s->stopping) {

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <cmocka.h>
 #include <stdbool.h>
@@ -56,10 +57,25 @@ static void refuses_everything_else(void **state) {
   assert_false(time_is_rfc3339(NULL));
 }
 
+/* A deadline carries nanoseconds over into seconds and never lies in the past. */
+static void deadline_is_ms_from_now_and_normalized(void **state) {
+  (void)state;
+  struct timespec now, d;
+  clock_gettime(CLOCK_REALTIME, &now);
+  time_deadline(1999, &d);
+  assert_true(d.tv_nsec >= 0 && d.tv_nsec < 1000000000L);
+  int64_t diff_ms = (int64_t)(d.tv_sec - now.tv_sec) * 1000 + (d.tv_nsec - now.tv_nsec) / 1000000;
+  assert_true(diff_ms >= 1999 && diff_ms < 2100);
+  time_deadline(-5, &d);
+  diff_ms = (int64_t)(d.tv_sec - now.tv_sec) * 1000 + (d.tv_nsec - now.tv_nsec) / 1000000;
+  assert_true(diff_ms >= 0 && diff_ms < 100);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(accepts_rfc3339_forms),
       cmocka_unit_test(refuses_everything_else),
+      cmocka_unit_test(deadline_is_ms_from_now_and_normalized),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
