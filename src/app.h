@@ -33,6 +33,9 @@ typedef struct app {
   char http_url[300];
   char mqtt_url[300];
   int64_t started_ms;
+  /* This instance's name, kept in the data dir across restarts: its queue leases
+   * carry it (several instances may share one database). */
+  char instance_id[40];
 } app_t;
 
 #endif

@@ -31,6 +31,8 @@
 #include "partners/mock.h"
 #include "services/catalogue.h"
 #include "services/retention.h"
+#include "services/sessions.h"
+#include "services/signing_keys.h"
 
 static const char *usage_main =
     "iotfin " IOTFIN_VERSION " - event-driven backend for financial IoT devices\n"
@@ -147,6 +149,29 @@ static int load_admin_token(app_t *app) {
   return 0;
 }
 
+/* Reads or creates <data_dir>/instance-id: the name this instance's queue leases
+ * carry, the same across its restarts so that it takes back only its own. */
+static int load_instance_id(app_t *app) {
+  char path[1200];
+  snprintf(path, sizeof(path), "%s/instance-id", app->cfg->data_dir);
+  FILE *f = fopen(path, "r");
+  if (f) {
+    bool ok = fgets(app->instance_id, sizeof(app->instance_id), f) != NULL;
+    fclose(f);
+    app->instance_id[strcspn(app->instance_id, "\r\n")] = 0;
+    if (ok && strlen(app->instance_id) >= 8) return 0;
+  }
+  ids_random_token(app->instance_id, sizeof(app->instance_id), 12);
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (fd < 0 || dprintf(fd, "%s\n", app->instance_id) < 0 || fsync(fd) < 0) {
+    log_error("main", "cannot write %s: %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  close(fd);
+  return 0;
+}
+
 /* External broker URL: mqtt://[user:pass@]host:port */
 static void parse_broker_url(const char *url, char *user, char *pass, char *host, int *port) {
   const char *p = url + 7, *at = strrchr(p, '@');
@@ -242,13 +267,18 @@ static int serve(void) {
   if (check_data_dir(cfg.data_dir) < 0) return 2;
   char keydir[1200];
   snprintf(keydir, sizeof(keydir), "%s/keys", cfg.data_dir);
-  if (load_admin_token(&app) < 0 || auth_keys_load(keydir, &app.keys) < 0) goto out;
+  if (load_admin_token(&app) < 0 || load_instance_id(&app) < 0 ||
+      auth_keys_load(keydir, &app.keys) < 0)
+    goto out;
   int src = store_open_wait(cfg.db_url, (int)cfg.db_wait_s, &app.store);
   if (src < 0) {
     /* A schema too new, or PostgreSQL out of reach: their one line says it all. */
     quiet = src == -ERR_CONFLICT || strncmp(cfg.db_url, "sqlite:", 7) != 0;
     goto out;
   }
+  /* Keys and revocations are shared with any other instance on the database. */
+  if (signing_keys_start(&app) < 0) goto out;
+  sessions_listen(app.store, true);
 
   char mqtt_host[256], user[128] = "", pass[256] = "";
   int mqtt_port;
@@ -312,6 +342,10 @@ out:
   partner_mock_stop(&app.mock);
   hub_stop(&app.hub);
   hub_broker_stop(&app.broker);
+  if (app.store) {
+    sessions_listen(app.store, false);
+    signing_keys_stop(&app);
+  }
   store_close(&app.store);
   auth_keys_free(&app.keys);
   free(app.tls_cert_pem);

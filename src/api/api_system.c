@@ -8,6 +8,7 @@
 #include "http/openapi.h"
 #include "hub/hub.h"
 #include "hub/mqtt.h"
+#include "services/signing_keys.h"
 
 int api_system_healthz(http_req_t *req) {
   return http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
@@ -51,7 +52,7 @@ int api_system_rotate_keys(http_req_t *req) {
                      ? app->cfg->access_ttl_s
                      : app->cfg->device_token_ttl_s;
   char kid[17];
-  int rc = auth_keys_rotate(app->keys, keep, kid);
+  int rc = signing_keys_rotate(app, keep, kid);
   if (rc < 0) return rc;
   hub_keys_changed(app->hub); /* the broker verifies device tokens with the same keys */
   return http_reply_json(req, 201, json_pack("{s:s}", "kid", kid));

@@ -132,6 +132,8 @@ int auth_keys_load(const char *dir, auth_keys_t **out) {
   return 0;
 }
 
+static void forget_verified(auth_keys_t *k);
+
 int auth_keys_rotate(auth_keys_t *k, int64_t keep_s, char kid_out[17]) {
   pthread_rwlock_wrlock(&k->lock);
   int rc = write_new_key(k->dir);
@@ -158,12 +160,52 @@ int auth_keys_rotate(auth_keys_t *k, int64_t keep_s, char kid_out[17]) {
     if (rc == 0) snprintf(kid_out, 17, "%s", k->keys[k->current].kid);
   }
   pthread_rwlock_unlock(&k->lock);
-  /* A retired key must not live on in verified tokens. */
+  forget_verified(k); /* a retired key must not live on in verified tokens */
+  return rc;
+}
+
+static void forget_verified(auth_keys_t *k) {
   pthread_rwlock_wrlock(&k->cache_lock);
   for (int i = 0; i < VERIFIED_SLOTS; i++)
     k->cache[i].used = false;
   pthread_rwlock_unlock(&k->cache_lock);
-  return rc;
+}
+
+int auth_keys_set(auth_keys_t *k, const unsigned char (*sk)[64], const int64_t *created_ms, int n) {
+  if (n < 1 || n > MAX_KEYS) return -ERR_INTERNAL;
+  pthread_rwlock_wrlock(&k->lock);
+  for (int i = 0; i < n; i++) {
+    key_t_ *key = &k->keys[i];
+    memcpy(key->sk, sk[i], sizeof(key->sk));
+    crypto_sign_ed25519_sk_to_pk(key->pk, key->sk);
+    make_kid(key->pk, key->kid);
+    key->mtime_ns = (long long)created_ms[i] * 1000000LL;
+    key->file[0] = 0;
+  }
+  for (int i = n; i < k->n; i++)
+    sodium_memzero(&k->keys[i], sizeof(k->keys[i]));
+  k->n = n;
+  k->current = 0;
+  for (int i = 1; i < n; i++)
+    if (k->keys[i].mtime_ns > k->keys[k->current].mtime_ns ||
+        (k->keys[i].mtime_ns == k->keys[k->current].mtime_ns &&
+         strcmp(k->keys[i].kid, k->keys[k->current].kid) > 0))
+      k->current = i; /* two keys made in one millisecond: every instance picks the same */
+  pthread_rwlock_unlock(&k->lock);
+  forget_verified(k);
+  return 0;
+}
+
+int auth_keys_export(const auth_keys_t *ck, unsigned char (*sk)[64], int64_t *created_ms, int max) {
+  auth_keys_t *k = (auth_keys_t *)ck;
+  pthread_rwlock_rdlock(&k->lock);
+  int n = k->n < max ? k->n : max;
+  for (int i = 0; i < n; i++) {
+    memcpy(sk[i], k->keys[i].sk, 64);
+    created_ms[i] = k->keys[i].mtime_ns / 1000000LL;
+  }
+  pthread_rwlock_unlock(&k->lock);
+  return n;
 }
 
 void auth_keys_free(auth_keys_t **keys) {

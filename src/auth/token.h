@@ -25,6 +25,14 @@ void auth_keys_free(auth_keys_t **keys);
  * until keep_s after they stopped signing (the longest token lifetime), then their
  * files are removed. Writes the new kid. Returns 0 or -ERR_INTERNAL. Any thread. */
 int auth_keys_rotate(auth_keys_t *keys, int64_t keep_s, char kid_out[17]);
+/* Replaces the key set with n (at most 8) Ed25519 secret keys and the times they
+ * were made (ms); the newest signs. Verified-token memory is dropped, so a key
+ * that left the set stops verifying at once. Returns 0 or -ERR_INTERNAL. */
+int auth_keys_set(auth_keys_t *keys, const unsigned char (*sk)[64], const int64_t *created_ms,
+                  int n);
+/* Copies up to max of the keys out (secret key, time made in ms); returns how many. */
+int auth_keys_export(const auth_keys_t *keys, unsigned char (*sk)[64], int64_t *created_ms,
+                     int max);
 /* The public keys as a JWKS object; the caller owns the new reference. */
 json_t *auth_keys_jwks(const auth_keys_t *keys);
 

@@ -94,6 +94,7 @@ static bool subscribed(const char *list, const char *type) {
 int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subject) {
   int64_t now = time_now_ms();
   atomic_fetch_add(&fanned_out, 1);
+  int queued = 0;
   for (int i = 0; i < queue_count(); i++) {
     if (!subscribed(queues[i].subscribes, type)) continue;
     int rc = store_exec(tx, NULL,
@@ -101,6 +102,8 @@ int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subjec
                         " created_at_ms) VALUES (?, ?, ?, ?, ?)",
                         "sisii", queues[i].name, seq, queues[i].fifo ? subject : NULL, now, now);
     if (rc < 0) return rc;
+    /* Other instances' workers wake on it (this one's on the commit hook). */
+    if (!queued++ && (rc = store_notify(tx, "queue", NULL)) < 0) return rc;
   }
   return 0;
 }
@@ -272,9 +275,10 @@ static int add_item(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int i,
   int64_t vt = b->app->cfg->visibility_timeout_ms;
   int rc = store_exec(tx, NULL,
                       "UPDATE queue_messages SET state = 'in_flight', visible_at_ms = ?, "
-                      "receive_count = receive_count + 1, lease = lease + 1 WHERE id = ?",
-                      "ii", now + vt, id);
-  if (rc < 0) return rc;
+                      "receive_count = receive_count + 1, lease = lease + 1, claimed_by = ? "
+                      "WHERE id = ? AND state != 'in_flight'",
+                      "isi", now + vt, b->app->instance_id, id);
+  if (rc <= 0) return rc; /* taken meanwhile (another instance): not ours */
   claimed_t *c = &b->items[b->n++];
   c->ran = c->settled = c->skip = false;
   c->id = id;
@@ -334,10 +338,19 @@ static int add_followers(store_tx_t *tx, batch_t *b, int h, int64_t now) {
     /* A parked message behind a ready head (a redriven dead letter went before it):
      * the group stops there rather than skip it. */
     if (strcmp(store_rows_text(more, i, 13), "ready") != 0) break;
+    int before = b->n;
     int rc = add_item(tx, b, more, i, now);
     if (rc < 0) return rc;
+    if (b->n == before) break; /* not ours after all: the group stops before a gap */
   }
   return 0;
+}
+
+/* On PostgreSQL a claim locks the rows it takes and passes over rows another
+ * transaction holds, so claims of several instances never queue up behind each
+ * other (SQLite has one writer and no row locks). */
+static const char *skip_locked(const app_t *app) {
+  return strcmp(store_backend(app->store), "postgres") == 0 ? " FOR UPDATE OF m SKIP LOCKED" : "";
 }
 
 static int claim_tx(store_tx_t *tx, void *arg) {
@@ -367,8 +380,8 @@ static int claim_tx(store_tx_t *tx, void *arg) {
            "  WHERE group_key IS NOT NULL AND state != 'dead'%s GROUP BY group_key, queue "
            "  HAVING SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END) = 0) f) c "
            "JOIN queue_messages m ON m.id = c.id JOIN events e ON e.seq = m.event_seq "
-           "WHERE m.state = 'ready' AND m.visible_at_ms <= ? ORDER BY m.id LIMIT ?",
-           excl, excl);
+           "WHERE m.state = 'ready' AND m.visible_at_ms <= ? ORDER BY m.id LIMIT ?%s",
+           excl, excl, skip_locked(b->app));
   int n = store_exec(tx, &rows, sql, "iiii", now, (int64_t)CLAIM_BATCH, now, (int64_t)CLAIM_BATCH);
   if (n < 0) return n;
   b->rows[b->nrows++] = rows;
@@ -940,10 +953,17 @@ static void on_commit(void *arg) {
 }
 
 static int reclaim_tx(store_tx_t *tx, void *arg) {
+  /* claimed_by NULL: leased before leases named their instance (one instance then). */
   return store_exec(tx, NULL,
                     "UPDATE queue_messages SET state = 'ready', visible_at_ms = ? "
-                    "WHERE state = 'in_flight'",
-                    "i", time_now_ms());
+                    "WHERE state = 'in_flight' AND (claimed_by = ? OR claimed_by IS NULL)",
+                    "is", time_now_ms(), (const char *)arg);
+}
+
+/* Another instance fanned out (or the listener came back and may have missed it). */
+static void on_note(const char *topic, const char *payload, bool self, void *arg) {
+  (void)payload;
+  if (!self && (strcmp(topic, "queue") == 0 || strcmp(topic, "resync") == 0)) bus_notify(arg);
 }
 
 static void collect(void *arg);
@@ -962,14 +982,14 @@ int bus_start(app_t *app, int nworkers, bus_t **out) {
   metrics_describe("iotfin_queue_messages", "gauge", "Messages by queue and state.");
   metrics_describe("iotfin_queue_dead_letters", "gauge", "Dead letters by queue.");
   metrics_add_collector(collect, app);
-  /* One instance per database (SQLite, and PostgreSQL until leases name their
-   * instance, docs/scaling.md): whatever it had in flight died with the last run,
-   * so hand it out again now instead of after the visibility timeout. */
+  /* Whatever this instance had in flight died with its last run: hand it out again
+   * now. Other instances' leases are theirs until their visibility timeout. */
   {
-    int n = store_write(app->store, reclaim_tx, NULL);
+    int n = store_write(app->store, reclaim_tx, app->instance_id);
     if (n > 0) log_info("bus", "%d message(s) in flight at the last stop are ready again", n);
   }
   store_set_commit_hook(app->store, on_commit, bus);
+  store_listen(app->store, on_note, bus);
   if (nworkers > MAX_WORKERS) nworkers = MAX_WORKERS;
   for (int i = 0; i < nworkers; i++) {
     worker_arg_t *wa = malloc(sizeof(*wa));
@@ -998,6 +1018,7 @@ void bus_stop(bus_t **pbus, int timeout_ms) {
     pthread_join(bus->threads[i], NULL);
   pthread_join(bus->keeper, NULL);
   store_set_commit_hook(bus->app->store, NULL, NULL);
+  store_unlisten(bus->app->store, on_note, bus);
   pthread_mutex_destroy(&bus->lock);
   pthread_cond_destroy(&bus->cond);
   free(bus);

@@ -17,9 +17,9 @@
 
 /* A cache of session liveness so that token checks cost no query. Entries are
  * filled on a miss and marked revoked by sessions__revoke() before its transaction
- * commits (a deny can only be early, never late). One instance owns its SQLite
- * store, so this process sees every revocation; entries are overwritten when two
- * sessions hash to the same slot. cache_lock guards cache. */
+ * commits (a deny can only be early, never late); a revocation on another instance
+ * arrives as a "revoke" notification when it commits (sessions_listen). Entries are
+ * overwritten when two sessions hash to the same slot. cache_lock guards cache. */
 #define CACHE_SLOTS 16384
 
 typedef struct {
@@ -87,7 +87,26 @@ static int cache_check(const auth_claims_t *claims, int64_t now) {
 void sessions_cache_clear(void) {
   pthread_rwlock_wrlock(&cache_lock);
   memset(cache, 0, sizeof(cache));
+  revoke_gen++; /* a read begun before must not refill it */
   pthread_rwlock_unlock(&cache_lock);
+}
+
+/* A revocation on another instance (or notifications missed while the database was
+ * away, "resync": then nothing cached can be trusted). */
+static void on_note(const char *topic, const char *payload, bool self, void *arg) {
+  (void)self;
+  (void)arg;
+  if (strcmp(topic, "revoke") == 0 && payload)
+    cache_revoke(payload);
+  else if (strcmp(topic, "resync") == 0)
+    sessions_cache_clear();
+}
+
+void sessions_listen(store_t *store, bool on) {
+  if (on)
+    store_listen(store, on_note, NULL);
+  else
+    store_unlisten(store, on_note, NULL);
 }
 
 int sessions__insert(store_tx_t *tx, const char *sid, const char *tier, const char *user_id,
@@ -129,6 +148,8 @@ int sessions__revoke(store_tx_t *tx, const char *sid, const char *reason) {
       store_exec(tx, NULL, "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                  "ss", ts, sid);
   if (rc <= 0) return rc;
+  /* Other instances drop it from their caches when this commits. */
+  if ((rc = store_notify(tx, "revoke", sid)) < 0) return rc;
   snprintf(subject, sizeof(subject), "sessions/%s", sid);
   return events_record(tx, "session.revoked", subject,
                        json_pack("{s:s,s:s}", "session_id", sid, "reason", reason), NULL);

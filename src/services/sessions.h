@@ -23,6 +23,9 @@ int sessions_create_anonymous(app_t *app, json_t **out);
 int sessions_check(app_t *app, const auth_claims_t *claims);
 
 /* Forgets every cached session state (tests, and a store swap). */
+/* Follows revocations made by other instances on the same database (on: start
+ * listening; off: stop, before the store closes). */
+void sessions_listen(store_t *store, bool on);
 void sessions_cache_clear(void);
 
 /* Inside a write transaction: inserts session sid of tier for user_id (may be

@@ -36,6 +36,18 @@ void store_set_commit_hook(store_t *s, void (*hook)(void *arg), void *arg) {
   s->ops->set_commit_hook(s, hook, arg);
 }
 
+void store_listen(store_t *s, store_listen_fn fn, void *arg) {
+  if (s->ops->listen) s->ops->listen(s, fn, arg);
+}
+
+void store_unlisten(store_t *s, store_listen_fn fn, void *arg) {
+  if (s->ops->unlisten) s->ops->unlisten(s, fn, arg);
+}
+
+int store_leader(store_t *s, const char *name) {
+  return s->ops->leader ? s->ops->leader(s, name) : 1;
+}
+
 /* The transaction knows its backend through its first member, like store_t. */
 struct store_tx {
   const store_ops_t *ops;
@@ -47,6 +59,21 @@ int store_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char 
   int rc = tx->ops->exec(tx, rows, sql, types, ap);
   va_end(ap);
   return rc;
+}
+
+bool store__notify_text_ok(const char *s, size_t max) {
+  if (!s) return true;
+  size_t n = strlen(s);
+  return n <= max &&
+         strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-") == n;
+}
+
+int store_notify(store_tx_t *tx, const char *topic, const char *payload) {
+  /* Checked on both backends, so a caller's mistake shows on SQLite too. */
+  if (!topic || !*topic || !store__notify_text_ok(topic, 32) ||
+      !store__notify_text_ok(payload, 128))
+    return -ERR_INTERNAL;
+  return tx->ops->notify ? tx->ops->notify(tx, topic, payload) : 0;
 }
 
 store_rows_t *store__rows_new(int ncols) {

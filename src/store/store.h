@@ -10,6 +10,7 @@
 #ifndef IOTFIN_STORE_STORE_H
 #define IOTFIN_STORE_STORE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct store store_t;
@@ -60,6 +61,31 @@ int store_ping(store_t *s);
 /* While writes fail: a static sentence naming the cause for a problem's detail
  * ("storage unavailable: disk full"); NULL while healthy. Any thread. */
 const char *store_failure(store_t *s);
+/* --- several instances on one database (CONTRACT section 10) ---------------------
+ * Instances share all state through the database; what one caches, another may
+ * change. These let them tell each other. On SQLite one process owns the file, so
+ * notifications go nowhere and every lock is this process's. */
+
+/* Tells every instance on the database (this one too) of a change, when tx commits;
+ * nothing if tx is undone. topic and payload (NULL for none) are short and of the
+ * characters [A-Za-z0-9._:-]; identical ones in one commit arrive once. Returns 0, or
+ * -ERR_INVALID for characters outside that set. On SQLite: nothing to tell. */
+int store_notify(store_tx_t *tx, const char *topic, const char *payload);
+
+/* fn(topic, payload, from_self, arg) runs on the store's listener thread for each
+ * notification, and with topic "resync" after the listener lost and found the
+ * database again (notifications may have been missed in between: drop caches).
+ * from_self: sent by this process. Up to 8 listeners; set them before traffic. */
+typedef void (*store_listen_fn)(const char *topic, const char *payload, bool from_self, void *arg);
+void store_listen(store_t *s, store_listen_fn fn, void *arg);
+/* Removes a listener; when it returns, fn is not running and will not run again. */
+void store_unlisten(store_t *s, store_listen_fn fn, void *arg);
+
+/* Whether this process holds the named leadership now (1) or another instance does
+ * (0): a PostgreSQL advisory lock held by the listener's connection, tried again
+ * every 250 ms while free, and lost with that connection. SQLite: always 1. */
+int store_leader(store_t *s, const char *name);
+
 /* Name of the backend ("sqlite" or "postgres"), for logs and metrics. */
 const char *store_backend(const store_t *s);
 

@@ -4,6 +4,7 @@
 #define IOTFIN_STORE_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "store/store.h"
@@ -18,6 +19,11 @@ typedef struct {
   int (*ping)(store_t *s);
   void (*set_commit_hook)(store_t *s, void (*hook)(void *), void *arg);
   const char *(*failure)(store_t *s);
+  /* Optional (NULL on SQLite): see store_notify, store_listen, store_leader. */
+  int (*notify)(store_tx_t *tx, const char *topic, const char *payload);
+  void (*listen)(store_t *s, store_listen_fn fn, void *arg);
+  void (*unlisten)(store_t *s, store_listen_fn fn, void *arg);
+  int (*leader)(store_t *s, const char *name);
 } store_ops_t;
 
 /* Every backend's store_t starts with this header. */
@@ -34,6 +40,10 @@ struct store_rows {
 /* Appends a row of ncols cells (copied); 0 or -ERR_INTERNAL. */
 int store__rows_add(store_rows_t *r, int ncols, const char *const *cells);
 store_rows_t *store__rows_new(int ncols);
+
+/* Whether s (NULL passes) is at most max characters of [A-Za-z0-9._:-]: safe to put
+ * between quotes in a NOTIFY. */
+bool store__notify_text_ok(const char *s, size_t max);
 
 extern const store_ops_t store__sqlite_ops;
 extern const store_ops_t store__pg_ops;

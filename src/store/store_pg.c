@@ -9,6 +9,7 @@
  * HTTP answers 503), the writer reconnects and probes every PROBE_MS, and says so
  * once when it fails and once when it heals. Passwords never reach a log line. */
 #include <libpq-fe.h>
+#include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
@@ -33,6 +34,19 @@
 #define STMT_CACHE 256
 /* Any constant both old and new iotfin agree on: the key of the migration lock. */
 #define MIGRATION_LOCK_KEY 0x696f7466696e01LL
+/* Every write transaction takes this lock first (transaction-scoped): commits of
+ * all instances then happen one after another, so events.seq order is commit order
+ * (a reader past seq N never sees an N-1 appear later), and two instances' batches
+ * never wait on each other's rows halfway (no deadlocks). Group commit keeps the
+ * cost at one lock per batch. */
+#define ORDER_LOCK_KEY "29677418279693826" /* 0x696f7466696e02 */
+/* A writer that stalls inside its transaction (a paused or cut-off instance) would
+ * hold the order lock for everyone: the server ends such a session after this. */
+#define WRITER_IDLE_TX_TIMEOUT "2s"
+#define NOTES_CAP 4096
+#define MAX_LISTENERS 8
+#define MAX_LEADERS 8
+#define LISTEN_CHANNEL "iotfin"
 
 #define CAUSE_LOST "storage unavailable: the database is not reachable"
 #define CAUSE_READONLY "storage unavailable: the database is read-only"
@@ -64,6 +78,17 @@ typedef struct job {
   struct job *next;
 } job_t;
 
+typedef struct {
+  store_listen_fn fn;
+  void *arg;
+} listener_t;
+
+typedef struct {
+  char name[64];
+  long long key;
+  atomic_bool held;
+} leader_t;
+
 typedef struct pg_store {
   struct store base;
   char *url;          /* as given, with its password: for libpq only */
@@ -83,6 +108,20 @@ typedef struct pg_store {
   _Atomic(const char *) failure;
   int64_t last_probe_ms;
   bool writer_thread_started;
+  /* The current batch's notifications as NOTIFY statements, sent with its COMMIT.
+   * Writer thread only. Past NOTES_CAP, one "resync" stands for all of them. */
+  char notes[NOTES_CAP];
+  size_t notes_len;
+  /* The listener thread and its own connection (LISTEN, leadership locks). */
+  pthread_t listen_thread;
+  bool listen_thread_started;
+  atomic_bool listen_stop;
+  pthread_rwlock_t listen_lock; /* listeners: dispatch reads, (un)listen writes */
+  listener_t listeners[MAX_LISTENERS];
+  int nlisteners;
+  leader_t leaders[MAX_LEADERS];
+  atomic_int nleaders;
+  atomic_int writer_pid; /* the writer's server process: notifications from it are ours */
 } pg_store_t;
 
 /* ---- helpers the unit tests reach through store_internal.h ---- */
@@ -191,7 +230,9 @@ static PGconn *pg_connect(pg_store_t *s) {
   PGconn *pg = PQconnectdbParams(keys, vals, 1);
   if (pg && PQstatus(pg) == CONNECTION_OK) {
     /* Durable means on disk before the answer, whatever the server's default. */
-    PGresult *r = PQexec(pg, "SET synchronous_commit = on; SET client_min_messages = warning");
+    PGresult *r =
+        PQexec(pg, "SET synchronous_commit = on; SET client_min_messages = warning; "
+                   "SET idle_in_transaction_session_timeout = '" WRITER_IDLE_TX_TIMEOUT "'");
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     if (ok) return pg;
@@ -420,11 +461,15 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
   }
   store_tx_t tx = {s->base.ops, s->writer, false, NULL};
   /* As for readers: a connection dropped while idle is retried once, before any job ran. */
-  if (simple(&tx, "BEGIN; SAVEPOINT job") < 0 && tx.cause &&
+  static const char begin[] =
+      "BEGIN; SELECT pg_advisory_xact_lock(" ORDER_LOCK_KEY "); SAVEPOINT job";
+  if (simple(&tx, begin) < 0 && tx.cause &&
       (s->writer->last_reset_ms = 0, conn_revive(s->writer))) {
     tx = (store_tx_t){s->base.ops, s->writer, false, NULL};
-    simple(&tx, "BEGIN; SAVEPOINT job");
+    simple(&tx, begin);
   }
+  atomic_store(&s->writer_pid, PQbackendPID(s->writer->pg));
+  s->notes_len = 0;
   if (tx.failed) {
     fail_jobs(batch);
     simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
@@ -433,6 +478,7 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
   for (job_t *j = batch; j; j = j->next) {
     tx.failed = false;
     tx.cause = NULL;
+    size_t notes_before = s->notes_len;
     j->rc = j->fn(&tx, j->arg);
     if (tx.cause) {
       /* The connection or the server failed under this job: the whole transaction
@@ -446,9 +492,18 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
       log_error("store", "a transaction went on after a failed statement; undone");
       j->rc = -ERR_INTERNAL;
     }
+    if (j->rc < 0) s->notes_len = notes_before; /* undone: nothing to tell */
+    char end[NOTES_CAP + 64];
     const char *next = j->rc < 0 ? (j->next ? "ROLLBACK TO job; RELEASE job; SAVEPOINT job"
                                             : "ROLLBACK TO job; RELEASE job; COMMIT")
                                  : (j->next ? "RELEASE job; SAVEPOINT job" : "RELEASE job; COMMIT");
+    if (!j->next && s->notes_len) {
+      /* The notifications go with the COMMIT: delivered if and when it commits. */
+      snprintf(end, sizeof(end), "%s; %.*s COMMIT",
+               j->rc < 0 ? "ROLLBACK TO job; RELEASE job" : "RELEASE job", (int)s->notes_len,
+               s->notes);
+      next = end;
+    }
     tx.failed = false;
     if (simple(&tx, next) < 0) {
       fail_jobs(batch);
@@ -630,6 +685,145 @@ static void pg_set_commit_hook(store_t *base, void (*hook)(void *), void *arg) {
   s->hook_arg = arg;
 }
 
+/* ---- notifications and leadership ---- */
+
+static int pg_notify(store_tx_t *tx, const char *topic, const char *payload) {
+  pg_store_t *s = tx->conn->owner;
+  if (tx->conn != s->writer) return -ERR_INTERNAL; /* a read-only snapshot changes nothing */
+  char stmt[256];
+  /* Characters were checked by store_notify: nothing here needs quoting. */
+  snprintf(stmt, sizeof(stmt), "NOTIFY " LISTEN_CHANNEL ", '%s%s%s';", topic, payload ? " " : "",
+           payload ? payload : "");
+  if (s->notes_len && memmem(s->notes, s->notes_len, stmt, strlen(stmt))) return 0;
+  size_t n = strlen(stmt);
+  static const char resync[] = "NOTIFY " LISTEN_CHANNEL ", 'resync';";
+  if (s->notes_len + n + sizeof(resync) >= NOTES_CAP) {
+    if (!memmem(s->notes, s->notes_len, resync, sizeof(resync) - 1)) {
+      memcpy(s->notes + s->notes_len, resync, sizeof(resync) - 1);
+      s->notes_len += sizeof(resync) - 1;
+    }
+    return 0;
+  }
+  memcpy(s->notes + s->notes_len, stmt, n);
+  s->notes_len += n;
+  return 0;
+}
+
+static void pg_listen(store_t *base, store_listen_fn fn, void *arg) {
+  pg_store_t *s = (pg_store_t *)base;
+  pthread_rwlock_wrlock(&s->listen_lock);
+  if (s->nlisteners < MAX_LISTENERS) s->listeners[s->nlisteners++] = (listener_t){fn, arg};
+  pthread_rwlock_unlock(&s->listen_lock);
+}
+
+static void pg_unlisten(store_t *base, store_listen_fn fn, void *arg) {
+  pg_store_t *s = (pg_store_t *)base;
+  pthread_rwlock_wrlock(&s->listen_lock);
+  for (int i = 0; i < s->nlisteners; i++)
+    if (s->listeners[i].fn == fn && s->listeners[i].arg == arg) {
+      s->listeners[i--] = s->listeners[--s->nlisteners];
+    }
+  pthread_rwlock_unlock(&s->listen_lock);
+}
+
+static int pg_leader(store_t *base, const char *name) {
+  pg_store_t *s = (pg_store_t *)base;
+  int n = atomic_load(&s->nleaders);
+  for (int i = 0; i < n; i++)
+    if (strcmp(s->leaders[i].name, name) == 0) return atomic_load(&s->leaders[i].held);
+  pthread_mutex_lock(&s->lock);
+  n = atomic_load(&s->nleaders);
+  if (n < MAX_LEADERS) {
+    leader_t *l = &s->leaders[n];
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    /* FNV-1a of the name, in a range of its own (high byte 0x4c: "L"). */
+    unsigned long long h = 1469598103934665603ULL;
+    for (const char *p = name; *p; p++)
+      h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    l->key = (long long)((h & 0x00ffffffffffffffULL) | 0x4c00000000000000ULL);
+    atomic_store(&l->held, false);
+    atomic_store(&s->nleaders, n + 1);
+  }
+  pthread_mutex_unlock(&s->lock);
+  return 0;
+}
+
+static void dispatch(pg_store_t *s, const char *topic, const char *payload, bool self) {
+  pthread_rwlock_rdlock(&s->listen_lock);
+  for (int i = 0; i < s->nlisteners; i++)
+    s->listeners[i].fn(topic, payload, self, s->listeners[i].arg);
+  pthread_rwlock_unlock(&s->listen_lock);
+}
+
+static void lose_leaderships(pg_store_t *s) {
+  int n = atomic_load(&s->nleaders);
+  for (int i = 0; i < n; i++)
+    if (atomic_exchange(&s->leaders[i].held, false))
+      log_warn("store", "lost the %s leadership with the database connection", s->leaders[i].name);
+}
+
+/* The listener: its own connection LISTENs, holds the leadership locks (session
+ * locks, so they go with the connection, also when this process dies) and hands
+ * each notification to the listeners. Reconnects every PROBE_MS while the server
+ * is away, and says "resync" once back. */
+static void *listen_main(void *p) {
+  pg_store_t *s = p;
+  pthread_setname_np(pthread_self(), "store-listen");
+  PGconn *pg = NULL;
+  bool had = false;
+  while (!atomic_load(&s->listen_stop)) {
+    if (!pg || PQstatus(pg) != CONNECTION_OK) {
+      if (pg) {
+        PQfinish(pg);
+        pg = NULL;
+        lose_leaderships(s);
+      }
+      pg = pg_connect(s);
+      PGresult *r =
+          pg && PQstatus(pg) == CONNECTION_OK ? PQexec(pg, "LISTEN " LISTEN_CHANNEL) : NULL;
+      bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+      PQclear(r);
+      if (!ok) {
+        if (pg) PQfinish(pg);
+        pg = NULL;
+        usleep(PROBE_MS * 1000);
+        continue;
+      }
+      if (had) dispatch(s, "resync", NULL, false);
+      had = true;
+    }
+    int nl = atomic_load(&s->nleaders);
+    for (int i = 0; i < nl; i++) {
+      leader_t *l = &s->leaders[i];
+      if (atomic_load(&l->held)) continue;
+      char sql[80];
+      snprintf(sql, sizeof(sql), "SELECT pg_try_advisory_lock(%lld)", l->key);
+      PGresult *r = PQexec(pg, sql);
+      if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+          strcmp(PQgetvalue(r, 0, 0), "t") == 0) {
+        atomic_store(&l->held, true);
+        log_info("store", "this instance now leads %s", l->name);
+      }
+      PQclear(r);
+    }
+    struct pollfd pfd = {PQsocket(pg), POLLIN, 0};
+    if (pfd.fd < 0 || poll(&pfd, 1, PROBE_MS) < 0) continue;
+    if (!PQconsumeInput(pg)) continue; /* PQstatus now says the connection is bad */
+    PGnotify *note;
+    int self = atomic_load(&s->writer_pid);
+    while ((note = PQnotifies(pg))) {
+      char buf[200];
+      snprintf(buf, sizeof(buf), "%s", note->extra ? note->extra : "");
+      char *sp = strchr(buf, ' ');
+      if (sp) *sp++ = 0;
+      dispatch(s, buf, sp, note->be_pid == self);
+      PQfreemem(note);
+    }
+  }
+  if (pg) PQfinish(pg);
+  return NULL;
+}
+
 /* ---- opening ---- */
 
 static int migrate(pg_store_t *s) {
@@ -698,6 +892,7 @@ int store__pg_open(const char *url, int wait_s, store_t **out) {
   store__pg_redact(url, s->redacted, sizeof(s->redacted));
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->work_cond, NULL);
+  pthread_rwlock_init(&s->listen_lock, NULL);
   pthread_key_create(&s->reader_key, reader_gone);
   s->writer = calloc(1, sizeof(*s->writer));
   if (!s->url || !s->writer) {
@@ -737,6 +932,7 @@ int store__pg_open(const char *url, int wait_s, store_t **out) {
     return rc;
   }
   s->writer_thread_started = true;
+  if (pthread_create(&s->listen_thread, NULL, listen_main, s) == 0) s->listen_thread_started = true;
   log_info("store", "postgres %s, server %d", s->redacted, PQserverVersion(s->writer->pg));
   *out = &s->base;
   return 0;
@@ -744,6 +940,10 @@ int store__pg_open(const char *url, int wait_s, store_t **out) {
 
 static void pg_close(store_t *base) {
   pg_store_t *s = (pg_store_t *)base;
+  if (s->listen_thread_started) {
+    atomic_store(&s->listen_stop, true);
+    pthread_join(s->listen_thread, NULL);
+  }
   if (s->writer_thread_started) {
     pthread_mutex_lock(&s->lock);
     s->stopping = true;
@@ -765,6 +965,7 @@ static void pg_close(store_t *base) {
   }
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->work_cond);
+  pthread_rwlock_destroy(&s->listen_lock);
   free(s->url);
   free(s);
 }
@@ -779,4 +980,8 @@ const store_ops_t store__pg_ops = {
     .ping = pg_ping,
     .set_commit_hook = pg_set_commit_hook,
     .failure = pg_failure,
+    .notify = pg_notify,
+    .listen = pg_listen,
+    .unlisten = pg_unlisten,
+    .leader = pg_leader,
 };
