@@ -67,6 +67,8 @@ static const char *usage_serve =
     "  IOTFIN_DB                  sqlite:<path> (default <data_dir>/iotfin.db) or\n"
     "                             postgres://USER:PASS@HOST:PORT/DB (docs/scaling.md)\n"
     "  IOTFIN_DB_WAIT_S           seconds to wait for PostgreSQL at start (30)\n"
+    "  IOTFIN_BROKER_SPOOL        an external broker's spool directory, to store what it\n"
+    "                             acknowledged (see docs/mqtt.md)\n"
     "  IOTFIN_BROKER              managed (default) or mqtt://[user:pass@]host:port\n"
     "  IOTFIN_MQTT_LISTEN         managed broker address (127.0.0.1:1883; port 0 picks one)\n"
     "  IOTFIN_ADMIN_TOKEN         admin bearer token (default: generated into\n"

@@ -1,6 +1,7 @@
 /* mosquitto_iotfin_auth: the Mosquitto 2.0 plugin that lets iotfin own its broker.
  *
- * - Admits iotfin's own client (a per-start secret) with full access.
+ * - Admits iotfin's own clients (a shared secret) with full access: one per iotfin
+ *   instance when several share this broker.
  * - Admits a device only with client id = username = its device id and password =
  *   a valid device token: an EdDSA JWT whose key is in the JWKS iotfin last sent,
  *   with iss "iotfin", tier "device", sub = the device id, unexpired, and neither
@@ -59,6 +60,8 @@
 #include "auth/b64url.h"
 #include "hub/spool_format.h"
 
+#define MAX_IOTFIN_CLIENTS 16
+
 #define MAX_KEYS 8
 
 typedef struct {
@@ -100,7 +103,10 @@ typedef struct {
   /* iotfin's client is connected and subscribed to device events. Until then devices
    * are refused: a message taken with nobody listening would sit in the open spool
    * segment and reach the store after the device's newer ones. */
-  const void *iotfin_client;
+  /* iotfin clients subscribed to device events: the managed broker's one, or the
+   * leading instance of several (during a hand-over, briefly two). */
+  const void *iotfin_clients[MAX_IOTFIN_CLIENTS];
+  int niotfin;
   bool iotfin_listening;
 } plugin_state_t;
 
@@ -258,11 +264,12 @@ static int on_basic_auth(int event, void *event_data, void *userdata) {
 
 static int on_disconnect(int event, void *event_data, void *userdata) {
   struct mosquitto_evt_disconnect *ed = event_data;
-  if (ed->client == st.iotfin_client) {
-    st.iotfin_client = NULL;
-    st.iotfin_listening = false;
-    return MOSQ_ERR_SUCCESS;
-  }
+  for (int i = 0; i < st.niotfin; i++)
+    if (st.iotfin_clients[i] == ed->client) {
+      st.iotfin_clients[i] = st.iotfin_clients[--st.niotfin];
+      st.iotfin_listening = st.niotfin > 0;
+      return MOSQ_ERR_SUCCESS;
+    }
   for (int i = 0; i < st.nconns; i++) {
     if (st.conns[i].client != ed->client) continue;
     char device[64];
@@ -285,7 +292,10 @@ static int on_acl_check(int event, void *event_data, void *userdata) {
   const char *user = mosquitto_client_username(ed->client);
   if (is_internal(user)) {
     if (ed->access == MOSQ_ACL_SUBSCRIBE && strstr(ed->topic, "devices/+/events")) {
-      st.iotfin_client = ed->client;
+      bool known = false;
+      for (int i = 0; i < st.niotfin; i++)
+        known = known || st.iotfin_clients[i] == ed->client;
+      if (!known && st.niotfin < MAX_IOTFIN_CLIENTS) st.iotfin_clients[st.niotfin++] = ed->client;
       st.iotfin_listening = true;
     }
     return MOSQ_ERR_SUCCESS;

@@ -274,6 +274,17 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
     return fail(err, errlen, "IOTFIN_MQTT_TLS_CERT",
                 "only for the managed broker (an external one has its own TLS settings)");
 
+  v = get("IOTFIN_BROKER_SPOOL");
+  if (v && *v) {
+    if (cfg->broker_managed)
+      return fail(err, errlen, "IOTFIN_BROKER_SPOOL",
+                  "only with an external broker (the managed one keeps its spool in the data dir)");
+    if (v[0] != '/') return fail(err, errlen, "IOTFIN_BROKER_SPOOL", "expected an absolute path");
+    if (copy_str(cfg->broker_spool, sizeof(cfg->broker_spool), v, "IOTFIN_BROKER_SPOOL", err,
+                 errlen))
+      return -1;
+  }
+
   v = get("IOTFIN_RETENTION");
   if (config_parse_duration(v ? v : "90d", &cfg->retention_s) < 0 || cfg->retention_s < 1)
     return fail(err, errlen, "IOTFIN_RETENTION",

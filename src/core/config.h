@@ -57,6 +57,9 @@ typedef struct {
    * they can be read and belong together is checked at start (core/tls.c). */
   char tls_cert[1024], tls_key[1024];
   char mqtt_tls_cert[1024], mqtt_tls_key[1024];
+  /* An external broker's spool directory (plugin_opt_spool_dir), readable here: the
+   * instance that takes in device messages stores what it holds. "" for none. */
+  char broker_spool[1024];
   /* Finished records older than this are deleted in the background (IOTFIN_RETENTION). */
   int64_t retention_s;
   config_access_log_t access_log;

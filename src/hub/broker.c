@@ -364,7 +364,7 @@ static int launch(hub_broker_t *b, int wait_ms) {
 /* Stores what the spool holds. all: every segment (no broker is appending); else
  * the closed ones only. A failure (storage down) leaves the segments for next time. */
 static void apply_spool(hub_broker_t *b, bool all) {
-  int n = hub_spool_apply(b->app, b->spool_path, !all);
+  int n = hub_spool_apply(b->app, b->spool_path, all ? HUB_SPOOL_ALL : HUB_SPOOL_CLOSED);
   if (n > 0 && all)
     log_info("broker", "%d device message(s) from the broker's spool applied to the store", n);
 }
@@ -507,7 +507,7 @@ int hub_broker_start(app_t *app, const char *internal_password, hub_broker_t **o
   if (prepare_files(b) < 0) goto fail;
   /* What an earlier broker acknowledged and nobody stored (iotfin was killed) goes
    * in first, before any device can connect and send something newer. */
-  if (hub_spool_apply(app, b->spool_path, false) < 0) {
+  if (hub_spool_apply(app, b->spool_path, HUB_SPOOL_ALL) < 0) {
     log_error("broker", "cannot store the device messages left in %s", b->spool_path);
     goto fail;
   }

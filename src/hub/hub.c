@@ -1,6 +1,7 @@
 /* The device hub. See hub.h for the threads; each lane has its own bounded queue
  * (guarded by the lane's lock), the transit table of commands handed to the broker
- * and the set of listening devices are guarded by hub->lock. A lane whose store
+ * is guarded by hub->lock. Whether a device listens to its commands is in the
+ * database (devices.subscribed), shared with other instances. A lane whose store
  * write fails for want of storage keeps the work and retries it, in order. */
 #include "hub/hub.h"
 
@@ -28,7 +29,6 @@
 #define NREQUEST_THREADS 8
 #define MAX_PAYLOAD (16 * 1024)
 #define TRANSIT_SLOTS 4096
-#define LISTENING_SLOTS 8192
 #define REQUEST_DEADLINE_MS 2500
 #define REQUEST_PROMISE_MS 3000
 /* Per lane: past this, the network thread waits for room (the broker holds the
@@ -93,9 +93,14 @@ struct hub {
   pthread_t timer;
   atomic_bool stopping;
   atomic_bool closing; /* hub_stop began: nothing waits for room or storage any more */
+  /* Whether this instance takes in the devices' ordered messages (events, acks,
+   * presence): always with the managed broker; with a shared one, the instance
+   * that holds the "ingest" leadership (see take_over). Requests go to any. */
+  bool managed;
+  atomic_bool leading;
+  int64_t last_sweep_ms; /* hub-timer only: the external spool's last sweep */
   pthread_mutex_t lock;
   transit_t transit[TRANSIT_SLOTS]; /* mid == 0: free */
-  char *listening[LISTENING_SLOTS]; /* devices subscribed to their commands */
   /* reject_lock guards rejects. */
   pthread_mutex_t reject_lock;
   reject_slot_t rejects[REJECT_SLOTS];
@@ -200,42 +205,7 @@ static bool retry_pause(hub_t *hub) {
   return !atomic_load(&hub->closing);
 }
 
-/* --- listening set and transit table (hub->lock) ------------------------------ */
-
-static bool listening_has(hub_t *hub, const char *device) {
-  for (unsigned i = 0, h = hash(device); i < 64; i++) {
-    char *x = hub->listening[(h + i) % LISTENING_SLOTS];
-    if (x && strcmp(x, device) == 0) return true;
-  }
-  return false;
-}
-
-static void listening_set(hub_t *hub, const char *device, bool on) {
-  pthread_mutex_lock(&hub->lock);
-  unsigned h = hash(device);
-  char **free_slot = NULL;
-  for (unsigned i = 0; i < 64; i++) {
-    char **slot = &hub->listening[(h + i) % LISTENING_SLOTS];
-    if (*slot && strcmp(*slot, device) == 0) {
-      if (!on) {
-        free(*slot);
-        *slot = NULL;
-      }
-      pthread_mutex_unlock(&hub->lock);
-      return;
-    }
-    if (!*slot && !free_slot) free_slot = slot;
-  }
-  if (on && free_slot) *free_slot = strdup(device);
-  pthread_mutex_unlock(&hub->lock);
-}
-
-static bool is_listening(hub_t *hub, const char *device) {
-  pthread_mutex_lock(&hub->lock);
-  bool on = listening_has(hub, device);
-  pthread_mutex_unlock(&hub->lock);
-  return on;
-}
+/* --- transit table (hub->lock) ---------------------------------------------- */
 
 /* Caller must hold hub->lock. */
 static bool in_transit(hub_t *hub, const char *cid) {
@@ -244,9 +214,9 @@ static bool in_transit(hub_t *hub, const char *cid) {
   return false;
 }
 
-/* Sends every queued command of a listening device, oldest first. */
+/* Sends every queued command of a listening device, oldest first. Whether it
+ * listens is in the database: another instance may have heard it subscribe. */
 static void flush_commands(hub_t *hub, const char *device) {
-  if (!is_listening(hub, device)) return;
   json_t *cmds = NULL;
   if (devices_commands_pending(hub->app, device, &cmds) < 0) return;
   char topic[128];
@@ -408,12 +378,10 @@ static int handle_presence(hub_t *hub, work_t *w) {
   hub_presence_t what = hub_presence_parse(w->payload, w->len);
   int rc = 0;
   if (what == HUB_PRESENCE_ONLINE || what == HUB_PRESENCE_OFFLINE) {
-    bool on = what == HUB_PRESENCE_ONLINE;
-    if (!on) listening_set(hub, w->device, false);
-    rc = devices_presence(hub->app, w->device, on);
+    rc = devices_presence(hub->app, w->device, what == HUB_PRESENCE_ONLINE);
   } else if (what == HUB_PRESENCE_SUBSCRIBED) {
-    listening_set(hub, w->device, true);
-    flush_commands(hub, w->device);
+    rc = devices_subscribed(hub->app, w->device, true);
+    if (rc >= 0) flush_commands(hub, w->device);
   }
   return rc == -ERR_UNAVAILABLE ? rc : 0;
 }
@@ -428,14 +396,15 @@ static int handle_delivered(hub_t *hub, work_t *w) {
  * when the plugin next reports the device subscribed. */
 static int handle_undelivered(hub_t *hub, work_t *w) {
   /* Said once per device, not once per command of a long queue. */
-  if (is_listening(hub, w->device))
+  int rc = devices_subscribed(hub->app, w->device, false);
+  if (rc > 0)
     log_info("hub", "command %s not delivered to %s: %s; its commands stay queued", w->arg,
              w->device, w->topic);
-  listening_set(hub, w->device, false);
-  return 0;
+  return rc == -ERR_UNAVAILABLE ? rc : 0;
 }
 
 static int offline_lane_tx(store_tx_t *tx, void *arg);
+static int all_offline_tx(store_tx_t *tx, void *arg);
 
 /* iotfin lost the broker: the devices of this lane that were online are not any
  * more, as far as anyone can tell. Run on the lane, after what came before. */
@@ -676,12 +645,9 @@ static void on_published(void *arg, int mid, int reason) {
 static void on_lost(void *arg) {
   hub_t *hub = arg;
   pthread_mutex_lock(&hub->lock);
-  for (int i = 0; i < LISTENING_SLOTS; i++) {
-    free(hub->listening[i]);
-    hub->listening[i] = NULL;
-  }
   memset(hub->transit, 0, sizeof(hub->transit));
   pthread_mutex_unlock(&hub->lock);
+  if (!atomic_load(&hub->leading)) return; /* presence is the leader's to keep */
   for (int i = 0; i < NLANES; i++) {
     work_t *w = work_new(W_OFFLINE, "", NULL, NULL, NULL, 0);
     if (w) push(&hub->lanes[i], w);
@@ -697,24 +663,80 @@ static void send_control(hub_t *hub, const char *what, json_t *body) {
   free(s);
 }
 
-static void on_connect(void *arg) {
-  hub_t *hub = arg;
-  static const char *subs[] = {
-      "$share/iotfin/devices/+/events", "$share/iotfin/devices/+/commands/+/ack",
-      "$share/iotfin/devices/+/requests/+", "$share/iotfin/iotfin/presence/+"};
-  for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++)
-    hub_mqtt_subscribe(hub->mqtt, subs[i], 1);
-  hub_keys_changed(hub);
+/* The ordered streams: one subscriber takes them all, so each device's messages
+ * are stored in the order the broker took them. */
+static const char *const ordered_topics[] = {"devices/+/events", "devices/+/commands/+/ack",
+                                             "iotfin/presence/+"};
+
+static void subscribe_ordered(hub_t *hub) {
+  for (size_t i = 0; i < sizeof(ordered_topics) / sizeof(ordered_topics[0]); i++)
+    hub_mqtt_subscribe(hub->mqtt, ordered_topics[i], 1);
   json_t *rev = NULL;
+  /* The plugin's revocations, replaced whole; it also says again which devices are
+   * connected and subscribed, so presence is current from here on. */
   if (devices_revoked_sessions(hub->app, &rev) == 0)
     send_control(hub, "reset",
                  json_pack("{s:O,s:O}", "sessions", json_object_get(rev, "session_ids"), "devices",
                            json_object_get(rev, "device_ids")));
   json_decref(rev);
+}
+
+static void on_connect(void *arg) {
+  hub_t *hub = arg;
+  /* Requests are answered by whichever instance the broker hands one to. */
+  hub_mqtt_subscribe(hub->mqtt, "$share/iotfin/devices/+/requests/+", 1);
+  hub_keys_changed(hub);
+  if (atomic_load(&hub->leading)) subscribe_ordered(hub);
   /* Whatever was in transit to a broker we lost is sent again by the next flush. */
   pthread_mutex_lock(&hub->lock);
   memset(hub->transit, 0, sizeof(hub->transit));
   pthread_mutex_unlock(&hub->lock);
+}
+
+/* This instance becomes the one that takes in device messages from a shared broker.
+ * The plugin admits devices only while some instance subscribes to their events,
+ * so none was acknowledged since the last leader went; what that one had taken but
+ * maybe not stored is in the broker's spool: store it first, then subscribe, so each
+ * device's messages stay in order. Presence starts over: every device offline until
+ * the plugin, on the reset, says again who is connected. */
+static void take_over(hub_t *hub) {
+  const char *spool = hub->app->cfg->broker_spool;
+  if (spool[0]) {
+    int n;
+    while ((n = hub_spool_apply(hub->app, spool, HUB_SPOOL_CATCH_UP)) < 0) {
+      log_warn("hub", "cannot store the broker's spool in %s yet; retrying", spool);
+      if (!retry_pause(hub)) return;
+    }
+    if (n > 0) log_info("hub", "%d device message(s) from the broker's spool checked in", n);
+  }
+  int n = store_write(hub->app->store, all_offline_tx, NULL);
+  if (n > 0) log_info("hub", "%d device(s) offline until the broker says again", n);
+  atomic_store(&hub->leading, true);
+  log_info("hub", "this instance now takes in device messages");
+  if (hub_mqtt_connected(hub->mqtt)) subscribe_ordered(hub);
+}
+
+/* Hub-timer: follows the "ingest" leadership, and while leading sweeps the external
+ * broker's closed spool segments every second (each is deleted once stored). */
+static void lead_tick(hub_t *hub) {
+  if (hub->managed) return;
+  bool lead = store_leader(hub->app->store, "ingest") == 1;
+  if (lead && !atomic_load(&hub->leading)) {
+    take_over(hub);
+  } else if (!lead && atomic_load(&hub->leading)) {
+    /* Another instance leads now (this one lost the database for a while): leave
+     * the ordered streams to it. Reconnecting drops the subscriptions at once. */
+    atomic_store(&hub->leading, false);
+    log_warn("hub", "no longer taking in device messages (another instance does)");
+    hub_mqtt_reconnect(hub->mqtt);
+  }
+  const char *spool = hub->app->cfg->broker_spool;
+  int64_t now = time_mono_ms();
+  if (lead && spool[0] && now - hub->last_sweep_ms >= 1000) {
+    hub->last_sweep_ms = now;
+    int n = hub_spool_apply(hub->app, spool, HUB_SPOOL_CLOSED);
+    if (n < 0) log_warn("hub", "cannot store the broker's spool in %s yet", spool);
+  }
 }
 
 /* --- public ------------------------------------------------------------------ */
@@ -731,7 +753,6 @@ void hub_command_queued(hub_t *hub, const char *device_id) {
 
 void hub_device_revoked(hub_t *hub, const char *device_id, const char *sid) {
   if (!hub) return;
-  listening_set(hub, device_id, false);
   if (sid)
     send_control(hub, "revoke", json_pack("{s:[s],s:[s]}", "sessions", sid, "kick", device_id));
   else
@@ -746,6 +767,7 @@ static void *timer_main(void *arg) {
     for (int i = 0; i < 10 && !atomic_load(&hub->stopping); i++)
       usleep(20 * 1000);
     if (atomic_load(&hub->stopping)) break;
+    lead_tick(hub);
     int n = devices_commands_expire(hub->app);
     if (n > 0) log_info("hub", "%d command(s) expired unacknowledged", n);
   }
@@ -777,7 +799,9 @@ static int offline_lane_tx(store_tx_t *tx, void *arg) {
   for (int i = 0; i < n && rc >= 0; i++) {
     const char *id = store_rows_text(rows, i, 0);
     if (lane_of(hub, id) != l) continue;
-    rc = store_exec(tx, NULL, "UPDATE devices SET online = 0 WHERE id = ? AND online = 1", "s", id);
+    rc = store_exec(tx, NULL,
+                    "UPDATE devices SET online = 0, subscribed = 0 WHERE id = ? AND online = 1",
+                    "s", id);
     if (rc <= 0) continue;
     char subject[80];
     snprintf(subject, sizeof(subject), "devices/%s", id);
@@ -793,7 +817,8 @@ static int all_offline_tx(store_tx_t *tx, void *arg) {
   store_rows_t *rows = NULL;
   int n = store_exec(tx, &rows, "SELECT id FROM devices WHERE online = 1", "");
   if (n <= 0) return n;
-  int rc = store_exec(tx, NULL, "UPDATE devices SET online = 0 WHERE online = 1", "");
+  int rc =
+      store_exec(tx, NULL, "UPDATE devices SET online = 0, subscribed = 0 WHERE online = 1", "");
   for (int i = 0; i < n && rc >= 0; i++) {
     char subject[80];
     snprintf(subject, sizeof(subject), "devices/%s", store_rows_text(rows, i, 0));
@@ -822,6 +847,8 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
   metrics_describe("iotfin_mqtt_requests_timed_out_total", "counter",
                    "Device requests answered timeout: older than 3 s when their turn came.");
   metrics_add_collector(collect, hub);
+  hub->managed = managed;
+  atomic_store(&hub->leading, managed);
   if (managed) {
     /* A fresh managed broker has no device connected, whatever the store says. */
     int n = store_write(app->store, all_offline_tx, NULL);
@@ -882,8 +909,6 @@ void hub_stop(hub_t **phub) {
   for (int i = 0; i < NREQUEST_THREADS; i++)
     pthread_join(hub->request_threads[i], NULL);
   pthread_join(hub->timer, NULL);
-  for (int i = 0; i < LISTENING_SLOTS; i++)
-    free(hub->listening[i]);
   free(hub);
   *phub = NULL;
 }

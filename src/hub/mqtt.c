@@ -150,6 +150,11 @@ int hub_mqtt_subscribe(hub_mqtt_t *m, const char *pattern, int qos) {
   return rc == MOSQ_ERR_SUCCESS ? 0 : -ERR_UNAVAILABLE;
 }
 
+void hub_mqtt_reconnect(hub_mqtt_t *m) {
+  /* The loop sees the connection gone and reconnects as after any loss. */
+  mosquitto_disconnect_v5(m->mosq, 0, NULL);
+}
+
 /* Set once by main before any client starts; read-only afterwards. */
 static char tls_cert[1024];
 

@@ -42,6 +42,9 @@ bool hub_mqtt_connected(const hub_mqtt_t *m);
 int hub_mqtt_publish(hub_mqtt_t *m, const char *topic, const void *payload, size_t len, int qos,
                      int *mid);
 int hub_mqtt_subscribe(hub_mqtt_t *m, const char *pattern, int qos);
+/* Drops the connection and makes a new one (within RECONNECT_MS): a fresh session,
+ * without the subscriptions of the old one. Any thread. */
+void hub_mqtt_reconnect(hub_mqtt_t *m);
 /* Disconnects, stops the network thread and frees; sets *m to NULL. */
 void hub_mqtt_stop(hub_mqtt_t **m);
 

@@ -146,7 +146,7 @@ static unsigned char *read_file(int dfd, const char *name, size_t *size) {
   return buf;
 }
 
-int hub_spool_apply(app_t *app, const char *dir, bool keep_newest) {
+int hub_spool_apply(app_t *app, const char *dir, hub_spool_mode_t mode) {
   int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) return errno == ENOENT ? 0 : -ERR_UNAVAILABLE;
   DIR *d = fdopendir(dup(dfd));
@@ -168,7 +168,7 @@ int hub_spool_apply(app_t *app, const char *dir, bool keep_newest) {
   if (d) closedir(d);
   if (n) qsort(names, n, sizeof(char *), cmp_names); /* qsort(NULL, 0) is undefined */
   int total = 0, rc = 0;
-  size_t upto = keep_newest && n ? n - 1 : n;
+  size_t upto = mode == HUB_SPOOL_CLOSED && n ? n - 1 : n;
   for (size_t i = 0; i < upto && rc >= 0; i++) {
     if (!names[i]) continue;
     size_t size = 0;
@@ -185,6 +185,7 @@ int hub_spool_apply(app_t *app, const char *dir, bool keep_newest) {
       break;
     }
     total += rc;
+    if (mode == HUB_SPOOL_CATCH_UP && i == n - 1) break; /* the broker appends to it */
     if (unlinkat(dfd, names[i], 0) < 0)
       log_error("spool", "cannot delete %s/%s: %s", dir, names[i], strerror(errno));
   }

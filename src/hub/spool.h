@@ -17,11 +17,18 @@
 
 #include "app.h"
 
+/* What a call applies: every segment (no broker appends: each is deleted once
+ * stored); the closed ones (a live broker appends to the newest: left alone); or
+ * all of them while a live broker appends, keeping the newest file (an instance
+ * taking over device messages first stores what its predecessor may not have). */
+typedef enum { HUB_SPOOL_ALL, HUB_SPOOL_CLOSED, HUB_SPOOL_CATCH_UP } hub_spool_mode_t;
+
 /* Applies the segments in dir oldest first and deletes each one once everything in
- * it is committed. keep_newest: leave the newest segment alone (a live broker appends
- * to it). Returns the number of records applied, or a negative error when the store
- * failed (the segment stays for the next call). */
-int hub_spool_apply(app_t *app, const char *dir, bool keep_newest);
+ * it is committed (see the modes). Records already stored are skipped (an event is
+ * stored once per device and id; an ack to a final command changes nothing).
+ * Returns the number of records applied, or a negative error when the store failed
+ * (the segment stays for the next call). */
+int hub_spool_apply(app_t *app, const char *dir, hub_spool_mode_t mode);
 
 /* Parses a device event payload {id, type, time?, data: object}; a new reference, or
  * NULL when malformed (with a reason in *why). Shared with the hub's MQTT path. */

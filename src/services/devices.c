@@ -282,8 +282,9 @@ static int retire_tx(store_tx_t *tx, void *arg) {
         store_exec(tx, &on, "SELECT 1 FROM devices WHERE id = ? AND online = 1", "s", w->id);
     store_rows_free(&on);
     if (was_online < 0) return was_online;
-    rc = store_exec(tx, NULL, "UPDATE devices SET status = 'retired', online = 0 WHERE id = ?", "s",
-                    w->id);
+    rc = store_exec(
+        tx, NULL, "UPDATE devices SET status = 'retired', online = 0, subscribed = 0 WHERE id = ?",
+        "s", w->id);
     if (rc < 0) return rc;
     subject_of(w->id, subject);
     if (was_online > 0) {
@@ -453,9 +454,10 @@ static int pending_tx(store_tx_t *tx, void *arg) {
   cmd_t *c = arg;
   store_rows_t *rows = NULL;
   int n = store_exec(tx, &rows,
-                     "SELECT id, type, payload, created_at, expires_at FROM commands "
-                     "WHERE device_id = ? AND status = 'queued' AND expires_at_ms > ? "
-                     "ORDER BY created_at, id",
+                     "SELECT c.id, c.type, c.payload, c.created_at, c.expires_at FROM commands c "
+                     "JOIN devices d ON d.id = c.device_id AND d.subscribed = 1 "
+                     "WHERE c.device_id = ? AND c.status = 'queued' AND c.expires_at_ms > ? "
+                     "ORDER BY c.created_at, c.id",
                      "si", c->id, time_now_ms());
   if (n < 0) return n;
   c->out = json_array();
@@ -686,9 +688,13 @@ static int presence_tx(store_tx_t *tx, void *arg) {
   presence_t *p = arg;
   char ts[32], subject[80];
   now_ts(ts);
-  int rc = store_exec(
-      tx, NULL, "UPDATE devices SET online = ?, last_seen_at = ? WHERE id = ? AND online != ?",
-      "issi", (int64_t)p->online, ts, p->id, (int64_t)p->online);
+  /* A connection (first or last) starts unsubscribed: commands wait for "subscribed". */
+  int rc = store_exec(tx, NULL, "UPDATE devices SET subscribed = 0 WHERE id = ? AND subscribed = 1",
+                      "s", p->id);
+  if (rc < 0) return rc;
+  rc = store_exec(tx, NULL,
+                  "UPDATE devices SET online = ?, last_seen_at = ? WHERE id = ? AND online != ?",
+                  "issi", (int64_t)p->online, ts, p->id, (int64_t)p->online);
   if (rc <= 0) return rc;
   subject_of(p->id, subject);
   return events_record(tx, p->online ? "device.connected" : "device.disconnected", subject,
@@ -699,6 +705,17 @@ int devices_presence(app_t *app, const char *id, bool online) {
   presence_t p = {id, online};
   int rc = store_write(app->store, presence_tx, &p);
   return rc < 0 ? rc : 0;
+}
+
+static int subscribed_tx(store_tx_t *tx, void *arg) {
+  presence_t *p = arg;
+  return store_exec(tx, NULL, "UPDATE devices SET subscribed = ? WHERE id = ? AND subscribed != ?",
+                    "isi", (int64_t)p->online, p->id, (int64_t)p->online);
+}
+
+int devices_subscribed(app_t *app, const char *id, bool on) {
+  presence_t p = {id, on};
+  return store_write(app->store, subscribed_tx, &p);
 }
 
 typedef struct {

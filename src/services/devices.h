@@ -40,8 +40,13 @@ int devices_command_create(app_t *app, const char *user_id, const char *id, json
                            json_t **out);
 int devices_command_get(app_t *app, const char *user_id, const char *id, const char *cid,
                         json_t **out);
-/* The device's queued, unexpired commands, oldest first, as the MQTT payloads. */
+/* The device's queued, unexpired commands, oldest first, as the MQTT payloads; an
+ * empty array unless the device listens to its commands topic now (whichever
+ * instance heard it subscribe: devices_subscribed). */
 int devices_commands_pending(app_t *app, const char *id, json_t **out);
+/* Records whether the device listens to its commands now; returns 1 when that
+ * changed, 0 when it already was so. Presence going offline clears it too. */
+int devices_subscribed(app_t *app, const char *id, bool on);
 /* queued -> delivered (the broker took it). */
 int devices_command_delivered(app_t *app, const char *id, const char *cid);
 /* queued|delivered -> succeeded|failed from the device's ack; -ERR_CONFLICT when the
