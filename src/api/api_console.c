@@ -79,7 +79,14 @@ int api_console_guard(http_req_t *req) {
   if (unsafe && !same_origin(req))
     return forbid(req, "console changes must come from the console's own origin");
   char sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1];
-  if (!cookie_sid(req, sid) || console_sessions_check(sid, time_now_ms(), csrf, NULL) < 0) {
+  int rc = cookie_sid(req, sid)
+               ? console_sessions_check(http_req_app(req)->store, sid, time_now_ms(), csrf, NULL)
+               : -ERR_UNAUTHENTICATED;
+  if (rc == -ERR_UNAVAILABLE) {
+    http_reply_problem(req, ERR_UNAVAILABLE, store_failure(http_req_app(req)->store), NULL);
+    return -1;
+  }
+  if (rc < 0) {
     http_reply_problem(req, ERR_UNAUTHENTICATED, "sign in to the console first", NULL);
     return -1;
   }
@@ -160,7 +167,8 @@ int api_console_signin(http_req_t *req) {
                               NULL);
   char sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1], cookie[256];
   int64_t expires_ms;
-  console_sessions_create(time_now_ms(), sid, csrf, &expires_ms);
+  int rc = console_sessions_create(app->store, time_now_ms(), sid, csrf, &expires_ms);
+  if (rc < 0) return rc;
   snprintf(cookie, sizeof(cookie),
            "%s=%s; Path=/console; Max-Age=%lld; HttpOnly; SameSite=Strict%s", COOKIE_NAME, sid,
            (long long)(CONSOLE_SESSION_TTL_MS / 1000), is_https(app) ? "; Secure" : "");
@@ -172,14 +180,19 @@ int api_console_signin(http_req_t *req) {
 int api_console_whoami(http_req_t *req) {
   char sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1];
   int64_t expires_ms = 0;
-  if (!cookie_sid(req, sid) || console_sessions_check(sid, time_now_ms(), csrf, &expires_ms) < 0)
+  if (!cookie_sid(req, sid))
     return -ERR_UNAUTHENTICATED; /* the guard let it through: it just expired */
+  int rc = console_sessions_check(http_req_app(req)->store, sid, time_now_ms(), csrf, &expires_ms);
+  if (rc < 0) return rc;
   return http_reply_json(req, 200, session_json(csrf, expires_ms));
 }
 
 int api_console_signout(http_req_t *req) {
   char sid[CONSOLE_SECRET_LEN + 1], cookie[200];
-  if (cookie_sid(req, sid)) console_sessions_delete(sid);
+  if (cookie_sid(req, sid)) {
+    int rc = console_sessions_delete(http_req_app(req)->store, sid);
+    if (rc < 0) return rc; /* not signed out: say so rather than drop the cookie */
+  }
   snprintf(cookie, sizeof(cookie), "%s=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict%s",
            COOKIE_NAME, is_https(http_req_app(req)) ? "; Secure" : "");
   http_reply_header(req, "Set-Cookie", cookie);

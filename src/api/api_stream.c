@@ -115,7 +115,8 @@ static char *frame_of(json_t *ev, bool with_type, size_t *len) {
 /* A stream lives while its token has not expired and its session is not revoked; a
  * console stream while its console session lasts (sign-out or expiry end it). */
 static bool alive(stream_t *s) {
-  if (s->all) return console_sessions_check(s->console_sid, time_now_ms(), NULL, NULL) >= 0;
+  if (s->all)
+    return console_sessions_check(s->app->store, s->console_sid, time_now_ms(), NULL, NULL) >= 0;
   if (time_now_ms() / 1000 >= s->claims.exp) return false;
   return sessions_check(s->app, &s->claims) == 0;
 }
@@ -365,7 +366,8 @@ static void *notifier_main(void *arg) {
     int64_t now = time_mono_ms(), now_s = time_now_ms() / 1000;
     pthread_mutex_lock(&streams_lock);
     for (stream_t *s = streams; s; s = s->next) {
-      if (s->all ? console_sessions_check(s->console_sid, now_s * 1000, NULL, NULL) < 0
+      if (s->all ? console_sessions_check(app->store, s->console_sid, now_s * 1000, NULL, NULL) ==
+                       -ERR_UNAUTHENTICATED
                  : now_s >= s->claims.exp)
         s->closing = true;
       if (!s->closing && s->pending_len == s->pending_off && now - s->last_write_ms >= HEARTBEAT_MS)

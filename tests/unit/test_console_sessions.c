@@ -8,7 +8,10 @@
 
 #include <cmocka.h>
 #include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/errors.h"
 #include "services/console.h"
@@ -16,47 +19,69 @@
 
 #define T0 1000000
 
+/* One real SQLite store for the whole file, in a temporary folder. */
+static store_t *db;
+static char dir[64];
+
+static int open_store(void **state) {
+  (void)state;
+  char url[128];
+  snprintf(dir, sizeof(dir), "/tmp/iotfin-console-XXXXXX");
+  if (!mkdtemp(dir)) return -1;
+  snprintf(url, sizeof(url), "sqlite:%s/t.db", dir);
+  return store_open(url, &db);
+}
+
+static int close_store(void **state) {
+  (void)state;
+  store_close(&db);
+  char cmd[128];
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
 static void test_open_check_end(void **state) {
   (void)state;
   char sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1], got[CONSOLE_SECRET_LEN + 1];
   int64_t exp, exp2;
-  assert_int_equal(console_sessions_create(T0, sid, csrf, &exp), 0);
+  assert_int_equal(console_sessions_create(db, T0, sid, csrf, &exp), 0);
   assert_int_equal(strlen(sid), CONSOLE_SECRET_LEN);
   assert_string_not_equal(sid, csrf);
   assert_true(exp == T0 + CONSOLE_SESSION_TTL_MS);
-  assert_int_equal(console_sessions_check(sid, T0 + 1, got, &exp2), 0);
+  assert_int_equal(console_sessions_check(db, sid, T0 + 1, got, &exp2), 0);
   assert_string_equal(got, csrf);
   assert_true(exp2 == exp);
   /* The CSRF token is not a session id, and a near miss is no session. */
-  assert_int_equal(console_sessions_check(csrf, T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
+  assert_int_equal(console_sessions_check(db, csrf, T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
   char near[CONSOLE_SECRET_LEN + 1];
   memcpy(near, sid, sizeof(near));
   near[0] = near[0] == 'a' ? 'b' : 'a';
-  assert_int_equal(console_sessions_check(near, T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
-  assert_int_equal(console_sessions_check("short", T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
-  assert_int_equal(console_sessions_check(NULL, T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
-  console_sessions_delete(sid);
-  assert_int_equal(console_sessions_check(sid, T0 + 2, NULL, NULL), -ERR_UNAUTHENTICATED);
+  assert_int_equal(console_sessions_check(db, near, T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
+  assert_int_equal(console_sessions_check(db, "short", T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
+  assert_int_equal(console_sessions_check(db, NULL, T0 + 1, NULL, NULL), -ERR_UNAUTHENTICATED);
+  console_sessions_delete(db, sid);
+  assert_int_equal(console_sessions_check(db, sid, T0 + 2, NULL, NULL), -ERR_UNAUTHENTICATED);
 }
 
 static void test_expiry(void **state) {
   (void)state;
   char sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1];
   int64_t exp;
-  console_sessions_create(T0, sid, csrf, &exp);
-  assert_int_equal(console_sessions_check(sid, exp - 1, NULL, NULL), 0);
-  assert_int_equal(console_sessions_check(sid, exp, NULL, NULL), -ERR_UNAUTHENTICATED);
+  console_sessions_create(db, T0, sid, csrf, &exp);
+  assert_int_equal(console_sessions_check(db, sid, exp - 1, NULL, NULL), 0);
+  assert_int_equal(console_sessions_check(db, sid, exp, NULL, NULL), -ERR_UNAUTHENTICATED);
 }
 
 static void test_bounded_oldest_gives_way(void **state) {
   (void)state;
   char first[CONSOLE_SECRET_LEN + 1], sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1];
   int64_t exp;
-  console_sessions_create(T0 * 10, first, csrf, &exp);
+  console_sessions_create(db, T0 * 10, first, csrf, &exp);
   for (int i = 1; i <= CONSOLE_SESSIONS_MAX; i++)
-    console_sessions_create(T0 * 10 + i, sid, csrf, &exp);
-  assert_int_equal(console_sessions_check(first, T0 * 10 + 100, NULL, NULL), -ERR_UNAUTHENTICATED);
-  assert_int_equal(console_sessions_check(sid, T0 * 10 + 100, NULL, NULL), 0);
+    console_sessions_create(db, T0 * 10 + i, sid, csrf, &exp);
+  assert_int_equal(console_sessions_check(db, first, T0 * 10 + 100, NULL, NULL),
+                   -ERR_UNAUTHENTICATED);
+  assert_int_equal(console_sessions_check(db, sid, T0 * 10 + 100, NULL, NULL), 0);
 }
 
 static void test_type_pattern(void **state) {
@@ -80,5 +105,5 @@ int main(void) {
       cmocka_unit_test(test_bounded_oldest_gives_way),
       cmocka_unit_test(test_type_pattern),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return cmocka_run_group_tests(tests, open_store, close_store);
 }
