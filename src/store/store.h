@@ -10,6 +10,7 @@
 #ifndef IOTFIN_STORE_STORE_H
 #define IOTFIN_STORE_STORE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct store store_t;
@@ -60,6 +61,9 @@ int store_ping(store_t *s);
 /* While writes fail: a static sentence naming the cause for a problem's detail
  * ("storage unavailable: disk full"); NULL while healthy. Any thread. */
 const char *store_failure(store_t *s);
+/* Copies a database URL for display into out (cap bytes), its password (user:PASS@,
+ * password=PASS) shown as ***. */
+void store_redact_url(const char *url, char *out, size_t cap);
 /* Name of the backend ("sqlite" or "postgres"), for logs and metrics. */
 const char *store_backend(const store_t *s);
 
