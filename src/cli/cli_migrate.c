@@ -153,8 +153,9 @@ static int src_prepare(migrate_t *m, sqlite3_stmt **st, const char *sql) {
 /* Tables, columns, foreign keys, row counts and AUTOINCREMENT marks of the source. */
 static int source_catalogue(migrate_t *m) {
   sqlite3_stmt *st = NULL;
-  if (src_prepare(m, &st, "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT "
-                          "LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name") < 0)
+  if (src_prepare(m, &st,
+                  "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT "
+                  "LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name") < 0)
     return -1;
   int rc = 0;
   while (rc == 0 && sqlite3_step(st) == SQLITE_ROW) {
@@ -283,13 +284,14 @@ static int target_catalogue_tx(store_tx_t *tx, void *arg) {
   if (n > 0) m->dst_version = store_rows_int(rows, 0, 0);
   store_rows_free(&rows);
   if (n < 0) return n;
-  n = store_exec(tx, &rows,
-                 "SELECT c.table_name, c.column_name, c.data_type, c.is_identity, "
-                 "COALESCE(c.column_default, '') FROM information_schema.columns c "
-                 "JOIN information_schema.tables t ON t.table_schema = c.table_schema AND "
-                 "t.table_name = c.table_name AND t.table_type = 'BASE TABLE' "
-                 "WHERE c.table_schema = current_schema() ORDER BY c.table_name, c.ordinal_position",
-                 "");
+  n = store_exec(
+      tx, &rows,
+      "SELECT c.table_name, c.column_name, c.data_type, c.is_identity, "
+      "COALESCE(c.column_default, '') FROM information_schema.columns c "
+      "JOIN information_schema.tables t ON t.table_schema = c.table_schema AND "
+      "t.table_name = c.table_name AND t.table_type = 'BASE TABLE' "
+      "WHERE c.table_schema = current_schema() ORDER BY c.table_name, c.ordinal_position",
+      "");
   if (n < 0) return n;
   int rc = 0;
   int seen[MAX_TABLES][MAX_BIND] = {{0}};
@@ -338,8 +340,8 @@ static int target_catalogue_tx(store_tx_t *tx, void *arg) {
   for (int i = 0; rc == 0 && i < m->ntables; i++)
     for (int c = 0; rc == 0 && c < m->tables[i].ncols; c++)
       if (!seen[i][c]) {
-        snprintf(m->why, sizeof(m->why), "the target lacks the column %s.%s",
-                 m->tables[i].name, m->tables[i].cols[c]);
+        snprintf(m->why, sizeof(m->why), "the target lacks the column %s.%s", m->tables[i].name,
+                 m->tables[i].cols[c]);
         rc = -ERR_CONFLICT;
       }
   return rc < 0 ? rc : target_empty(m, tx);
@@ -402,9 +404,11 @@ static int row_values(migrate_t *m, const mtable_t *t, sqlite3_stmt *st, char **
     }
     if (!ok) {
       snprintf(m->why, sizeof(m->why),
-               "%s.%s holds a value PostgreSQL's %s column cannot take (SQLite type %s)",
-               t->name, t->cols[c], t->pgtype[c][0] ? t->pgtype[c] : "text",
-               type == SQLITE_BLOB ? "blob" : type == SQLITE_TEXT ? "text" : "number");
+               "%s.%s holds a value PostgreSQL's %s column cannot take (SQLite type %s)", t->name,
+               t->cols[c], t->pgtype[c][0] ? t->pgtype[c] : "text",
+               type == SQLITE_BLOB   ? "blob"
+               : type == SQLITE_TEXT ? "text"
+                                     : "number");
       return -ERR_CONFLICT;
     }
     out[c] = strdup(text);
@@ -616,9 +620,9 @@ int cli_migrate_store_main(int argc, char **argv) {
       fputs(usage, stdout);
       return 0;
     }
-    const char **slot = strncmp(a, "--to", 4) == 0 ? &to
+    const char **slot = strncmp(a, "--to", 4) == 0          ? &to
                         : strncmp(a, "--data-dir", 10) == 0 ? &data_dir_arg
-                                                             : NULL;
+                                                            : NULL;
     size_t len = strncmp(a, "--to", 4) == 0 ? 4 : 10;
     if (slot && a[len] == '=') {
       *slot = a + len + 1;
@@ -634,9 +638,8 @@ int cli_migrate_store_main(int argc, char **argv) {
     return 2;
   }
   if (strncmp(to, "postgres://", 11) != 0 && strncmp(to, "postgresql://", 13) != 0) {
-    fprintf(stderr,
-            "iotfin migrate-store: --to must be a postgres:// or postgresql:// URL (the "
-            "target database)\n");
+    fprintf(stderr, "iotfin migrate-store: --to must be a postgres:// or postgresql:// URL (the "
+                    "target database)\n");
     return 2;
   }
   if (data_dir_arg && !*data_dir_arg) {
