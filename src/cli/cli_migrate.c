@@ -596,7 +596,7 @@ static int migrate(const config_t *cfg, const char *to) {
   }
   printf("copied %lld rows in %d tables in %.1f s; the counts match in the target\n",
          (long long)total, m.ntables, (double)(time_mono_ms() - t0) / 1000.0);
-  printf("kept: %s, unchanged and no longer used\n"
+  printf("kept: %s, as it was; serve no longer uses it\n"
          "kept: the signing keys, the admin token and the broker's files in %s,\n"
          "      which serve still needs on PostgreSQL\n"
          "next: start iotfin serve with IOTFIN_DATA_DIR=%s IOTFIN_DB=%s\n",
