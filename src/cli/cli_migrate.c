@@ -32,11 +32,12 @@ static const char *usage =
     "  --data-dir DIR  the data dir (default: IOTFIN_DATA_DIR, else ./iotfin-data); the\n"
     "                  source is IOTFIN_DB when it names sqlite:PATH, else DIR/iotfin.db\n"
     "\n"
-    "Stop `iotfin serve` first: a database in use is refused, and a serve started meanwhile\n"
-    "waits. Every table is copied in one transaction (all or nothing), ids and event\n"
-    "sequence numbers unchanged, and the row counts are checked. The SQLite file is left as\n"
-    "it was. The signing keys, the admin token and the broker's files stay in the data dir:\n"
-    "keep it, and start serve with the same IOTFIN_DATA_DIR and IOTFIN_DB=<the --to URL>.\n"
+    "Stop `iotfin serve` first: a database in use is refused, and a serve started during\n"
+    "the copy cannot open it. Every table is copied in one transaction (all or nothing),\n"
+    "ids and event sequence numbers unchanged, and the row counts are checked. The SQLite\n"
+    "file is left as it was. The signing keys, the admin token and the broker's files stay\n"
+    "in the data dir: keep it, and start serve with the same IOTFIN_DATA_DIR and\n"
+    "IOTFIN_DB=<the --to URL>.\n"
     "Exit status: 0 copied, 1 refused or failed (one line says why), 2 bad arguments.\n";
 
 #define MAX_TABLES 64
@@ -301,14 +302,7 @@ static int target_catalogue_tx(store_tx_t *tx, void *arg) {
     const char *dflt = store_rows_text(rows, i, 4);
     if (is_skipped(table)) continue;
     mtable_t *t = find_table(m, table);
-    if (!t) {
-      snprintf(m->why, sizeof(m->why),
-               "the target has a table %s that the SQLite store does not have; is it the "
-               "database of another program?",
-               table);
-      rc = -ERR_CONFLICT;
-      break;
-    }
+    if (!t) continue; /* another program's table beside iotfin's: not ours to judge */
     int c = find_col(t, col);
     if (c < 0) {
       snprintf(m->why, sizeof(m->why),
@@ -337,13 +331,20 @@ static int target_catalogue_tx(store_tx_t *tx, void *arg) {
       snprintf(t->identity, NAME_CAP, "%s", col);
   }
   store_rows_free(&rows);
-  for (int i = 0; rc == 0 && i < m->ntables; i++)
+  for (int i = 0; rc == 0 && i < m->ntables; i++) {
+    int have = 0;
+    for (int c = 0; c < m->tables[i].ncols; c++)
+      have += seen[i][c];
     for (int c = 0; rc == 0 && c < m->tables[i].ncols; c++)
       if (!seen[i][c]) {
-        snprintf(m->why, sizeof(m->why), "the target lacks the column %s.%s", m->tables[i].name,
-                 m->tables[i].cols[c]);
+        if (have)
+          snprintf(m->why, sizeof(m->why), "the target lacks the column %s.%s", m->tables[i].name,
+                   m->tables[i].cols[c]);
+        else
+          snprintf(m->why, sizeof(m->why), "the target lacks the table %s", m->tables[i].name);
         rc = -ERR_CONFLICT;
       }
+  }
   return rc < 0 ? rc : target_empty(m, tx);
 }
 
