@@ -46,6 +46,8 @@ static const char *usage_main =
     "  events-doc   print the event catalogue as Markdown\n"
     "  backup FILE  write the data dir (database snapshot, keys, admin token) to one file\n"
     "  restore FILE fill an empty data dir from such a file\n"
+    "  migrate-store --to postgres://...\n"
+    "               copy a SQLite data dir's store into PostgreSQL (docs/scaling.md)\n"
     "\n"
     "Options:\n"
     "  --help       show this help (also: iotfin <command> --help)\n"
@@ -391,6 +393,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "demo") == 0) return cli_demo_main(argc - 1, argv + 1);
   if (strcmp(cmd, "backup") == 0) return cli_backup_main(argc - 1, argv + 1, false);
   if (strcmp(cmd, "restore") == 0) return cli_backup_main(argc - 1, argv + 1, true);
+  if (strcmp(cmd, "migrate-store") == 0) return cli_migrate_store_main(argc - 1, argv + 1);
   if (strcmp(cmd, "events-doc") == 0) {
     if (help) {
       fputs(usage_events_doc, stdout);

@@ -13,6 +13,8 @@ int cli_device_main(int argc, char **argv);
 int cli_demo_main(int argc, char **argv);
 /* `iotfin backup FILE` (restoring false) and `iotfin restore FILE`. */
 int cli_backup_main(int argc, char **argv, bool restoring);
+/* `iotfin migrate-store --to URL`: copies a SQLite data dir's store into PostgreSQL. */
+int cli_migrate_store_main(int argc, char **argv);
 
 /* One HTTP call with an optional bearer token and JSON body (borrowed). Returns
  * the status (0 when no answer came) and the parsed answer in *out (may be NULL). */

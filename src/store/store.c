@@ -31,6 +31,7 @@ int store_read(store_t *s, store_tx_fn fn, void *arg) { return s->ops->read(s, f
 int store_ping(store_t *s) { return s->ops->ping(s); }
 const char *store_failure(store_t *s) { return s && s->ops->failure ? s->ops->failure(s) : NULL; }
 const char *store_backend(const store_t *s) { return s->ops->name; }
+void store_redact_url(const char *url, char *out, size_t cap) { store__pg_redact(url, out, cap); }
 
 void store_set_commit_hook(store_t *s, void (*hook)(void *arg), void *arg) {
   s->ops->set_commit_hook(s, hook, arg);

@@ -11,6 +11,7 @@
 #define IOTFIN_STORE_STORE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct store store_t;
@@ -86,6 +87,9 @@ void store_unlisten(store_t *s, store_listen_fn fn, void *arg);
  * every 250 ms while free, and lost with that connection. SQLite: always 1. */
 int store_leader(store_t *s, const char *name);
 
+/* Copies a database URL for display into out (cap bytes), its password (user:PASS@,
+ * password=PASS) shown as ***. */
+void store_redact_url(const char *url, char *out, size_t cap);
 /* Name of the backend ("sqlite" or "postgres"), for logs and metrics. */
 const char *store_backend(const store_t *s);
 
