@@ -397,7 +397,8 @@ static int spool_open_segment(void) {
   char name[64];
   snprintf(name, sizeof(name), SPOOL_PREFIX "%016llx" SPOOL_SUFFIX,
            (unsigned long long)++st.seg_no);
-  int fd = openat(st.spool_dir, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  int fd = openat(st.spool_dir, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                  0640); /* group: the iotfin instances that store it */
   if (fd < 0) return -1;
   /* Zeros first, flushed once: a record then overwrites blocks that already exist, and
    * its fdatasync flushes data only, where an append must also commit the file's new size
