@@ -85,7 +85,8 @@ fuzz: fuzz-build
 # tests; `make e2e-pg PG_E2E=tests/e2e` runs everything (SQLite-file tests skip).
 PG_E2E ?= tests/e2e/test_02_errors.py tests/e2e/test_03_sessions.py \
   tests/e2e/test_04_devices_import.py tests/e2e/test_10_identity.py tests/e2e/test_20_bus.py \
-  tests/e2e/test_40_devices.py tests/e2e/test_06_store_pg.py
+  tests/e2e/test_40_devices.py tests/e2e/test_06_store_pg.py \
+  tests/e2e/test_09_multi_instance.py
 PRIVATE_PG = $(BUILD)/private-pg
 e2e-pg: build test-deps
 	@rm -rf $(PRIVATE_PG) && mkdir -m 700 $(PRIVATE_PG)
