@@ -92,7 +92,7 @@ e2e-pg: build test-deps
 	@rm -rf $(PRIVATE_PG) && mkdir -m 700 $(PRIVATE_PG)
 	@cp $(BUILD)/iotfin $(BUILD)/mosquitto_iotfin_auth.so $(PRIVATE_PG)/
 	sh scripts/pg.sh run env IOTFIN_BIN=$(CURDIR)/$(PRIVATE_PG)/iotfin \
-	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 $(PG_E2E)
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 --dist loadgroup $(PG_E2E)
 
 # Everything: the three builds one after another (each already uses every core), the
 # unit tests and the fuzzers side by side (-O keeps each one's output together), then the

@@ -18,7 +18,6 @@ an SMTP sink). One test per promise of the section:
 Runs on PostgreSQL only (`make e2e-pg`, IOTFIN_TEST_PG). The module starts everything
 once (about 3 s) and stops everything it started, by pid, at the end."""
 
-import json
 import os
 import shutil
 import signal
@@ -50,9 +49,14 @@ from devices_helpers import (
 from fakes import FakeBank, FakeKyc, FakeServer, Response
 from test_31_mail import SmtpSink
 
-pytestmark = pytest.mark.skipif(
-    not TEST_PG, reason="several instances need PostgreSQL: run with make e2e-pg (IOTFIN_TEST_PG)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not TEST_PG, reason="several instances need PostgreSQL: run with make e2e-pg (IOTFIN_TEST_PG)"
+    ),
+    # One cluster for the module: under xdist (`--dist loadgroup`) every test of it runs
+    # on the same worker, instead of each worker starting three instances of its own.
+    pytest.mark.xdist_group("multi_instance"),
+]
 
 ADMIN_TOKEN = "multi-" + uuid.uuid4().hex
 BROKER_SECRET = uuid.uuid4().hex + uuid.uuid4().hex
@@ -221,6 +225,12 @@ class Cluster:
         self.nodes[i] = self._start(NAMES[i])
         return self.nodes[i]
 
+    def sql(self, query):
+        """psql's answer on the shared schema (for failure messages)."""
+        r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", " ", self.db, "-c", query],
+                           capture_output=True, text=True, timeout=10)
+        return (r.stdout + r.stderr).strip().replace("\n", "; ")
+
     @property
     def mqtt(self):
         return "127.0.0.1", self.broker.port
@@ -278,15 +288,24 @@ def within(seconds, fn, step=0.02):
     return v, time.monotonic() - t0
 
 
-def connect_device(cluster, creds, **kw):
+def connect_owned_device(cluster, user, device_id, **kw):
+    """The device connected to the shared broker with credentials from the first
+    instance (A, B, C) whose device token the broker admits. Whether it admits the
+    tokens of every instance is test 1's business; the other tests need a connected
+    device, whichever instance signed its token."""
     host, port = cluster.mqtt
-    dev = DeviceClient(host, port, creds["client_id"], creds["password"], **kw)
-    rc = dev.connect()
-    assert rc == 0, (
-        f"the shared broker refused device {creds['client_id']} (CONNACK {rc}) with a token "
-        f"issued by one instance\n{cluster.logs()}"
-    )
-    return dev
+    refused = []
+    for n in cluster.nodes:
+        tok, _ = login(n, user)
+        creds = get_credentials(n, User(user.id, user.email, tok), device_id)
+        dev = DeviceClient(host, port, creds["client_id"], creds["password"], **kw)
+        rc = dev.connect()
+        if rc == 0:
+            dev.creds = creds
+            return dev
+        refused.append(f"{n.name}: CONNACK {rc}")
+    pytest.fail(f"the shared broker refused device {device_id} with the tokens of every "
+                f"instance ({', '.join(refused)})\n{cluster.logs()}")
 
 
 def connack(cluster, device_id, password, timeout=5):
@@ -493,8 +512,8 @@ def test_a_revocation_on_one_instance_is_refused_by_all_and_the_broker_within_1s
 
     # Device retire on C: the broker drops the device and refuses its token within 1 s.
     dev = claim_active(a, user)
-    creds = get_credentials(a, user, dev["id"])
-    device = connect_device(cluster, creds)
+    device = connect_owned_device(cluster, user, dev["id"])
+    creds = device.creds
     try:
         tok_c, _ = login(c, user)
         r = c.delete(f"/v1/devices/{dev['id']}", headers=bearer(tok_c))
@@ -538,13 +557,13 @@ def test_queue_messages_are_handled_once_in_order_with_one_mail_per_event(cluste
             devices.append(claim_active(n, User(owner.id, owner.email, tok)))
         clients = []
         for d in devices:
-            clients.append(connect_device(cluster, get_credentials(a, owner, d["id"])))
+            clients.append(connect_owned_device(cluster, owner, d["id"]))
         try:
-            # Each device publishes 20 events (the broker spreads them over A, B and C).
+            # Each device publishes 30 events (the broker spreads them over A, B and C).
             published = {}
             threads = []
             for d, cl in zip(devices, clients):
-                ids = [f"{d['id'][:8]}-{i:03d}" for i in range(20)]
+                ids = [f"{d['id'][:8]}-{i:03d}" for i in range(30)]
                 published[d["id"]] = ids
                 threads.append(threading.Thread(target=publish_events, args=(cl, ids)))
             for t in threads:
@@ -609,11 +628,7 @@ def test_a_device_message_is_stored_once_whichever_instance_receives_it(cluster)
     a, b, c = cluster.nodes
     user = make_users(b, 1, tag="multi4")[0]
     dev = claim_active(b, user)
-    # Credentials from A whatever instance the user talks to: whether the broker takes
-    # tokens of every instance is test 1's business.
-    tok_a, _ = login(a, user)
-    client = connect_device(
-        cluster, get_credentials(a, User(user.id, user.email, tok_a), dev["id"]))
+    client = connect_owned_device(cluster, user, dev["id"])
     before = {n.name: metric_in(n) for n in (a, b, c)}
     try:
         ids = [f"once-{i:02d}" for i in range(10)]
@@ -647,7 +662,6 @@ def test_a_command_posted_to_any_instance_reaches_the_device_and_all_show_its_st
     user = make_users(a, 1, tag="multi5")[0]
     tokens = {n.name: login(n, user)[0] for n in (a, b, c)}
     dev = claim_active(a, user)
-    creds = get_credentials(a, user, dev["id"])
 
     def post(n, typ):
         r = n.post(f"/v1/devices/{dev['id']}/commands", json={"type": typ, "payload": {}},
@@ -662,7 +676,7 @@ def test_a_command_posted_to_any_instance_reaches_the_device_and_all_show_its_st
     # Queued while the device is offline, on B; the device then connects, and some
     # instance (maybe another) receives its presence.
     queued = post(b, "while-offline")
-    device = connect_device(cluster, creds, auto_ack="succeeded")
+    device = connect_owned_device(cluster, user, dev["id"], auto_ack="succeeded")
     problems = []
     try:
         cids = {"offline via B": queued}
@@ -775,7 +789,8 @@ class Load:
         while not self.stop.is_set():
             d = self.devices[k % len(self.devices)]
             key = uuid.uuid4().hex
-            for attempt in range(len(NAMES) * 3):
+            conflict_since = None
+            for attempt in range(200):
                 n = self.cluster.nodes[(k + attempt) % len(nodes)]
                 try:
                     r = requests.post(
@@ -792,6 +807,17 @@ class Load:
                 elif r.status_code >= 500:
                     self.retries += 1
                     continue
+                elif r.status_code == 409 and r.json().get("code") == "conflict":
+                    # The key is "still running": the first try went to an instance that
+                    # died. A client waits a little and tries again; it must not stay so.
+                    conflict_since = conflict_since or time.monotonic()
+                    if time.monotonic() - conflict_since < 3.0:
+                        self.retries += 1
+                        time.sleep(0.05)
+                        continue
+                    self.errors.append(
+                        f"Idempotency-Key {key}: still 409 'still running' 3 s after the "
+                        f"instance that took it first died ({n.name}: {r.text[:120]})")
                 else:
                     self.errors.append(f"command via {n.name}: {r.status_code} {r.text}")
                 break
@@ -804,7 +830,7 @@ def test_kill_9_of_one_instance_under_load_loses_nothing_acknowledged(cluster):
     bank = cluster.bank
     user = make_users(a, 1, tag="multi7")[0]
     devices = [claim_active(a, user) for _ in range(3)]
-    clients = [connect_device(cluster, get_credentials(a, user, d["id"]), auto_ack="succeeded")
+    clients = [connect_owned_device(cluster, user, d["id"], auto_ack="succeeded")
                for d in devices]
     # Every instance's token for the user: a session works on the instance that issued it.
     tokens = {n.name: login(n, user)[0] for n in (a, b, c)}
@@ -825,10 +851,9 @@ def test_kill_9_of_one_instance_under_load_loses_nothing_acknowledged(cluster):
         for cl in clients:
             cl.close()
         bank.delay = 0.0
-    assert not load.errors, load.errors
     assert load.commands and all(load.acked.values()), (len(load.commands), load.acked)
     a = cluster.nodes[0]
-    problems = []
+    problems = list(load.errors)
     # Every PUBACKed event is stored (the victim's acknowledged ones included).
     for d in devices:
         want = set(load.acked[d["id"]])
@@ -850,9 +875,13 @@ def test_kill_9_of_one_instance_under_load_loses_nothing_acknowledged(cluster):
                   >= {i for i, _ in log_fifo(a, d["id"])}, deadline)
         order, firsts = log_fifo(a, d["id"]), bank_fifo(bank, d["id"])
         if not ok:
-            missing = [lab for i, lab in order if i not in {j for j, _ in firsts}]
+            got = {j for j, _ in firsts}
+            missing = [(i, lab) for i, lab in order if i not in got]
+            calls = [r for r in bank.requests("POST", "/notifications")
+                     if any(i.encode() in r.body for i, _ in missing[:10])]
             problems.append(f"device {d['id']}: {len(missing)} of {len(order)} stored events "
-                            f"never reached BANK: {missing[:10]}")
+                            f"never reached BANK: {[lab for _, lab in missing[:10]]} "
+                            f"(BANK calls naming the first 10: {len(calls)})")
         elif [i for i, _ in firsts] != [i for i, _ in order]:
             at = next(k for k, (x, y) in enumerate(zip(firsts, order)) if x[0] != y[0])
             problems.append(f"device {d['id']}: BANK first deliveries leave the log order at "
@@ -862,6 +891,11 @@ def test_kill_9_of_one_instance_under_load_loses_nothing_acknowledged(cluster):
         "\n".join(problems)
         + f"\n(commands {len(load.commands)}, retries {load.retries}, events acked "
         + f"{ {k[:8]: len(v) for k, v in load.acked.items()} })\n"
+        + f"bank-forwarder on A: {queue_stats(a).get('bank-forwarder')}\n"
+        + "queue_messages: " + cluster.sql(
+            "SELECT queue, state, count(*), 'max lease', max(lease), 'visible in ms', "
+            "max(visible_at_ms) - (extract(epoch from clock_timestamp()) * 1000)::bigint "
+            "FROM queue_messages GROUP BY 1, 2") + "\n"
         + cluster.logs()
     )
 
