@@ -87,13 +87,13 @@ fuzz: fuzz-build
 PG_E2E ?= tests/e2e/test_02_errors.py tests/e2e/test_03_sessions.py \
   tests/e2e/test_04_devices_import.py tests/e2e/test_10_identity.py tests/e2e/test_20_bus.py \
   tests/e2e/test_40_devices.py tests/e2e/test_06_store_pg.py tests/e2e/test_07_migrate_store.py \
-  tests/e2e/test_08_pg_failover.py
+  tests/e2e/test_08_pg_failover.py tests/e2e/test_09_multi_instance.py
 PRIVATE_PG = $(BUILD)/private-pg
 e2e-pg: build test-deps
 	@rm -rf $(PRIVATE_PG) && mkdir -m 700 $(PRIVATE_PG)
 	@cp $(BUILD)/iotfin $(BUILD)/mosquitto_iotfin_auth.so $(PRIVATE_PG)/
 	sh scripts/pg.sh run env IOTFIN_BIN=$(CURDIR)/$(PRIVATE_PG)/iotfin \
-	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 $(PG_E2E)
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 --dist loadgroup $(PG_E2E)
 
 # Everything: the three builds one after another (each already uses every core), the
 # unit tests and the fuzzers side by side (-O keeps each one's output together), then the
