@@ -663,10 +663,13 @@ static void send_control(hub_t *hub, const char *what, json_t *body) {
   free(s);
 }
 
-/* The ordered streams: one subscriber takes them all, so each device's messages
- * are stored in the order the broker took them. */
-static const char *const ordered_topics[] = {"devices/+/events", "devices/+/commands/+/ack",
-                                             "iotfin/presence/+"};
+/* The ordered streams: only the leading instance subscribes, so each device's
+ * messages are stored in the order the broker took them. Shared subscriptions all
+ * the same: during a hand-over two leaders may overlap for a moment, and then each
+ * message still goes to one of them. */
+static const char *const ordered_topics[] = {"$share/iotfin/devices/+/events",
+                                             "$share/iotfin/devices/+/commands/+/ack",
+                                             "$share/iotfin/iotfin/presence/+"};
 
 static void subscribe_ordered(hub_t *hub) {
   for (size_t i = 0; i < sizeof(ordered_topics) / sizeof(ordered_topics[0]); i++)
@@ -894,8 +897,8 @@ void hub_stop(hub_t **phub) {
     pthread_cond_broadcast(&hub->lanes[i].room);
     pthread_mutex_unlock(&hub->lanes[i].lock);
   }
-  hub_mqtt_stop(&hub->mqtt);
-  hub->app->mqtt = NULL;
+  /* The lanes and the timer may still publish: the client is freed after them. */
+  hub_mqtt_halt(hub->mqtt);
   atomic_store(&hub->stopping, true);
   for (int i = 0; i < NLANES; i++) {
     pthread_mutex_lock(&hub->lanes[i].lock);
@@ -909,6 +912,8 @@ void hub_stop(hub_t **phub) {
   for (int i = 0; i < NREQUEST_THREADS; i++)
     pthread_join(hub->request_threads[i], NULL);
   pthread_join(hub->timer, NULL);
+  hub->app->mqtt = NULL;
+  hub_mqtt_stop(&hub->mqtt);
   free(hub);
   *phub = NULL;
 }

@@ -228,15 +228,20 @@ int hub_mqtt_start(const char *host, int port, const char *username, const char 
 
 bool hub_mqtt_connected(const hub_mqtt_t *m) { return m && atomic_load(&m->connected); }
 
-void hub_mqtt_stop(hub_mqtt_t **pm) {
-  hub_mqtt_t *m = *pm;
-  if (!m) return;
+void hub_mqtt_halt(hub_mqtt_t *m) {
+  if (!m || atomic_load(&m->closing)) return;
   /* The loop thread writes our DISCONNECT; give it a moment before ending it. */
   mosquitto_disconnect_v5(m->mosq, 0, NULL);
   for (int i = 0; i < 50 && mosquitto_socket(m->mosq) >= 0; i++)
     usleep(2000);
   atomic_store(&m->closing, true);
   if (m->thread_started) pthread_join(m->thread, NULL);
+}
+
+void hub_mqtt_stop(hub_mqtt_t **pm) {
+  hub_mqtt_t *m = *pm;
+  if (!m) return;
+  hub_mqtt_halt(m);
   mosquitto_destroy(m->mosq);
   free(m);
   *pm = NULL;

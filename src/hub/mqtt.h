@@ -45,7 +45,10 @@ int hub_mqtt_subscribe(hub_mqtt_t *m, const char *pattern, int qos);
 /* Drops the connection and makes a new one (within RECONNECT_MS): a fresh session,
  * without the subscriptions of the old one. Any thread. */
 void hub_mqtt_reconnect(hub_mqtt_t *m);
-/* Disconnects, stops the network thread and frees; sets *m to NULL. */
+/* Disconnects and stops the network thread; publishing afterwards fails harmlessly
+ * (-ERR_UNAVAILABLE), so other threads may still hold m until hub_mqtt_stop. */
+void hub_mqtt_halt(hub_mqtt_t *m);
+/* Halts if not yet, and frees; sets *m to NULL. */
 void hub_mqtt_stop(hub_mqtt_t **m);
 
 #endif
