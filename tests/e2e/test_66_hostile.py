@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from conftest import Iotfin, assert_problem, bearer, poll
+from conftest import TEST_PG, Iotfin, assert_problem, bearer, poll
 from devices_helpers import (
     DeviceClient,
     SseReader,
@@ -91,7 +91,9 @@ def test_data_files_are_owner_only_whatever_the_umask_and_the_dir(start_iotfin, 
     user = make_user(srv, "perm")
     assert srv.get("/v1/me", headers=user.headers).status_code == 200
     assert poll(lambda: list((data / "mail").glob("*.eml")), 10), "no approval mail"
-    for name in ("iotfin.db", "iotfin.db-wal", "iotfin.db-shm", "admin-token"):
+    # On PostgreSQL the data dir holds no database files, only the rest.
+    db_files = () if TEST_PG else ("iotfin.db", "iotfin.db-wal", "iotfin.db-shm")
+    for name in db_files + ("admin-token", "instance-id"):
         assert (data / name).exists(), name
     assert loose_modes(data) == []
     assert srv.stop() == 0
