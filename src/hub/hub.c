@@ -91,6 +91,7 @@ struct hub {
   lane_t requests; /* one queue shared by the request threads */
   pthread_t request_threads[NREQUEST_THREADS];
   pthread_t timer;
+  bool timer_started;
   atomic_bool stopping;
   atomic_bool closing; /* hub_stop began: nothing waits for room or storage any more */
   /* Whether this instance takes in the devices' ordered messages (events, acks,
@@ -765,6 +766,7 @@ void hub_device_revoked(hub_t *hub, const char *device_id, const char *sid) {
 static void *timer_main(void *arg) {
   hub_t *hub = arg;
   pthread_setname_np(pthread_self(), "hub-timer");
+  lead_tick(hub); /* at once: an instance that may lead should not keep devices waiting */
   while (!atomic_load(&hub->stopping)) {
     /* 200 ms between sweeps, in slices: a stop must not wait out a whole sleep. */
     for (int i = 0; i < 10 && !atomic_load(&hub->stopping); i++)
@@ -870,7 +872,6 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
   pthread_cond_init(&hub->requests.cond, NULL);
   for (int i = 0; i < NREQUEST_THREADS; i++)
     pthread_create(&hub->request_threads[i], NULL, request_main, hub);
-  pthread_create(&hub->timer, NULL, timer_main, hub);
   hub_mqtt_handlers_t h = {
       .on_connect = on_connect,
       .on_message = on_message,
@@ -884,6 +885,8 @@ int hub_start(app_t *app, const char *host, int port, const char *user, const ch
     return rc;
   }
   app->mqtt = hub->mqtt;
+  /* After the client exists: the timer publishes through it. */
+  hub->timer_started = pthread_create(&hub->timer, NULL, timer_main, hub) == 0;
   *out = hub;
   return 0;
 }
@@ -911,7 +914,7 @@ void hub_stop(hub_t **phub) {
   pthread_mutex_unlock(&hub->requests.lock);
   for (int i = 0; i < NREQUEST_THREADS; i++)
     pthread_join(hub->request_threads[i], NULL);
-  pthread_join(hub->timer, NULL);
+  if (hub->timer_started) pthread_join(hub->timer, NULL);
   hub->app->mqtt = NULL;
   hub_mqtt_stop(&hub->mqtt);
   free(hub);
