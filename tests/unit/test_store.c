@@ -572,6 +572,34 @@ static void test_full_database_is_unavailable_and_recovers(void **state) {
   assert_int_equal(read_int(f->s, "SELECT count(*) FROM t"), 1);
 }
 
+/* Notifications carry only [A-Za-z0-9._:-] (they are spliced into a NOTIFY); a
+ * caller's mistake is refused on SQLite too, where nothing is sent. One process owns
+ * a SQLite file, so it holds every leadership. */
+static int notify_tx(store_tx_t *tx, void *arg) {
+  const char **tp = arg;
+  return store_notify(tx, tp[0], tp[1]);
+}
+
+static void test_notify_text_and_leadership_on_sqlite(void **state) {
+  fixture_t *f = *state;
+  const char *ok[] = {"revoke", "01a2366a-f61a-7000-bf5a-9e798a27a99a"};
+  const char *no_payload[] = {"keys", NULL};
+  const char *quote[] = {"revoke", "x'; DROP TABLE t; --"};
+  const char *space[] = {"a b", NULL};
+  const char *empty[] = {"", NULL};
+  assert_int_equal(store_write(f->s, notify_tx, ok), 0);
+  assert_int_equal(store_write(f->s, notify_tx, no_payload), 0);
+  assert_int_equal(store_write(f->s, notify_tx, quote), -ERR_INTERNAL);
+  assert_int_equal(store_write(f->s, notify_tx, space), -ERR_INTERNAL);
+  assert_int_equal(store_write(f->s, notify_tx, empty), -ERR_INTERNAL);
+  char long_payload[200];
+  memset(long_payload, 'a', sizeof(long_payload) - 1);
+  long_payload[sizeof(long_payload) - 1] = 0;
+  const char *too_long[] = {"revoke", long_payload};
+  assert_int_equal(store_write(f->s, notify_tx, too_long), -ERR_INTERNAL);
+  assert_int_equal(store_leader(f->s, "ingest"), 1);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void) {
@@ -591,6 +619,7 @@ int main(void) {
       T(test_read_is_a_snapshot),
       T(test_full_database_is_unavailable_and_recovers),
       cmocka_unit_test(test_open_failures),
+      T(test_notify_text_and_leadership_on_sqlite),
       /* Last: it shows a memory error, which ASan turns into an abort. */
       T(test_wide_rows),
   };
