@@ -283,7 +283,8 @@ def test_an_event_that_cannot_be_made_durable_is_not_acknowledged(start_iotfin, 
     for i in range(1000):
         eid = f"e-full-{i:04d}"
         pub.publish(eid, pad="x" * 10240)
-        if not poll(lambda: eid in pub.acked or pub.gone.is_set(), 5):
+        # A short step: hundreds of events go one after another into the reserve.
+        if not poll(lambda: eid in pub.acked or pub.gone.is_set(), 5, 0.002):
             pytest.fail(f"{eid}: neither acknowledged nor refused")
         if eid not in pub.acked:
             refused = eid
