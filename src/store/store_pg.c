@@ -39,14 +39,13 @@
  * (a reader past seq N never sees an N-1 appear later), and two instances' batches
  * never wait on each other's rows halfway (no deadlocks). Group commit keeps the
  * cost at one lock per batch. */
-#define ORDER_LOCK_KEY "29677418279693826" /* 0x696f7466696e02 */
+#define ORDER_LOCK_CLASS 0x696f7402
 /* A writer that stalls inside its transaction (a paused or cut-off instance) would
  * hold the order lock for everyone: the server ends such a session after this. */
 #define WRITER_IDLE_TX_TIMEOUT "2s"
 #define NOTES_CAP 4096
 #define MAX_LISTENERS 8
 #define MAX_LEADERS 8
-#define LISTEN_CHANNEL "iotfin"
 
 #define CAUSE_LOST "storage unavailable: the database is not reachable"
 #define CAUSE_READONLY "storage unavailable: the database is read-only"
@@ -85,7 +84,7 @@ typedef struct {
 
 typedef struct {
   char name[64];
-  long long key;
+  int key;
   atomic_bool held;
 } leader_t;
 
@@ -122,6 +121,12 @@ typedef struct pg_store {
   leader_t leaders[MAX_LEADERS];
   atomic_int nleaders;
   atomic_int writer_pid; /* the writer's server process: notifications from it are ours */
+  /* Instances share a database but not always a schema (a schema per tenant, or per
+   * test): the order lock, the leaderships and the NOTIFY channel are per schema, a
+   * hash of current_schema() taken at open. */
+  int scope;
+  char channel[24]; /* "iotfin_<scope in hex>" */
+  char begin[128];  /* BEGIN with the order lock of this scope */
 } pg_store_t;
 
 /* ---- helpers the unit tests reach through store_internal.h ---- */
@@ -461,8 +466,7 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
   }
   store_tx_t tx = {s->base.ops, s->writer, false, NULL};
   /* As for readers: a connection dropped while idle is retried once, before any job ran. */
-  static const char begin[] =
-      "BEGIN; SELECT pg_advisory_xact_lock(" ORDER_LOCK_KEY "); SAVEPOINT job";
+  const char *begin = s->begin;
   if (simple(&tx, begin) < 0 && tx.cause &&
       (s->writer->last_reset_ms = 0, conn_revive(s->writer))) {
     tx = (store_tx_t){s->base.ops, s->writer, false, NULL};
@@ -692,15 +696,16 @@ static int pg_notify(store_tx_t *tx, const char *topic, const char *payload) {
   if (tx->conn != s->writer) return -ERR_INTERNAL; /* a read-only snapshot changes nothing */
   char stmt[256];
   /* Characters were checked by store_notify: nothing here needs quoting. */
-  snprintf(stmt, sizeof(stmt), "NOTIFY " LISTEN_CHANNEL ", '%s%s%s';", topic, payload ? " " : "",
+  snprintf(stmt, sizeof(stmt), "NOTIFY %s, '%s%s%s';", s->channel, topic, payload ? " " : "",
            payload ? payload : "");
   if (s->notes_len && memmem(s->notes, s->notes_len, stmt, strlen(stmt))) return 0;
   size_t n = strlen(stmt);
-  static const char resync[] = "NOTIFY " LISTEN_CHANNEL ", 'resync';";
-  if (s->notes_len + n + sizeof(resync) >= NOTES_CAP) {
-    if (!memmem(s->notes, s->notes_len, resync, sizeof(resync) - 1)) {
-      memcpy(s->notes + s->notes_len, resync, sizeof(resync) - 1);
-      s->notes_len += sizeof(resync) - 1;
+  char resync[64];
+  size_t rn = (size_t)snprintf(resync, sizeof(resync), "NOTIFY %s, 'resync';", s->channel);
+  if (s->notes_len + n + rn >= NOTES_CAP) {
+    if (!memmem(s->notes, s->notes_len, resync, rn)) {
+      memcpy(s->notes + s->notes_len, resync, rn);
+      s->notes_len += rn;
     }
     return 0;
   }
@@ -736,11 +741,12 @@ static int pg_leader(store_t *base, const char *name) {
   if (n < MAX_LEADERS) {
     leader_t *l = &s->leaders[n];
     snprintf(l->name, sizeof(l->name), "%s", name);
-    /* FNV-1a of the name, in a range of its own (high byte 0x4c: "L"). */
-    unsigned long long h = 1469598103934665603ULL;
+    /* FNV-1a of the name, in a range of its own (high byte 0x4c: "L"); the second
+     * key is the schema's. */
+    unsigned h = 2166136261u;
     for (const char *p = name; *p; p++)
-      h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    l->key = (long long)((h & 0x00ffffffffffffffULL) | 0x4c00000000000000ULL);
+      h = (h ^ (unsigned char)*p) * 16777619u;
+    l->key = (int)((h & 0x00ffffffu) | 0x4c000000u);
     atomic_store(&l->held, false);
     atomic_store(&s->nleaders, n + 1);
   }
@@ -771,6 +777,8 @@ static void *listen_main(void *p) {
   pthread_setname_np(pthread_self(), "store-listen");
   PGconn *pg = NULL;
   bool had = false;
+  char listen_sql[48];
+  snprintf(listen_sql, sizeof(listen_sql), "LISTEN %s", s->channel);
   while (!atomic_load(&s->listen_stop)) {
     if (!pg || PQstatus(pg) != CONNECTION_OK) {
       if (pg) {
@@ -779,8 +787,7 @@ static void *listen_main(void *p) {
         lose_leaderships(s);
       }
       pg = pg_connect(s);
-      PGresult *r =
-          pg && PQstatus(pg) == CONNECTION_OK ? PQexec(pg, "LISTEN " LISTEN_CHANNEL) : NULL;
+      PGresult *r = pg && PQstatus(pg) == CONNECTION_OK ? PQexec(pg, listen_sql) : NULL;
       bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
       PQclear(r);
       if (!ok) {
@@ -797,7 +804,7 @@ static void *listen_main(void *p) {
       leader_t *l = &s->leaders[i];
       if (atomic_load(&l->held)) continue;
       char sql[80];
-      snprintf(sql, sizeof(sql), "SELECT pg_try_advisory_lock(%lld)", l->key);
+      snprintf(sql, sizeof(sql), "SELECT pg_try_advisory_lock(%d, %d)", l->key, s->scope);
       PGresult *r = PQexec(pg, sql);
       if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
           strcmp(PQgetvalue(r, 0, 0), "t") == 0) {
@@ -884,6 +891,22 @@ static int migrate(pg_store_t *s) {
 
 static void pg_close(store_t *base);
 
+/* The schema this URL works in (search_path), as the scope of locks and NOTIFY. */
+static int find_scope(pg_store_t *s) {
+  PGresult *r = PQexec(s->writer->pg, "SELECT current_schema()");
+  bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+  unsigned h = 2166136261u;
+  for (const char *p = ok ? PQgetvalue(r, 0, 0) : ""; *p; p++)
+    h = (h ^ (unsigned char)*p) * 16777619u;
+  PQclear(r);
+  if (!ok) return -ERR_UNAVAILABLE;
+  s->scope = (int)(h & 0x7fffffffu);
+  snprintf(s->channel, sizeof(s->channel), "iotfin_%08x", (unsigned)s->scope);
+  snprintf(s->begin, sizeof(s->begin), "BEGIN; SELECT pg_advisory_xact_lock(%d, %d); SAVEPOINT job",
+           ORDER_LOCK_CLASS, s->scope);
+  return 0;
+}
+
 int store__pg_open(const char *url, int wait_s, store_t **out) {
   pg_store_t *s = calloc(1, sizeof(*s));
   if (!s) return -ERR_INTERNAL;
@@ -925,6 +948,7 @@ int store__pg_open(const char *url, int wait_s, store_t **out) {
     usleep(250 * 1000);
   }
   int rc = migrate(s);
+  if (rc == 0) rc = find_scope(s);
   if (rc == 0 && pthread_create(&s->writer_thread, NULL, writer_main, s) != 0) rc = -ERR_INTERNAL;
   if (rc < 0) {
     if (rc == -ERR_UNAVAILABLE) log_error("store", "cannot prepare the database %s", s->redacted);
