@@ -30,6 +30,7 @@
 #include "hub/mqtt.h"
 #include "partners/mock.h"
 #include "services/catalogue.h"
+#include "services/idempotency.h"
 #include "services/retention.h"
 #include "services/sessions.h"
 #include "services/signing_keys.h"
@@ -281,7 +282,7 @@ static int serve(void) {
     goto out;
   }
   /* Keys and revocations are shared with any other instance on the database. */
-  if (signing_keys_start(&app) < 0) goto out;
+  if (signing_keys_start(&app) < 0 || idem_release_own(&app) < 0) goto out;
   sessions_listen(app.store, true);
 
   char mqtt_host[256], user[128] = "", pass[256] = "";

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/errors.h"
+#include "core/log.h"
 #include "core/timeutil.h"
 
 #define IDEM_TTL_MS (24LL * 3600 * 1000)
@@ -15,6 +16,7 @@ typedef struct {
   int status;
   const char *response;
   idem_replay_t *replay;
+  const char *owner;
 } idem_t;
 
 static int begin_tx(store_tx_t *tx, void *arg) {
@@ -34,9 +36,9 @@ static int begin_tx(store_tx_t *tx, void *arg) {
   if (n == 0) {
     store_rows_free(&rows);
     rc = store_exec(tx, NULL,
-                    "INSERT INTO idempotency (principal, key, route, body_hash, created_at_ms) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    "ssssi", c->principal, c->key, c->route, c->hash, now);
+                    "INSERT INTO idempotency (principal, key, route, body_hash, created_at_ms, "
+                    "owner) VALUES (?, ?, ?, ?, ?, ?)",
+                    "ssssis", c->principal, c->key, c->route, c->hash, now, c->owner);
     return rc < 0 ? rc : 0;
   }
   if (strcmp(store_rows_text(rows, 0, 0), c->route) != 0 ||
@@ -56,7 +58,7 @@ static int begin_tx(store_tx_t *tx, void *arg) {
 int idem_begin(app_t *app, const char *principal, const char *key, const char *route,
                const char *body_hash, idem_replay_t *replay) {
   memset(replay, 0, sizeof(*replay));
-  idem_t c = {principal, key, route, body_hash, 0, NULL, replay};
+  idem_t c = {principal, key, route, body_hash, 0, NULL, replay, app->instance_id};
   return store_write(app->store, begin_tx, &c);
 }
 
@@ -71,7 +73,7 @@ static int finish_tx(store_tx_t *tx, void *arg) {
 
 int idem_finish(app_t *app, const char *principal, const char *key, int status,
                 const char *response) {
-  idem_t c = {principal, key, NULL, NULL, status, response, NULL};
+  idem_t c = {principal, key, NULL, NULL, status, response, NULL, NULL};
   return store_write(app->store, finish_tx, &c);
 }
 
@@ -83,6 +85,24 @@ static int abort_tx(store_tx_t *tx, void *arg) {
 }
 
 int idem_abort(app_t *app, const char *principal, const char *key) {
-  idem_t c = {principal, key, NULL, NULL, 0, NULL, NULL};
+  idem_t c = {principal, key, NULL, NULL, 0, NULL, NULL, NULL};
   return store_write(app->store, abort_tx, &c);
+}
+
+static int release_tx(store_tx_t *tx, void *arg) {
+  return store_exec(tx, NULL, "DELETE FROM idempotency WHERE owner = ? AND status IS NULL", "s",
+                    (const char *)arg);
+}
+
+int idem_release_own(app_t *app) {
+  /* A retry of such a request runs again. If the first run had committed its work
+   * just before the crash (and not yet its answer), that work happens twice: the
+   * price of not keeping a key blocked for a day. */
+  int n = store_write(app->store, release_tx, app->instance_id);
+  if (n > 0)
+    log_warn("idempotency",
+             "%d request(s) with an Idempotency-Key were cut off by the last stop "
+             "of this instance; their keys may be used again",
+             n);
+  return n < 0 ? n : 0;
 }

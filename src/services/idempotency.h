@@ -22,5 +22,9 @@ int idem_finish(app_t *app, const char *principal, const char *key, int status,
                 const char *response);
 /* Forgets a begun request (it failed with a server error: a retry should run again). */
 int idem_abort(app_t *app, const char *principal, const char *key);
+/* At start: frees the keys of requests this instance (its data dir's instance id)
+ * began and never finished, because it was stopped dead. Until then they answer 409
+ * on every instance. */
+int idem_release_own(app_t *app);
 
 #endif

@@ -452,3 +452,41 @@ def test_oversized_uri_and_head_get_problem_json(shared_iotfin):
                  + b"\r\n\r\n"),
         431, "headers_too_large")
     assert shared_iotfin.get("/healthz").status_code == 200
+
+
+def test_an_idempotency_key_cut_off_by_kill_9_is_free_again_after_the_restart(
+        start_iotfin, kyc, identity, tmp_path):
+    # A registration with an Idempotency-Key hangs on IDENTITY; iotfin is killed then.
+    data = tmp_path / "idem-data"
+    env = partner_env(kyc, identity)
+    inst = start_iotfin(env=env, data_dir=data)
+    gate = threading.Event()
+    identity.set("POST", "/sessions", lambda req: (gate.wait(20), Response(401, {}))[1])
+    tok = inst.anonymous_token()
+    body = {"type": "partner", "username": "nobody", "password": "x"}
+    key = {"Idempotency-Key": "cut-" + uuid.uuid4().hex}
+
+    def register():
+        try:
+            requests.post(inst.url + "/v1/registrations", json=body,
+                          headers={**bearer(tok), **key}, timeout=30)
+        except requests.RequestException:
+            pass  # the server dies under it: that is the point
+
+    t = threading.Thread(target=register)
+    t.start()
+    try:
+        assert poll(lambda: len(identity.requests("POST", "/sessions")) >= 1, timeout=10)
+        # While it runs, the same key answers 409: the first request is not finished.
+        r = inst.post("/v1/registrations", json=body, headers={**bearer(tok), **key})
+        assert_problem(r, 409, "conflict")
+        inst.kill()
+    finally:
+        gate.set()
+        t.join(30)
+    # The restarted instance knows the cut-off request was its own: the key runs again
+    # (here to IDENTITY's answer) instead of answering 409 for a day.
+    again = start_iotfin(env=env, data_dir=data)
+    assert "cut off by the last stop" in again.stderr_text()
+    r = again.post("/v1/registrations", json=body, headers={**bearer(tok), **key})
+    assert_problem(r, 401, "invalid_credentials")

@@ -14,6 +14,9 @@ ALTER TABLE queue_messages ADD COLUMN claimed_by TEXT COLLATE "C";
 -- Whether the device listens to its commands topic now (the plugin said "subscribed"):
 -- any instance may then publish its commands.
 ALTER TABLE devices ADD COLUMN subscribed INTEGER NOT NULL DEFAULT 0;
+-- Which instance runs a request whose Idempotency-Key is still pending: when it
+-- restarts, its unfinished ones died with it and their keys are free again.
+ALTER TABLE idempotency ADD COLUMN owner TEXT COLLATE "C";
 -- Console sessions: a login on one instance works on every instance.
 CREATE TABLE console_sessions (
   sid_hash TEXT COLLATE "C" PRIMARY KEY,
