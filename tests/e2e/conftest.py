@@ -458,10 +458,12 @@ def run_iotfin(tmp_path):
 
     def run(*args, env=None, timeout=10):
         data_dir = tmp_path / "run-data"
+        # Before the clock starts: on PostgreSQL this creates the test's schema.
+        run_env = base_env(data_dir, env)
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [BIN, *args],
-            env=base_env(data_dir, env),
+            env=run_env,
             cwd=str(tmp_path),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
