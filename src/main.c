@@ -193,8 +193,6 @@ static void parse_broker_url(const char *url, char *user, char *pass, char *host
   *port = atoi(colon + 1);
 }
 
-static const char *env_get(const char *name) { return getenv(name); }
-
 /* A certificate or key that cannot be used is a bad setting: said now, by name. */
 static int check_tls(const config_t *cfg) {
   struct {
@@ -233,11 +231,7 @@ static int serve(void) {
     }
   }
   static config_t cfg;
-  char err[256];
-  if (config_load(&cfg, env_get, err, sizeof(err)) < 0) {
-    fprintf(stderr, "iotfin: %s\n", err);
-    return 2;
-  }
+  if (config_load_or_say(&cfg, NULL) < 0) return 2;
   if (check_tls(&cfg) < 0) return 2;
   curl_global_init(CURL_GLOBAL_DEFAULT);
   /* libsodium's userspace ChaCha20 generator, seeded from the kernel: request ids

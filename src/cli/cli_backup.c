@@ -320,8 +320,6 @@ static int restore(const config_t *cfg, const char *file) {
   return 0;
 }
 
-static const char *env_get(const char *name) { return getenv(name); }
-
 int cli_backup_main(int argc, char **argv, bool restoring) {
   const char *usage = restoring ? usage_restore : usage_backup;
   if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
@@ -333,11 +331,7 @@ int cli_backup_main(int argc, char **argv, bool restoring) {
     return 2;
   }
   static config_t cfg;
-  char err[256];
-  if (config_load(&cfg, env_get, err, sizeof(err)) < 0) {
-    fprintf(stderr, "iotfin: %s\n", err);
-    return 2;
-  }
+  if (config_load_or_say(&cfg, NULL) < 0) return 2;
   umask(077);
   return restoring ? restore(&cfg, argv[1]) : backup(&cfg, argv[1]);
 }

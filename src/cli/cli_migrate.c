@@ -649,11 +649,7 @@ int cli_migrate_store_main(int argc, char **argv) {
     return 2;
   }
   static config_t cfg;
-  char err[256];
-  if (config_load(&cfg, env_get, err, sizeof(err)) < 0) {
-    fprintf(stderr, "iotfin: %s\n", err);
-    return 2;
-  }
+  if (config_load_or_say(&cfg, env_get) < 0) return 2;
   /* The store's progress lines are for a server's log; a command says what it did. */
   const char *lvl = getenv("IOTFIN_LOG_LEVEL");
   if (!lvl || (strcmp(lvl, "debug") != 0 && strcmp(lvl, "info") != 0)) log_set_level(LOG_WARN);

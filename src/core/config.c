@@ -292,6 +292,15 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
   return 0;
 }
 
+static const char *process_env(const char *name) { return getenv(name); }
+
+int config_load_or_say(config_t *cfg, config_getenv_fn get) {
+  char err[256];
+  if (config_load(cfg, get ? get : process_env, err, sizeof(err)) == 0) return 0;
+  fprintf(stderr, "iotfin: %s\n", err);
+  return -1;
+}
+
 int config_parse_duration(const char *v, int64_t *seconds) {
   char *end;
   errno = 0;

@@ -70,6 +70,9 @@ typedef struct {
  * or -1 with a one-line message naming the bad setting in err. */
 typedef const char *(*config_getenv_fn)(const char *name);
 int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen);
+/* config_load for a command: get NULL reads the process environment; a bad setting
+ * is printed as "iotfin: <message>" on standard error. Returns 0 or -1. */
+int config_load_or_say(config_t *cfg, config_getenv_fn get);
 
 /* Parses a duration "<n>s|m|h|d" (at most 100 years) into seconds; -1 when malformed. */
 int config_parse_duration(const char *v, int64_t *seconds);
