@@ -379,7 +379,7 @@ static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
   if (st == PGRES_TUPLES_OK) {
     int n = PQntuples(r), ncols = PQnfields(r);
     rc = n;
-    if (rows) {
+    if (rows && n > 0) { /* none: *rows stays NULL, as store.h promises (and SQLite does) */
       store_rows_t *out = store__rows_new(ncols);
       const char **cells = malloc(sizeof(char *) * (size_t)(ncols ? ncols : 1));
       if (!out || !cells) rc = -ERR_INTERNAL;
