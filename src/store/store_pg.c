@@ -228,16 +228,19 @@ static const char *server_cause(const char *state) {
   return NULL;
 }
 
-static PGconn *pg_connect(pg_store_t *s) {
+static PGconn *pg_connect(pg_store_t *s, bool writer) {
   /* The URL comes last so what it says wins over these defaults. */
   const char *keys[] = {"connect_timeout", "application_name", "dbname", NULL};
   const char *vals[] = {"3", "iotfin", s->url, NULL};
   PGconn *pg = PQconnectdbParams(keys, vals, 1);
   if (pg && PQstatus(pg) == CONNECTION_OK) {
-    /* Durable means on disk before the answer, whatever the server's default. */
+    /* Durable means on disk before the answer, whatever the server's default. Only
+     * the writer holds the order lock, so only its stalls need ending: a reader paused
+     * inside its snapshot by a busy machine keeps its session. */
     PGresult *r =
-        PQexec(pg, "SET synchronous_commit = on; SET client_min_messages = warning; "
-                   "SET idle_in_transaction_session_timeout = '" WRITER_IDLE_TX_TIMEOUT "'");
+        PQexec(pg, writer ? "SET synchronous_commit = on; SET client_min_messages = warning; "
+                            "SET idle_in_transaction_session_timeout = '" WRITER_IDLE_TX_TIMEOUT "'"
+                          : "SET synchronous_commit = on; SET client_min_messages = warning");
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     if (ok) return pg;
@@ -269,7 +272,7 @@ static bool conn_revive(pconn_t *c) {
   c->last_reset_ms = now;
   if (c->pg) PQfinish(c->pg);
   conn_forget_statements(c);
-  c->pg = pg_connect(c->owner);
+  c->pg = pg_connect(c->owner, c == c->owner->writer);
   return conn_usable(c);
 }
 
@@ -786,7 +789,7 @@ static void *listen_main(void *p) {
         pg = NULL;
         lose_leaderships(s);
       }
-      pg = pg_connect(s);
+      pg = pg_connect(s, false);
       PGresult *r = pg && PQstatus(pg) == CONNECTION_OK ? PQexec(pg, listen_sql) : NULL;
       bool ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
       PQclear(r);
@@ -927,7 +930,7 @@ int store__pg_open(const char *url, int wait_s, store_t **out) {
   int64_t deadline = time_mono_ms() + (int64_t)wait_s * 1000;
   bool said = false;
   for (;;) {
-    s->writer->pg = pg_connect(s);
+    s->writer->pg = pg_connect(s, true);
     if (conn_usable(s->writer)) break;
     if (time_mono_ms() >= deadline) {
       char why[300];
