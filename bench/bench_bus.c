@@ -100,8 +100,7 @@ static int all_handled_tx(store_tx_t *tx, void *arg) {
                       "SELECT (SELECT COUNT(*) FROM events WHERE type = 'device.imported'),"
                       " (SELECT COUNT(*) FROM queue_messages WHERE queue = 'bench')",
                       "");
-  if (rc >= 0 && r)
-    a->done = store_rows_int(r, 0, 0) >= a->want && store_rows_int(r, 0, 1) == 0;
+  if (rc >= 0 && r) a->done = store_rows_int(r, 0, 0) >= a->want && store_rows_int(r, 0, 1) == 0;
   store_rows_free(&r);
   return rc < 0 ? rc : 0;
 }

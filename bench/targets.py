@@ -101,7 +101,8 @@ if fl:
         rows.append("| cost of the durable PUBACK (issue #10) | old path not measured: "
                     f"{fl['old_build'].get('error', '?')[:200]} | **not measured** |")
 elif not dev:
-    keep(("device", "command", "`iotfin serve`", "cost of"))
+    fleet_rows = tuple(t for t in previous if re.match(r"\d+ devices at QoS 1", t))
+    keep(("device", "command", "`iotfin serve`", "cost of") + fleet_rows)
 if dev and dev.get("device_events"):
     de = dev["device_events"]["ratio"]["median"]
     ds = dev["device_events"]["ratio_stored"]["median"] if isinstance(dev["device_events"]["ratio_stored"], dict) else dev["device_events"]["ratio_stored"]
@@ -158,6 +159,14 @@ Where a target is not met, the measurements above and the profile below say why:
   path; the fleet section below says how close iotfin gets and what it costs against
   the path before the spool. Going past it needs a group commit below the PUBACK (a
   broker that can hold PUBACKs until a shared sync), not more work in the plugin.
+- **PostgreSQL.** One writer connection runs every write statement by statement, each
+  a round trip to the server (a bus event is about five: its two INSERTs, the claim,
+  the settle and the savepoints around each job), so the writer is bound by round
+  trips, not by disk flushes; the one-row commits beside it come from 32 connections
+  whose statements the server runs side by side, sharing WAL flushes. Several
+  instances take one advisory lock per write batch (commit order across instances,
+  docs/scaling.md), so their writers take turns: writes go no faster than one writer,
+  and each turn adds a lock hand-over. Reads take no lock and gain from instances.
 - **Device events forwarded.** Storing alone gets closer to the bare broker (the
   "stored only" ratio above); forwarding to BANK is one HTTP call per event, in order per device, so four
   devices mean at most four calls in flight.""")
