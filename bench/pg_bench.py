@@ -78,6 +78,32 @@ def commits(base, name):
     return int(psql(base, f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{name}'"))
 
 
+class Sampler:
+    """While a measurement runs: every 0.2 s, how many of a database's backends wait
+    for an advisory lock (iotfin's order lock: a writer waiting for another instance's
+    batch) and how many are active (pg_stat_activity, one psql with \\watch)."""
+
+    def __init__(self, base, datname):
+        self.p = subprocess.Popen([f"{PGBIN}/psql", "-X", "-At", base], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.p.stdin.write(
+            "SELECT count(*) FILTER (WHERE wait_event = 'advisory'), count(*) FILTER "
+            f"(WHERE state = 'active') FROM pg_stat_activity WHERE datname = '{datname}' "
+            "AND pid <> pg_backend_pid() \\watch 0.2\n")
+        self.p.stdin.flush()
+
+    def stop(self):
+        self.p.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        out, _ = self.p.communicate(timeout=10)
+        rows = [tuple(map(int, l.split("|"))) for l in out.splitlines() if "|" in l]
+        if not rows:
+            return None
+        return {"samples": len(rows),
+                "waiting_for_order_lock": sum(r[0] for r in rows) / len(rows),
+                "active": sum(r[1] for r in rows) / len(rows)}
+
+
 # --- the bus --------------------------------------------------------------------
 
 
@@ -132,14 +158,18 @@ def run_bus(args, base, tmp, i, res, cmds):
     sq = bench_bus(args, n, threads)
     name = f"bus_{i}"
     url = create_db(base, name)
+    sampler = Sampler(base, name)
     pg = bench_bus(args, n, threads, {"IOTFIN_BENCH_DB": url})
+    pg["backends"] = sampler.stop()
     time.sleep(0.6)  # statistics of backends that just ended reach pg_stat_database
     pg["commits"] = commits(base, name)
     one = {}
     for c in (32, 1):
         one[c], cmds[f"pgbench_{c}"] = pgbench(res["one_row_url"], c, args.pgbench_s, script)
-    multi = bus_instances(args, create_db(base, f"bus3_{i}"), n // INSTANCES,
-                          threads // INSTANCES + 1)
+    url3 = create_db(base, f"bus3_{i}")
+    sampler = Sampler(base, f"bus3_{i}")
+    multi = bus_instances(args, url3, n // INSTANCES, threads // INSTANCES + 1)
+    multi["backends"] = sampler.stop()
     r = {"run": i, "sqlite": sq, "pg": pg, "one_row_commits_32": one[32],
          "one_row_commits_1": one[1], "pg_instances": multi}
     res["bus"].append(r)
@@ -159,7 +189,7 @@ def run_bus(args, base, tmp, i, res, cmds):
 
 def start_iotfin(args, tmp, name, extra_env=None):
     data = os.path.join(tmp, name)
-    os.makedirs(data)
+    os.makedirs(data, exist_ok=True)
     try:
         p, url, settings = iotfin_fixture.start(os.path.abspath(args.iotfin_bin), data, ROOT,
                                                 os.path.join(tmp, name + ".stderr"), extra_env)
@@ -171,36 +201,63 @@ def start_iotfin(args, tmp, name, extra_env=None):
                                 "$URL" if k == "IOTFIN_DB" else
                                 "$ADMIN" if k == "IOTFIN_ADMIN_TOKEN" else shlex.quote(v))
                      for k, v in settings.items())
-    return url, data, f"{shown} {rel(os.path.abspath(args.iotfin_bin))} serve"
+    return p, url, data, f"{shown} {rel(os.path.abspath(args.iotfin_bin))} serve"
+
+
+def check(url, tg, routes):
+    for name, method, path, body, auth, want in routes:
+        status, payload = http_bench.http_request(url + path.format(device=tg["device"]), method,
+                                                  tg["token"], body)
+        if status != want:
+            raise SystemExit(f"bench: {url} {method} {path}: {status}, want {want}: "
+                             f"{payload[:200]!r}")
+
+
+class Others:
+    """The second and third instance on the database: running only for the
+    three-instance rows, so that in the one-instance rows the first is alone on it
+    (its bus workers too: the others would claim its queue messages)."""
+
+    def __init__(self, args, tmp, env, tg):
+        self.args, self.tmp, self.env, self.tg, self.procs = args, tmp, env, tg, []
+
+    def up(self):
+        if self.procs:
+            return
+        urls = [self.tg["url"]]
+        for k in range(2, INSTANCES + 1):
+            p, url, _, _ = start_iotfin(self.args, self.tmp, f"pg{k}", self.env)
+            self.procs.append(p)
+            urls.append(url)
+            # Every instance answers for the user and device provisioned on the first.
+            check(url, self.tg, ROUTES[:1])
+        self.tg["addrs"] = ",".join(urllib.parse.urlsplit(u).netloc for u in urls)
+
+    def down(self):
+        for p in self.procs:
+            http_bench.started.remove(("iotfin", p))
+            p.terminate()
+            p.wait(timeout=15)
+        self.procs = []
 
 
 def start_targets(args, tmp, base, cmds):
-    """iotfin on SQLite, and INSTANCES iotfin on one PostgreSQL database; one user and
-    device provisioned on each database. Returns {target: {url, token, device, addrs}}."""
-    sq_url, sq_data, cmds["iotfin_sqlite"] = start_iotfin(args, tmp, "sqlite")
+    """iotfin on SQLite and on PostgreSQL, one user and device provisioned on each; the
+    other instances on that database to start with Others. Returns (targets, Others)."""
+    _, sq_url, sq_data, cmds["iotfin_sqlite"] = start_iotfin(args, tmp, "sqlite")
     token, device = iotfin_fixture.provision(sq_url, sq_data)
     targets = {"sqlite": {"url": sq_url, "token": token, "device": device, "addrs": None}}
     admin = secrets.token_hex(16)
-    pg = {"IOTFIN_DB": create_db(base, "http"), "IOTFIN_ADMIN_TOKEN": admin}
-    urls = []
-    for k in range(INSTANCES):
-        url, data, cmd = start_iotfin(args, tmp, f"pg{k + 1}", pg)
-        urls.append(url)
-        if k == 0:
-            token, device = iotfin_fixture.provision(url, data, admin=admin)
-    cmds["iotfin_pg"] = cmd.replace("$TMP/pg3", "$TMP/pgK") + f"   (K = 1..{INSTANCES})"
-    addrs = ",".join(urllib.parse.urlsplit(u).netloc for u in urls)
-    targets["pg"] = {"url": urls[0], "token": token, "device": device, "addrs": None}
-    targets["pg_x3"] = {"url": urls[0], "token": token, "device": device, "addrs": addrs}
-    # Every instance answers for the user and device provisioned on the first.
-    for u in urls:
-        for name, method, path, body, auth, want in ROUTES:
-            status, payload = http_bench.http_request(u + path.format(device=device), method,
-                                                      token, body)
-            if status != want:
-                raise SystemExit(f"bench: {u} {method} {path}: {status}, want {want}: "
-                                 f"{payload[:200]!r}")
-    return targets
+    env = {"IOTFIN_DB": create_db(base, "http"), "IOTFIN_ADMIN_TOKEN": admin}
+    _, url, data, cmd = start_iotfin(args, tmp, "pg1", env)
+    token, device = iotfin_fixture.provision(url, data, admin=admin)
+    cmds["iotfin_pg"] = cmd.replace("$TMP/pg1", "$TMP/pgK") + f"   (K = 1..{INSTANCES})"
+    targets["pg"] = {"url": url, "token": token, "device": device, "addrs": None}
+    targets["pg_x3"] = dict(targets["pg"])
+    others = Others(args, tmp, env, targets["pg_x3"])
+    others.up()
+    check(url, targets["pg"], ROUTES)
+    return targets, others
 
 
 def measure(args, tg, route, duration, raw=None):
@@ -210,13 +267,16 @@ def measure(args, tg, route, duration, raw=None):
                               tg["token"], body, duration, raw, env)
 
 
-def run_http(args, targets, i, res, cmds, problems):
+def run_http(args, base, targets, others, i, res, cmds, problems):
     order = list(targets) if i % 2 else list(targets)[::-1]
-    for route in ROUTES:
-        for t in order:
+    for t in order:
+        others.up() if t == "pg_x3" else others.down()
+        for route in ROUTES:
+            sampler = Sampler(base, "http") if t != "sqlite" else None
             r, cmds.setdefault("wrk", {})[f"{t}_{route[0]}"] = measure(
                 args, targets[t], route, args.duration, f"run{i}-{t}-{route[0]}")
             r["run"] = i
+            r["backends"] = sampler.stop() if sampler else None
             res["http"][route[0]][t].append(r)
             log(f"run {i} {t} {route[0]}: {r['rps']:.0f} req/s p99 {r['p99_ms']:.2f} ms")
             if r["non_2xx_3xx"] or r["socket_errors"]["timeout"]:
@@ -230,6 +290,10 @@ def run_http(args, targets, i, res, cmds, problems):
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
+
+
+def waiting(runs, key="waiting_for_order_lock"):
+    return med((r.get("backends") or {}).get(key) for r in runs)
 
 
 def summary(res):
@@ -247,6 +311,8 @@ def summary(res):
         "pg_instances": med(b["pg_instances"]["end_to_end_per_s"] for b in bus),
         "pg_instances_p50_ms": med(b["pg_instances"]["p50_ms"] for b in bus),
         "pg_instances_p99_ms": med(b["pg_instances"]["p99_ms"] for b in bus),
+        "pg_waiting_for_order_lock": waiting([b["pg"] for b in bus]),
+        "pg_instances_waiting_for_order_lock": waiting([b["pg_instances"] for b in bus]),
         "ratio_pg_over_one_row_32": med(b["pg"]["end_to_end_per_s"] / b["one_row_commits_32"]
                                         for b in bus),
         "ratio_pg_over_sqlite": med(b["pg"]["end_to_end_per_s"] / b["sqlite"]["end_to_end_per_s"]
@@ -258,11 +324,17 @@ def summary(res):
         def ratio(a, b):
             by = {r["run"]: r["rps"] for r in per[b]}
             return med(r["rps"] / by[r["run"]] for r in per[a] if r["run"] in by)
-        s["http"][route] = {t: {k: med(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")}
+        s["http"][route] = {t: dict({k: med(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")},
+                                    waiting_for_order_lock=waiting(runs),
+                                    active_backends=waiting(runs, "active"))
                             for t, runs in per.items()}
         s["http"][route]["ratio_pg_over_sqlite"] = ratio("pg", "sqlite")
         s["http"][route]["ratio_three_over_one"] = ratio("pg_x3", "pg")
     return s
+
+
+def fmt(v):
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def markdown(doc):
@@ -318,7 +390,10 @@ def markdown(doc):
         "",
         f"Each bus event is three transactions (publish, claim, settle); on PostgreSQL this run "
         f"made {b['pg_events_per_commit']:.2f} events per commit (`xact_commit` of the "
-        "database in `pg_stat_database` after the run, all connections).",
+        "database in `pg_stat_database` after the run, all connections). Backends waiting "
+        "for an advisory lock (iotfin's order lock, taken by every write batch; mean of "
+        f"samples of `pg_stat_activity` every 0.2 s): {fmt(b['pg_waiting_for_order_lock'])} "
+        f"with one instance, {fmt(b['pg_instances_waiting_for_order_lock'])} with three.",
         "",
         "### HTTP API on SQLite, on PostgreSQL, and on three instances",
         "",
@@ -327,8 +402,9 @@ def markdown(doc):
         "warm-up (three threads so that, spread, each instance gets one: `BENCH_ADDRS` in "
         "bench/wrk/route.lua points each wrk thread at the next instance in turn; one user "
         "token and one device for all). The three instances share IOTFIN_DB and "
-        "IOTFIN_ADMIN_TOKEN, each with its own data dir, port and managed broker; all of "
-        "them run during every row, the one-instance rows use the first only.",
+        "IOTFIN_ADMIN_TOKEN, each with its own data dir, port and managed broker; the "
+        "second and third run only for the three-instance rows (started before them, "
+        "stopped after), so in the one-instance rows the first is alone on the database.",
         "",
         "| route | SQLite req/s | PostgreSQL req/s | PostgreSQL, 3 instances req/s "
         "| PG ÷ SQLite | 3 ÷ 1 instances | p99 ms (SQLite / PG / 3) |",
@@ -340,6 +416,11 @@ def markdown(doc):
             f"| {h['pg_x3']['rps']:.0f} | {h['ratio_pg_over_sqlite']:.2f}× "
             f"| {h['ratio_three_over_one']:.2f}× "
             f"| {h['sqlite']['p99_ms']:.1f} / {h['pg']['p99_ms']:.1f} / {h['pg_x3']['p99_ms']:.1f} |")
+    for route, h in s["http"].items():
+        out += ["", f"During {route_name[route]}, backends waiting for the order lock / active "
+                f"(mean of samples every 0.2 s): one instance {fmt(h['pg']['waiting_for_order_lock'])}"
+                f" / {fmt(h['pg']['active_backends'])}, three instances "
+                f"{fmt(h['pg_x3']['waiting_for_order_lock'])} / {fmt(h['pg_x3']['active_backends'])}."]
     out += ["", "Three instances must not be slower than one: "
             + ", ".join(f"{route_name[r]} {h['ratio_three_over_one']:.2f}× — "
                         + ("met" if h["ratio_three_over_one"] >= 1 else "**not met**")
@@ -395,13 +476,22 @@ def main():
     psql(res["one_row_url"], "CREATE TABLE one_row (id bigserial PRIMARY KEY, v text)")
     cmds, problems = {}, []
     try:
-        targets = start_targets(args, tmp, base, cmds)
-        for route in ROUTES:
-            for t in targets:
+        targets, others = start_targets(args, tmp, base, cmds)
+        for t in ("pg_x3", "pg", "sqlite"):
+            others.up() if t == "pg_x3" else others.down()
+            for route in ROUTES:
                 measure(args, targets[t], route, args.warmup)
         for i in range(1, args.runs + 1):
+            others.down()  # the bus runs with nothing else on the server
             run_bus(args, base, tmp, i, res, cmds)
-            run_http(args, targets, i, res, cmds, problems)
+            run_http(args, base, targets, others, i, res, cmds, problems)
+        if problems:
+            for name in os.listdir(tmp):
+                if name.endswith(".stderr"):
+                    with open(os.path.join(tmp, name), errors="replace") as f:
+                        worst = [l.rstrip() for l in f if re.search(r"warn|error", l, re.I)]
+                    for l in worst[-5:]:
+                        log(f"{name}: {l[:300]}")
         mach = http_bench.machine(tmp)
     finally:
         http_bench.stop_all()
