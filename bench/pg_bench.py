@@ -120,7 +120,7 @@ def bench_bus(args, n, threads, env=None):
 
 def bus_instances(args, url, n, threads):
     """INSTANCES bench_bus processes on one database, started together; n events each."""
-    start_at = int(time.time() * 1000) + 2000  # after every process has connected
+    start_at = int(time.time() * 1000) + 3000  # after every process has connected
     env = dict(os.environ, IOTFIN_BENCH_DB=url, IOTFIN_BENCH_INSTANCES=str(INSTANCES),
                IOTFIN_BENCH_START_AT=str(start_at))
     cmd = [args.bench_bus, str(n), str(threads), "2"]
