@@ -190,9 +190,11 @@ def run_bus(args, base, tmp, i, res, cmds):
 def start_iotfin(args, tmp, name, extra_env=None):
     data = os.path.join(tmp, name)
     os.makedirs(data, exist_ok=True)
+    starts = len([f for f in os.listdir(tmp) if f.startswith(name + ".")])
     try:
         p, url, settings = iotfin_fixture.start(os.path.abspath(args.iotfin_bin), data, ROOT,
-                                                os.path.join(tmp, name + ".stderr"), extra_env)
+                                                os.path.join(tmp, f"{name}.{starts + 1}.stderr"),
+                                                extra_env)
     except iotfin_fixture.IotfinError as e:
         raise SystemExit(f"bench: {name}: {e}")
     http_bench.started.append(("iotfin", p))
@@ -284,6 +286,27 @@ def run_http(args, base, targets, others, i, res, cmds, problems):
                                 f"{r['socket_errors']['timeout']} timeouts")
 
 
+def read_logs(tmp):
+    """From each iotfin's log (all its starts): answers >= 400 by status, requests slower
+    than 1 s (iotfin logs both; error lines are storm-limited, so counts are at least)
+    and its warnings and errors."""
+    out = {}
+    for name in sorted(os.listdir(tmp)):
+        if not name.endswith(".stderr"):
+            continue
+        d = out.setdefault(name.split(".")[0], {"errors": {}, "slow": 0, "warnings": []})
+        with open(os.path.join(tmp, name), errors="replace") as f:
+            for line in f:
+                m = re.search(r'"module":"access".*"status":(\d+),"duration_ms":([\d.]+)', line)
+                if m:
+                    if int(m.group(1)) >= 400:
+                        d["errors"][m.group(1)] = d["errors"].get(m.group(1), 0) + 1
+                    d["slow"] += float(m.group(2)) >= 1000
+                elif re.search(r'"level":"(warn|error)"', line) and "is mocked" not in line:
+                    d["warnings"].append(line.strip()[:300])
+    return out
+
+
 # --- report ---------------------------------------------------------------------
 
 
@@ -341,7 +364,7 @@ def markdown(doc):
     s, c, st = doc["summary"], doc["commands"], doc["settings"]
     b = s["bus"]
     lb, la = doc["loadavg_before"], doc["loadavg_after"]
-    busy = max(lb[0], la[0]) > 2.5
+    busy = lb[0] > 2.5  # after the run it counts the benchmark's own load too
     route_name = {r[0]: f"`{r[1]} {r[2].replace('{device}', '{id}')}`" for r in ROUTES}
     out = [
         "## PostgreSQL: the bus, the HTTP API, one instance and three",
@@ -356,7 +379,8 @@ def markdown(doc):
         "",
         f"Machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores, "
         f"{doc['machine']['express_data_filesystem']}. Load average (1, 5, 15 min): "
-        f"{' '.join(map(str, lb))} before, {' '.join(map(str, la))} after"
+        f"{' '.join(map(str, lb))} before (other work on the machine), "
+        f"{' '.join(map(str, la))} after (the benchmark's own load included)"
         + (" — **a busy machine** (other work on the same cores): figures are low and noisy, "
            "rerun `ONLY=pg make bench` on a quiet one." if busy else "."),
         "",
@@ -425,6 +449,14 @@ def markdown(doc):
             + ", ".join(f"{route_name[r]} {h['ratio_three_over_one']:.2f}× — "
                         + ("met" if h["ratio_three_over_one"] >= 1 else "**not met**")
                         for r, h in s["http"].items()) + "."]
+    logs = doc["iotfin_logs"]
+    out += ["", "iotfin's own logs (answers ≥ 400 by status, at least; requests slower than "
+            "1 s): " + "; ".join(
+                f"{k}: " + (", ".join(f"{n}× {st}" for st, n in v["errors"].items()) or "no errors")
+                + f", {v['slow']} slow" for k, v in logs.items()) + "."]
+    warns = [f"- {k}: `{w}`" for k, v in logs.items() for w in v["warnings"][-3:]]
+    if warns:
+        out += ["", "Their warnings and errors (the last three of each):", ""] + warns
     if doc["problems"]:
         out += ["", "Problems in this run:", ""] + [f"- {p}" for p in doc["problems"]]
     out += ["", "Commands ($URL a database on the throwaway server, $ADMIN a random admin "
@@ -485,13 +517,7 @@ def main():
             others.down()  # the bus runs with nothing else on the server
             run_bus(args, base, tmp, i, res, cmds)
             run_http(args, base, targets, others, i, res, cmds, problems)
-        if problems:
-            for name in os.listdir(tmp):
-                if name.endswith(".stderr"):
-                    with open(os.path.join(tmp, name), errors="replace") as f:
-                        worst = [l.rstrip() for l in f if re.search(r"warn|error", l, re.I)]
-                    for l in worst[-5:]:
-                        log(f"{name}: {l[:300]}")
+        logs = read_logs(tmp)
         mach = http_bench.machine(tmp)
     finally:
         http_bench.stop_all()
@@ -511,6 +537,7 @@ def main():
         "commands": dict(cmds, this_script="/usr/bin/python3 " + shlex.join(
             [rel(os.path.abspath(sys.argv[0]))] + sys.argv[1:])),
         "summary": summary(res),
+        "iotfin_logs": logs,
         "runs": {"bus": res["bus"], "http": res["http"]},
     }
     text = json.dumps(doc, indent=2)
