@@ -359,9 +359,9 @@ def parse_wrk(text):
     return out
 
 
-def run_wrk(args, url, method, token, body, duration, raw_name=None):
+def run_wrk(args, url, method, token, body, duration, raw_name=None, extra_env=None):
     cmd = wrk_cmd(args, url, duration)
-    env = wrk_env(method, token, body)
+    env = dict(wrk_env(method, token, body), **(extra_env or {}))
     p = subprocess.run(cmd, env=dict(os.environ, **env), capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"bench: wrk failed ({p.returncode}): {p.stderr.strip()}")

@@ -115,10 +115,12 @@ def start(binary, data_dir, root, stderr_path, extra_env=None, ready_timeout=30)
     return p, found["http"], settings
 
 
-def provision(base, data_dir, timeout=60):
-    """An approved user (token) and an active device it owns: returns (token, device_id)."""
-    with open(os.path.join(data_dir, "admin-token")) as f:
-        admin = f.read().strip()
+def provision(base, data_dir, timeout=60, admin=None):
+    """An approved user (token) and an active device it owns: returns (token, device_id).
+    admin: the admin token when set with IOTFIN_ADMIN_TOKEN (else read from the data dir)."""
+    if admin is None:
+        with open(os.path.join(data_dir, "admin-token")) as f:
+            admin = f.read().strip()
     anon = _expect(201, _call(base, "POST", "/v1/sessions/anonymous"), "anonymous session")
     email = f"bench-{uuid.uuid4().hex[:12]}@example.com"
     reg = _expect(202, _call(base, "POST", "/v1/registrations", anon["access_token"],

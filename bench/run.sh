@@ -3,7 +3,7 @@
 # baseline, and writes docs/BENCHMARKS.md. Every figure in that file comes from
 # a run of this script; nothing is written by hand. Not part of `make test`.
 #   RUNS=N        runs per measurement (default 3); QUICK=1 for a smoke run
-#   ONLY=a,b      rerun only these steps (bus, http, devices, profile); the other
+#   ONLY=a,b      rerun only these steps (bus, http, devices, pg, profile); the other
 #                 sections are kept from the previous report, marked with their run
 # Progress goes to standard error, a line per step with the time since the start.
 set -eu
@@ -12,7 +12,7 @@ BUILD=${BUILD:-build}
 RUNS=${RUNS:-3}
 OUT=docs/BENCHMARKS.md
 RES=bench/results
-STEPS=${ONLY:-bus,http,devices,profile}
+STEPS=${ONLY:-bus,http,devices,pg,profile}
 mkdir -p "$RES"
 quick=""
 [ "${QUICK:-0}" = 1 ] && quick="--quick" && RUNS=1
@@ -51,6 +51,17 @@ if has devices; then
     step "devices: the benchmark reported problems (listed in its section)"
 fi
 
+if has pg; then
+  # A throwaway PostgreSQL with its durable defaults (scripts/pg.sh), removed afterwards.
+  step "PostgreSQL (the bus beside one-row commits, HTTP beside SQLite, one instance and three)"
+  rm -f "$RES/pg.md" "$RES/pg.json"
+  sh scripts/pg.sh run /usr/bin/python3 bench/pg_bench.py $quick --runs "$RUNS" \
+    --iotfin-bin "./$BUILD/iotfin" --bench-bus "./$BUILD/bench_bus" \
+    --out "$RES/pg.json" --markdown "$RES/pg.md" >/dev/null ||
+    step "pg: the benchmark reported problems (listed in its section)"
+  [ -s "$RES/pg.md" ] || printf '## PostgreSQL\n\nThe PostgreSQL run failed (see its output above).\n' > "$RES/pg.md"
+fi
+
 if has profile; then
   step "profile"
   /usr/bin/python3 bench/profile.py > "$RES/profile.md" 2>/dev/null ||
@@ -76,6 +87,8 @@ section() { # step, heading of its section in the report
   section http "## HTTP API"
   echo
   section devices "## Devices and MQTT"
+  echo
+  section pg "## PostgreSQL"
   echo
   section profile "## Profile"
 } > "$RES/report.md"
