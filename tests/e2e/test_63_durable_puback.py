@@ -19,6 +19,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import requests
 
 from conftest import BIN, Iotfin, broker_pids, poll, wait_until
 from devices_helpers import claim_active, get_credentials, make_user
@@ -176,6 +177,8 @@ def test_kill_9_of_iotfin_loses_no_acknowledged_event(start_iotfin, tmp_path):
                 try:
                     r = srv.post(f"/v1/devices/{dev}/commands", json={"type": "t", "payload": {}},
                                  headers=user.headers, timeout=2)
+                except requests.Timeout:  # slow on a busy machine: its answer is lost, go on
+                    continue
                 except Exception:  # the server is gone: nothing more was promised
                     break
                 if r.status_code == 202:
