@@ -37,6 +37,7 @@
 #define MAX_REPLY_HEADERS 8
 /* Partner calls waiting at once: workers running them, and queued beyond that.
  * A call that finds the queue full is answered 503 at once. */
+#define HTTP_THREADS 16
 #define DEFER_WORKERS 16
 #define DEFER_QUEUE 1024
 /* Delayed replies (the partner mock's delay_ms) waiting at once. */
@@ -809,12 +810,15 @@ int http_server_start(app_t *app, const http_route_t *routes, int n, const char 
     tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, app->tls_cert_pem};
     tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, app->tls_key_pem};
   }
-  srv->daemon =
-      MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)4, MHD_OPTION_CONNECTION_LIMIT,
-                       (unsigned)10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HEAD_POOL,
-                       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED,
-                       on_completed, srv, MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
+  /* A durable write holds its request thread until the group commit is on disk, so
+   * the pool's size is how many writes can share one commit: with 4 threads, POST
+   * commands ran at about two thirds of the rate they do with 16 (64 connections). */
+  srv->daemon = MHD_start_daemon(
+      flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS, MHD_OPTION_CONNECTION_LIMIT,
+      (unsigned)10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HEAD_POOL,
+      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+      MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!srv->daemon) {
     log_error("http", "cannot listen on %s:%d (address in use or not local?)", host, port);
