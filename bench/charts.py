@@ -40,19 +40,30 @@ class Malformed(Exception):
     """An input file is there but not what the benchmark scripts write."""
 
 
+def shown(path):
+    """path as the messages name it: relative to the repository when inside it."""
+    rel = os.path.relpath(os.path.abspath(path), ROOT)
+    return path if rel.startswith("..") else rel
+
+
 def load(path, lines=False):
     if not os.path.exists(path):
-        raise Missing(f"{os.path.relpath(path, ROOT)} not found")
+        raise Missing(f"{shown(path)} not found")
     try:
         with open(path) as f:
             if lines:
                 rows = [json.loads(x) for x in f if x.strip()]
                 if not rows:
-                    raise Malformed(f"{path}: no result lines")
+                    raise Malformed(f"{shown(path)}: no result lines")
+                if not all(isinstance(r, dict) for r in rows):
+                    raise Malformed(f"{shown(path)}: a line is not a JSON object")
                 return rows
-            return json.load(f)
+            doc = json.load(f)
     except ValueError as e:
-        raise Malformed(f"{path}: not JSON: {e}") from None
+        raise Malformed(f"{shown(path)}: not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise Malformed(f"{shown(path)}: not a JSON object")
+    return doc
 
 
 def num(v, what):
@@ -196,8 +207,8 @@ def route_label(method, path):
 
 
 def chart_bus(plt, res, out):
-    src = "bench/results/bus.jsonl"
-    runs = load(os.path.join(res, "bus.jsonl"), lines=True)
+    path = os.path.join(res, "bus.jsonl")
+    src, runs = shown(path), load(path, lines=True)
 
     def med(k):
         return statistics.median(get(r, k, src) for r in runs)
@@ -226,9 +237,9 @@ def chart_bus(plt, res, out):
 
 
 def http_doc(res):
-    src = "bench/results/http.json"
-    doc = load(os.path.join(res, "http.json"))
-    routes = doc.get("routes") if isinstance(doc, dict) else None
+    path = os.path.join(res, "http.json")
+    src, doc = shown(path), load(path)
+    routes = doc.get("routes")
     if not isinstance(routes, dict) or not routes:
         raise Malformed(f"{src}: no routes")
     return doc, routes, src
@@ -294,8 +305,8 @@ def chart_http_latency(plt, res, out):
 
 
 def dev_doc(res):
-    src = "bench/results/devices.json"
-    return load(os.path.join(res, "devices.json")), src
+    path = os.path.join(res, "devices.json")
+    return load(path), shown(path)
 
 
 def chart_devices_latency(plt, res, out):
@@ -387,9 +398,9 @@ def chart_devices_fleet(plt, res, out):
 
 
 def pg_doc(res):
-    src = "bench/results/pg.json"
-    doc = load(os.path.join(res, "pg.json"))
-    if not isinstance(doc, dict) or not isinstance(doc.get("summary"), dict):
+    path = os.path.join(res, "pg.json")
+    src, doc = shown(path), load(path)
+    if not isinstance(doc.get("summary"), dict):
         raise Malformed(f"{src}: no summary")
     return doc, src
 
@@ -530,7 +541,8 @@ def embed(report, out):
         lines = [line for line in f.read().split("\n") if not LINK.match(line)]
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
     lines = text.split("\n")
-    rel = os.path.relpath(out, os.path.dirname(os.path.abspath(report)))
+    # Relative to docs/, where the report ends up (bench/run.sh assembles it elsewhere).
+    rel = os.path.relpath(os.path.abspath(out), os.path.join(ROOT, "docs"))
     todo = {}
     for name, _, _, alt, heading in CHARTS:
         if os.path.exists(os.path.join(out, name)):

@@ -103,6 +103,7 @@ section() { # step, heading of its section in the report
   echo
   section profile "## Profile"
 } > "$RES/report.md"
-/usr/bin/python3 bench/charts.py --embed "$RES/report.md" --out docs/bench
+/usr/bin/python3 bench/charts.py --embed "$RES/report.md" --out docs/bench ||
+  step "charts: could not link them into the report"
 mv "$RES/report.md" "$OUT"
 step "wrote $OUT"
