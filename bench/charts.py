@@ -293,7 +293,7 @@ def chart_http_latency(plt, res, out):
     ng = (get(doc, "nginx.p50_ms", src), get(doc, "nginx.p99_ms", src))
     fig, (a,) = figure(plt, "HTTP API latency: p50 (dark, inside) and p99 (light) per route",
                        f"wrk over loopback, 2 threads, 64 connections, {date_of(doc, src)}; "
-                       "log scale", width=10, height=4.6)
+                       "routes under /v1; log scale", width=10, height=4.6)
     latency_bars(a, names + ["nginx\nfixed answer"],
                  [("iotfin", IOTFIN, IOTFIN_LIGHT, io + [None]),
                   ("Express", OTHER, OTHER_LIGHT, ex + [None]),
