@@ -14,7 +14,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 
 .PHONY: all build asan-build fuzz-build deps test-deps run test unit unit-asan e2e e2e-asan \
-        e2e-pg fuzz fmt fmt-check lint bench clean install deb
+        e2e-pg fuzz fmt fmt-check lint bench bench-deps bench-charts clean install deb
 
 all: build
 
@@ -23,6 +23,9 @@ deps:
 
 test-deps:
 	@sh scripts/deps.sh test
+
+bench-deps:
+	@sh scripts/deps.sh bench
 
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -118,8 +121,14 @@ install: build
 deb: build
 	@sh packaging/build-deb.sh $(BUILD)
 
-bench: build
+bench: build bench-deps
 	sh bench/run.sh
+
+# Redraws docs/bench/*.svg from the results already in bench/results (no benchmark
+# runs) and links them from docs/BENCHMARKS.md; fails if a result file is malformed.
+bench-charts: bench-deps
+	/usr/bin/python3 bench/charts.py
+	/usr/bin/python3 bench/charts.py --embed docs/BENCHMARKS.md
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

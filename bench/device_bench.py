@@ -973,6 +973,7 @@ def old_build(args):
               ["cmake", "--build", os.path.join(d, "build"), "-j", str(os.cpu_count()),
                "--target", "iotfin", "mosquitto_iotfin_auth"]]
     for cmd in steps:
+        log(f"old path: {' '.join(cmd[:4])} ...")  # the build alone can take minutes
         rc, text = sh(cmd)
         if rc != 0:
             return {**out, "error": f"`{' '.join(cmd)}` failed ({rc}): {text[-600:]}"}

@@ -155,6 +155,8 @@ def run_bus(args, base, tmp, i, res, cmds):
     with open(script, "w") as f:
         f.write(ONE_INSERT)
     n, threads = args.events, 32
+    # A run takes about a minute (two pgbench runs alone are 2 × pgbench_s): say each part.
+    log(f"run {i} bus: bench_bus on SQLite, then on PostgreSQL ({n} events each)")
     sq = bench_bus(args, n, threads)
     name = f"bus_{i}"
     url = create_db(base, name)
@@ -163,9 +165,12 @@ def run_bus(args, base, tmp, i, res, cmds):
     pg["backends"] = sampler.stop()
     time.sleep(0.6)  # statistics of backends that just ended reach pg_stat_database
     pg["commits"] = commits(base, name)
+    log(f"run {i} bus: PostgreSQL {pg['end_to_end_per_s']:.0f}/s; pgbench one-row commits, "
+        f"32 clients then 1, {args.pgbench_s} s each")
     one = {}
     for c in (32, 1):
         one[c], cmds[f"pgbench_{c}"] = pgbench(res["one_row_url"], c, args.pgbench_s, script)
+    log(f"run {i} bus: {INSTANCES} bench_bus instances on one database")
     url3 = create_db(base, f"bus3_{i}")
     sampler = Sampler(base, f"bus3_{i}")
     multi = bus_instances(args, url3, n // INSTANCES, threads // INSTANCES + 1)
@@ -508,6 +513,8 @@ def main():
     psql(res["one_row_url"], "CREATE TABLE one_row (id bigserial PRIMARY KEY, v text)")
     cmds, problems = {}, []
     try:
+        log(f"starting iotfin on SQLite and {INSTANCES} on PostgreSQL; warm-up of each "
+            f"target and route ({args.warmup} s each)")
         targets, others = start_targets(args, tmp, base, cmds)
         for t in ("pg_x3", "pg", "sqlite"):
             others.up() if t == "pg_x3" else others.down()

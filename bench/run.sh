@@ -6,6 +6,8 @@
 #   ONLY=a,b      rerun only these steps (bus, http, devices, pg, profile); the other
 #                 sections are kept from the previous report, marked with their run
 # Progress goes to standard error, a line per step with the time since the start.
+# The figures are also drawn as SVG charts in docs/bench/ (bench/charts.py) and linked
+# from the report; `make bench-charts` redraws them from bench/results alone.
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -68,6 +70,13 @@ if has profile; then
     printf '## Profile\n\nThe profile run failed.\n' > "$RES/profile.md"
 fi
 
+# Charts before the report is assembled, so that it links only the charts that exist;
+# a step that ran and left no results has its old chart removed. A chart that cannot be
+# drawn does not lose the report: the figures are all in its tables.
+step "charts (docs/bench/*.svg)"
+/usr/bin/python3 bench/charts.py --results "$RES" --out docs/bench --steps "$STEPS" ||
+  step "charts: some could not be drawn (see above); the report is written without them"
+
 section() { # step, heading of its section in the report
   if has "$1"; then cat "$RES/$1.md"; else /usr/bin/python3 bench/keep_section.py "$RES/previous.md" "$2"; fi
 }
@@ -76,6 +85,8 @@ section() { # step, heading of its section in the report
   echo
   echo "Written by \`make bench\` (bench/run.sh$( [ -n "$quick" ] && echo ', QUICK=1')$( [ -n "${ONLY:-}" ] && echo ", ONLY=$ONLY"), RUNS=$RUNS) on $(date -u +%Y-%m-%dT%H:%MZ); do not edit by hand."
   echo "Each section names its machine state, versions, settings and exact commands."
+  echo "Charts of its figures (docs/bench/*.svg, drawn by bench/charts.py) stand under each section;"
+  echo "\`make bench-charts\` redraws them from bench/results without running a benchmark."
   if [ -n "${ONLY:-}" ]; then
     echo "This run reran only: $STEPS; every other section is kept from the run it names."
   fi
@@ -92,5 +103,7 @@ section() { # step, heading of its section in the report
   echo
   section profile "## Profile"
 } > "$RES/report.md"
+/usr/bin/python3 bench/charts.py --embed "$RES/report.md" --out docs/bench ||
+  step "charts: could not link them into the report"
 mv "$RES/report.md" "$OUT"
 step "wrote $OUT"
