@@ -8,6 +8,7 @@ database migrate it once.
 The first two tests need no server and run on both backends; the others run when the
 suite runs on PostgreSQL (`make e2e-pg`, IOTFIN_TEST_PG)."""
 
+import base64
 import socket
 import threading
 import time
@@ -196,3 +197,52 @@ def test_instances_starting_at_once_migrate_a_fresh_database_once(start_iotfin, 
     assert r.status_code == 200, r.text
     r = servers[1].import_devices([{"serial": "TWIN-0001", "model": "m"}])
     assert r.status_code == 200 and r.json()["duplicates"] == 1, r.text
+
+
+@needs_pg
+def test_two_instances_through_a_lost_database_recover_and_hear_each_other_again(
+        start_iotfin, tmp_path):
+    # Two instances on one schema, both behind the relay: the database goes away and
+    # comes back. Both answer 503 meanwhile and recover by themselves within 5 s, and
+    # their notifications (LISTEN on a new connection) carry a key rotation again.
+    pg = urllib.parse.urlsplit(TEST_PG)
+    proxy = Proxy(pg.port)
+    try:
+        url = pg_url(tmp_path / "shared").replace(f"@{pg.hostname}:{pg.port}/",
+                                                  f"@127.0.0.1:{proxy.port}/")
+        env = {"IOTFIN_DB": url, "IOTFIN_ADMIN_TOKEN": "two-instances-" + "x" * 24}
+        a = start_iotfin(env=env, data_dir=tmp_path / "a")
+        b = start_iotfin(env=env, data_dir=tmp_path / "b")
+        # A's token is B's too (the keys are shared): B knows it, and only the tier is
+        # too low for /v1/me (403, where a token B cannot verify is 401).
+        token = a.anonymous_token()
+        assert_problem(b.get("/v1/me", headers={"Authorization": f"Bearer {token}"}), 403,
+                       "forbidden")
+
+        proxy.down()
+        for srv in (a, b):
+            assert_problem(srv.get("/readyz"), 503, "unavailable")
+            assert_problem(srv.import_devices([{"serial": "TWO-LOST", "model": "m"}]), 503,
+                           "unavailable")
+        proxy.up()
+        t0 = time.monotonic()
+        for srv in (a, b):
+            assert poll(lambda: srv.get("/readyz").status_code == 200, timeout=5)
+        assert time.monotonic() - t0 < 5
+        r = a.import_devices([{"serial": "TWO-BACK", "model": "m"}])
+        assert r.status_code == 200, r.text
+
+        # A rotation on A reaches B within a second: B's listener is connected again.
+        jwks = lambda srv: sorted(k["kid"] for k in srv.get("/.well-known/jwks.json").json()["keys"])
+        assert poll(lambda: jwks(a) == jwks(b), 2)
+        r = a.post("/v1/admin/keys/rotate", headers=a.admin_headers())
+        assert r.status_code == 201, r.text
+        kid = r.json()["kid"]
+        t1 = time.monotonic()
+        assert poll(lambda: kid in jwks(b), 1.5), (jwks(a), jwks(b))
+        assert time.monotonic() - t1 < 1.0
+        # B signs with it too: an anonymous token from B names the new kid.
+        header = b.anonymous_token().split(".")[0]
+        assert kid in base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)).decode()
+    finally:
+        proxy.close()
