@@ -30,7 +30,7 @@ enum { FLEET_CONNECT_TIMEOUT_S = 300, FLEET_ANSWER_TIMEOUT_S = 60, FLEET_KEEPALI
 
 typedef struct {
   struct mosquitto *m;
-  char id[80], user[80], pass[200];
+  char id[80], user[80], pass[1024];
   int connack;    /* -1 until CONNACK */
   int subscribed; /* SUBACK with a granted QoS */
   int dead;       /* connection lost or refused */
@@ -168,7 +168,7 @@ int main(int argc, char **argv) {
   }
   int cap = 1024;
   fleet_devs = calloc((size_t)cap, sizeof(*fleet_devs));
-  char line[512];
+  char line[1200];
   while (fleet_devs && fgets(line, sizeof(line), cf)) {
     if (fleet_n == cap) {
       cap *= 2;
@@ -178,7 +178,7 @@ int main(int argc, char **argv) {
     }
     fleet_dev_t *d = &fleet_devs[fleet_n];
     memset(d, 0, sizeof(*d));
-    if (sscanf(line, "%79s %79s %199s", d->id, d->user, d->pass) == 3) fleet_n++;
+    if (sscanf(line, "%79s %79s %1023s", d->id, d->user, d->pass) == 3) fleet_n++;
   }
   fclose(cf);
   fleet_lat_ms = calloc((size_t)fleet_n + 1, sizeof(double));
