@@ -187,17 +187,23 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench_fleet: out of memory\n");
     return 1;
   }
-  /* One socket per device plus a few: raise the soft limit as far as the hard one. */
+  /* libmosquitto opens a socket pair per client besides its socket: three descriptors a
+   * device. Raise the soft limit, and the hard one if that is not enough (root can). */
   struct rlimit rl;
   getrlimit(RLIMIT_NOFILE, &rl);
-  rlim_t need = (rlim_t)fleet_n + 64;
+  rlim_t need = 3 * (rlim_t)fleet_n + 64;
   if (rl.rlim_cur < need) {
-    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = need;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) rl.rlim_max = need;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+      getrlimit(RLIMIT_NOFILE, &rl);
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
     getrlimit(RLIMIT_NOFILE, &rl);
     if (rl.rlim_cur < need) {
-      fprintf(stderr, "bench_fleet: open-file limit %lu is below %lu\n",
-              (unsigned long)rl.rlim_cur, (unsigned long)need);
+      fprintf(stderr, "bench_fleet: open-file limit %lu is below %lu\n", (unsigned long)rl.rlim_cur,
+              (unsigned long)need);
       return 2;
     }
   }
@@ -232,7 +238,12 @@ int main(int argc, char **argv) {
       mosquitto_connect_v5_callback_set(d->m, fleet_on_connect);
       mosquitto_subscribe_v5_callback_set(d->m, fleet_on_subscribe);
       mosquitto_message_v5_callback_set(d->m, fleet_on_message);
-      if (mosquitto_connect(d->m, host, port, FLEET_KEEPALIVE_S) != MOSQ_ERR_SUCCESS) {
+      int rc = mosquitto_connect(d->m, host, port, FLEET_KEEPALIVE_S);
+      if (rc != MOSQ_ERR_SUCCESS) {
+        /* The first few reasons, for the report (EMFILE, ECONNREFUSED, ...). */
+        if (connect_errors < 3)
+          fprintf(stderr, "bench_fleet: %s: connect: %s (%s)\n", d->id, mosquitto_strerror(rc),
+                  rc == MOSQ_ERR_ERRNO ? strerror(errno) : "-");
         fleet_kill(d);
         connect_errors++;
         continue;
@@ -280,12 +291,13 @@ int main(int argc, char **argv) {
     double ping_s = (double)(fleet_now_us() - t0) / 1e6;
     qsort(fleet_lat_ms, (size_t)fleet_lat_n, sizeof(double), fleet_cmp);
     int still = 0;
-    for (int i = 0; i < fleet_n; i++) still += fleet_devs[i].subscribed && !fleet_devs[i].dead;
+    for (int i = 0; i < fleet_n; i++)
+      still += fleet_devs[i].subscribed && !fleet_devs[i].dead;
     printf("{\"phase\":\"answered\",\"sent\":%d,\"send_errors\":%d,\"answered_ok\":%d,"
            "\"answered_error\":%d,\"still_connected\":%d,\"seconds\":%.3f,"
            "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}\n",
-           sent, send_errors, fleet_answered_ok, fleet_answered_err, still, ping_s,
-           fleet_pct(50), fleet_pct(90), fleet_pct(99), fleet_lat_n ? fleet_lat_ms[fleet_lat_n - 1] : -1);
+           sent, send_errors, fleet_answered_ok, fleet_answered_err, still, ping_s, fleet_pct(50),
+           fleet_pct(90), fleet_pct(99), fleet_lat_n ? fleet_lat_ms[fleet_lat_n - 1] : -1);
     fflush(stdout);
     cmd = fleet_wait_line(pfd);
   }
