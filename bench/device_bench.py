@@ -47,6 +47,12 @@ API: bench/iotfin_fixture.py, bench/device_fixture.py):
 4. memory: VmRSS of iotfin plus its mosquitto child, idle after start, after
    provisioning --mem-devices devices, and with all of them connected (one paho client
    each, CONNACK 0 and SUBACK checked, driven from one thread with a selector).
+5. connected (only with --sections connected; `make bench` step connected, issue #14):
+   the same readings with --conn-devices (10,000) devices connected at once by
+   build/bench_fleet (bench/bench_fleet.c: one process, one libmosquitto connection per
+   device, one poll loop), then one `ping` request per device (CONTRACT section 5),
+   every answer counted and timed. Target: iotfin under 2 KiB per connected device
+   (connected against provisioned) and every device answered.
 
 Each figure is the median over --runs runs; ratios are computed within a run, then
 the median is taken. Prints one JSON document on stdout (and writes --out, and a
