@@ -6,6 +6,10 @@
  * counted and timed. bench/device_bench.py (section "connected") drives it and reads
  * the server's memory between the phases.
  *
+ * libmosquitto holds three descriptors per client (its socket and a socket pair), so
+ * one process holds at most (hard open-file limit - 64) / 3 devices; the driver runs
+ * several for more.
+ *
  * Usage: bench_fleet HOST PORT CREDS_FILE [WINDOW]
  *   CREDS_FILE: one device a line, "<client_id> <username> <password>".
  *   WINDOW: at most this many CONNACKs, and later ping answers, outstanding (64).
@@ -295,9 +299,13 @@ int main(int argc, char **argv) {
       still += fleet_devs[i].subscribed && !fleet_devs[i].dead;
     printf("{\"phase\":\"answered\",\"sent\":%d,\"send_errors\":%d,\"answered_ok\":%d,"
            "\"answered_error\":%d,\"still_connected\":%d,\"seconds\":%.3f,"
-           "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}\n",
+           "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,\"latencies_ms\":[",
            sent, send_errors, fleet_answered_ok, fleet_answered_err, still, ping_s, fleet_pct(50),
            fleet_pct(90), fleet_pct(99), fleet_lat_n ? fleet_lat_ms[fleet_lat_n - 1] : -1);
+    /* Every latency too, so a driver running several of these can merge them. */
+    for (int i = 0; i < fleet_lat_n; i++)
+      printf("%s%.3f", i ? "," : "", fleet_lat_ms[i]);
+    printf("]}\n");
     fflush(stdout);
     cmd = fleet_wait_line(pfd);
   }

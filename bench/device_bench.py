@@ -1349,35 +1349,50 @@ def bench_memory(args, tmp, n=None, loadgen=None):
 
 def connected_fleet(args, tmp, srv, api, creds, loadgen, idle, provisioned, seconds):
     """Issue #14, connected devices: every device connected at once by build/bench_fleet
-    (one process, one poll loop), iotfin's and its broker's VmRSS with all of them
+    (one poll loop per process; as many processes as the hard open-file limit needs,
+    three descriptors a device), iotfin's and its broker's VmRSS with all of them
     connected, then one `ping` request per device (CONTRACT section 5), every answer
     counted and timed. Returns the memory section's figures plus the ping's."""
     n = len(creds)
-    path = os.path.join(tmp, "fleet-credentials.txt")
-    with open(path, "w") as f:
-        for c in creds:
-            f.write(f"{c['client_id']} {c['username']} {c['password']}\n")
-    cmd = [loadgen, srv.mqtt_host, str(srv.mqtt_port), path, str(args.conn_window)]
-    gen = track(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 preexec_fn=_die_with_parent))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    per_proc = n if hard == resource.RLIM_INFINITY else max(1, (hard - 64) // 3)
+    procs = -(-n // per_proc)
+    window = max(1, args.conn_window // procs)  # the same window in all
+    gens = []
+    for k in range(procs):
+        path = os.path.join(tmp, f"fleet-credentials-{k}.txt")
+        with open(path, "w") as f:
+            for c in creds[k::procs]:
+                f.write(f"{c['client_id']} {c['username']} {c['password']}\n")
+        cmd = [loadgen, srv.mqtt_host, str(srv.mqtt_port), path, str(window)]
+        gens.append(track(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           text=True, preexec_fn=_die_with_parent)))
 
     def phase(want):
-        line = gen.stdout.readline()
-        if not line:
-            raise iotfin_fixture.IotfinError(f"connected: bench_fleet ended before {want} "
-                                             f"(exit {gen.wait()})")
-        d = json.loads(line)
-        if d.get("phase") != want:
-            raise iotfin_fixture.IotfinError(f"connected: bench_fleet said {line.strip()}")
-        return d
+        out = []
+        for gen in gens:
+            line = gen.stdout.readline()
+            if not line:
+                raise iotfin_fixture.IotfinError(f"connected: bench_fleet ended before {want} "
+                                                 f"(exit {gen.wait()})")
+            d = json.loads(line)
+            if d.get("phase") != want:
+                raise iotfin_fixture.IotfinError(f"connected: bench_fleet said {line.strip()[:300]}")
+            out.append(d)
+        return out
 
     def tell(word):
-        gen.stdin.write(word + "\n")
-        gen.stdin.flush()
+        for gen in gens:
+            gen.stdin.write(word + "\n")
+            gen.stdin.flush()
 
-    conn = phase("connected")
+    parts = phase("connected")
+    conn = {k: sum(p[k] for p in parts) for k in ("subscribed", "refused", "connect_errors",
+                                                   "closed")}
+    conn["connect_s"] = max(p["connect_s"] for p in parts)
     log(f"connected: {conn['subscribed']} of {n} connected and subscribed in "
-        f"{conn['connect_s']:.1f} s ({conn['refused']} refused, {conn['closed']} closed)")
+        f"{conn['connect_s']:.1f} s by {procs} bench_fleet process(es) ({conn['refused']} "
+        f"refused, {conn['closed']} closed)")
     if conn["subscribed"] != n:
         problem(f"connected: {conn['subscribed']} of {n} devices connected and subscribed "
                 f"({conn['refused']} refused, {conn['connect_errors']} connect errors, "
@@ -1394,22 +1409,29 @@ def connected_fleet(args, tmp, srv, api, creds, loadgen, idle, provisioned, seco
     log(f"connected: idle {idle['total_mib']} MiB, provisioned {provisioned['total_mib']} MiB, "
         f"{conn['subscribed']} connected {connected['total_mib']} MiB")
     tell("ping")
-    ping = phase("answered")
+    parts = phase("answered")
+    lat = sorted(x for p in parts for x in p["latencies_ms"])
+    ping = {k: sum(p[k] for p in parts) for k in ("sent", "send_errors", "answered_ok",
+                                                   "answered_error", "still_connected")}
+    ping.update({"seconds": max(p["seconds"] for p in parts), "p50_ms": pct(lat, 50),
+                 "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
+                 "max_ms": lat[-1] if lat else None})
     after_ping = rss(srv)
     log(f"connected: {ping['answered_ok']} of {n} pings answered ok ({ping['answered_error']} "
-        f"errors) in {ping['seconds']:.1f} s, p50 {ping['p50_ms']:.2f} ms p99 "
-        f"{ping['p99_ms']:.2f} ms; {ping['still_connected']} still connected")
+        f"errors) in {ping['seconds']:.1f} s, p50 {fmt(ping['p50_ms'])} ms p99 "
+        f"{fmt(ping['p99_ms'])} ms; {ping['still_connected']} still connected")
     if ping["answered_ok"] != n:
         problem(f"connected: {ping['answered_ok']} of {n} devices answered ok "
                 f"({ping['answered_error']} error answers, {ping['sent']} sent)")
     stop_s, code, gone = stop_server(srv)  # with every device still connected
     tell("close")
-    try:
-        gen.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        gen.kill()
-        gen.wait()
-    started.remove(gen)
+    for gen in gens:
+        try:
+            gen.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            gen.kill()
+            gen.wait()
+        started.remove(gen)
     if code != 0:
         problem(f"connected: iotfin exit status {code} after SIGTERM with {n} devices connected")
     seconds.update({"connect_and_subscribe": conn["connect_s"], "until_all_online": r3(t_online, 2),
@@ -1425,8 +1447,10 @@ def connected_fleet(args, tmp, srv, api, creds, loadgen, idle, provisioned, seco
         "ping": {k: ping[k] for k in ("sent", "answered_ok", "answered_error", "still_connected",
                                       "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms")},
         "load_generator": {"command": " ".join([rel(loadgen), "HOST", "PORT", "CREDENTIALS",
-                                                str(args.conn_window)]),
-                           "window": args.conn_window},
+                                                str(window)]),
+                           "processes": procs, "window": window * procs,
+                           "open_file_hard_limit": None if hard == resource.RLIM_INFINITY
+                           else hard},
         "target_iotfin_kib_per_device": 2,
         "meets_target": (per.get("iotfin_kib") is not None and per["iotfin_kib"] < 2
                          and ping["answered_ok"] == n),
@@ -1567,7 +1591,7 @@ def memory_table(mm):
               ("provisioned", f"{mm['devices']:,} devices provisioned, none connected"),
               ("connected", f"{mm['subscribed']:,} devices connected")]
     if "after_pings" in mm:
-        states.append(("after_pings", f"the same, after a `ping` from each"))
+        states.append(("after_pings", "the same, after a `ping` from each"))
     for k, name in states:
         x = mm[k]
         out.append(f"| {name} | {fmt((x['iotfin_kib'] or 0) / 1024, '.1f')} | "
@@ -1583,17 +1607,20 @@ def memory_table(mm):
 
 def connected_markdown(cf):
     per, pg, sec = cf["kib_per_connected_device_by_process"], cf["ping"], cf["seconds"]
+    lg = cf["load_generator"]
     n = cf["devices"]
     return [f"### {n:,} connected devices (issue #14)", "",
             f"A fresh iotfin with its managed broker; {n:,} devices imported (admin import, "
             "1,000 a call), claimed and given credentials over the public API (8 connections), "
-            f"then all connected at once by `{cf['load_generator']['command']}` "
-            "(bench/bench_fleet.c: one process, one libmosquitto MQTT v5 connection per device, "
-            "all driven by one poll loop; at most "
-            f"{cf['load_generator']['window']} CONNACKs outstanding), each subscribed to "
+            f"then all connected at once by {lg.get('processes', 1)} × "
+            f"`{lg['command']}` (bench/bench_fleet.c: one libmosquitto MQTT v5 connection per "
+            "device, all of a process's driven by one poll loop; libmosquitto takes three "
+            "descriptors a client, so one process holds at most a third of the hard open-file "
+            f"limit, here {lg.get('open_file_hard_limit')}; at most "
+            f"{lg['window']} CONNACKs outstanding in all), each subscribed to "
             "`devices/<id>/responses/+`. With all of them connected, iotfin's and mosquitto's "
             "VmRSS; then one `ping` request per device (`devices/<id>/requests/ping`, QoS 1, at "
-            f"most {cf['load_generator']['window']} unanswered at a time), every answer "
+            f"most {lg['window']} unanswered at a time), every answer "
             "counted and timed from publish to the answer on the device's responses topic.", "",
             "| figure | value |", "|---|---|",
             f"| iotfin, KiB per connected device | {fmt(per.get('iotfin_kib'), '.2f')} |",
