@@ -47,6 +47,12 @@ API: bench/iotfin_fixture.py, bench/device_fixture.py):
 4. memory: VmRSS of iotfin plus its mosquitto child, idle after start, after
    provisioning --mem-devices devices, and with all of them connected (one paho client
    each, CONNACK 0 and SUBACK checked, driven from one thread with a selector).
+5. connected (only with --sections connected; `make bench` step connected, issue #14):
+   the same readings with --conn-devices (10,000) devices connected at once by
+   build/bench_fleet (bench/bench_fleet.c: one process, one libmosquitto connection per
+   device, one poll loop), then one `ping` request per device (CONTRACT section 5),
+   every answer counted and timed. Target: iotfin under 2 KiB per connected device
+   (connected against provisioned) and every device answered.
 
 Each figure is the median over --runs runs; ratios are computed within a run, then
 the median is taken. Prints one JSON document on stdout (and writes --out, and a
@@ -91,6 +97,8 @@ except ImportError:  # pragma: no cover
     raise SystemExit("bench: paho-mqtt is needed (run with /usr/bin/python3)")
 
 SECTIONS = ("commands", "events", "fleet", "startstop", "memory")
+# Run only when asked (bench/run.sh step "connected"): 10,000 devices take minutes.
+EXTRA_SECTIONS = ("connected",)
 started = []  # every server or child process this script started; stopped by pid
 problems = []
 
@@ -1257,10 +1265,22 @@ def rss(srv):
             "broker_processes": [dfx.comm(b) for b in brokers]}
 
 
-def bench_memory(args, tmp):
-    n = args.mem_devices
-    log(f"memory: fresh iotfin; idle RSS, then {n} devices provisioned and connected")
-    srv = start_server(args, tmp, "memory")
+def per_device(before, after, n):
+    """KiB per device of iotfin, of its broker and of both, from two rss() readings."""
+    if not n:
+        return {}
+    return {k: r3(((after[k] or 0) - (before[k] or 0)) / n, 2)
+            for k in ("iotfin_kib", "broker_kib", "total_kib")}
+
+
+def bench_memory(args, tmp, n=None, loadgen=None):
+    """VmRSS idle, with n devices provisioned, and with all n connected: one paho client
+    each (DevicePool), or with loadgen (build/bench_fleet) one libmosquitto connection
+    each from one C process, which then also sends every device's `ping` request."""
+    n = n or args.mem_devices
+    name = "connected" if loadgen else "memory"
+    log(f"{name}: fresh iotfin; idle RSS, then {n} devices provisioned and connected")
+    srv = start_server(args, tmp, name)
     api = dfx.Api(srv.http)
     try:
         time.sleep(args.idle_s)
@@ -1268,16 +1288,21 @@ def bench_memory(args, tmp):
         token, _ = iotfin_fixture.provision(srv.http, srv.data_dir)
         admin = dfx.admin_token(srv.data_dir)
         t0 = time.monotonic()
-        ids = dfx.provision_devices(api, admin, token, n, progress=log)
+        workers = 8 if n >= 2000 else 1
+        ids = dfx.provision_devices(api, admin, token, n, progress=log, workers=workers,
+                                    timeout=max(300, n // 10))
         t_prov = time.monotonic() - t0
-        creds = dfx.credentials(api, token, ids)
+        creds = dfx.credentials(api, token, ids, workers=workers)
         t_cred = time.monotonic() - t0 - t_prov
-        log(f"memory: {n} devices active in {t_prov:.1f} s, credentials in {t_cred:.1f} s")
+        log(f"{name}: {n} devices active in {t_prov:.1f} s, credentials in {t_cred:.1f} s")
         if not wait_until(lambda: api.metrics().get(
-                'iotfin_queue_messages{queue="device-mail",state="ready"}', 0) == 0, 60, 0.2):
-            problem("memory: device-mail queue did not drain")
+                'iotfin_queue_messages{queue="device-mail",state="ready"}', 0) == 0, 120, 0.2):
+            problem(f"{name}: device-mail queue did not drain")
         time.sleep(args.idle_s)
         provisioned = rss(srv)
+        if loadgen:
+            return connected_fleet(args, tmp, srv, api, creds, loadgen, idle, provisioned,
+                                   {"provision": r3(t_prov, 2), "credentials": r3(t_cred, 2)})
         pool = DevicePool(srv.mqtt_host, srv.mqtt_port, creds)
         t0 = time.monotonic()
         subscribed = pool.connect_all(timeout=120)
@@ -1314,12 +1339,124 @@ def bench_memory(args, tmp):
                         "connect_and_subscribe": r3(t_conn, 2), "until_all_online": r3(t_online, 2)},
             "idle": idle, "provisioned": provisioned, "connected": connected,
             "kib_per_connected_device": r3(per_dev, 2),
+            "kib_per_connected_device_by_process": per_device(provisioned, connected, n),
             "stop_with_devices_connected_ms": r3(stop_s * 1e3, 1) if stop_s else None,
         }
     finally:
         api.close()
         if srv in started:
             stop_server(srv)
+
+
+def connected_fleet(args, tmp, srv, api, creds, loadgen, idle, provisioned, seconds):
+    """Issue #14, connected devices: every device connected at once by build/bench_fleet
+    (one poll loop per process; as many processes as the hard open-file limit needs,
+    three descriptors a device), iotfin's and its broker's VmRSS with all of them
+    connected, then one `ping` request per device (CONTRACT section 5), every answer
+    counted and timed. Returns the memory section's figures plus the ping's."""
+    n = len(creds)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    per_proc = n if hard == resource.RLIM_INFINITY else max(1, (hard - 64) // 3)
+    procs = -(-n // per_proc)
+    window = max(1, args.conn_window // procs)  # the same window in all
+    gens = []
+    for k in range(procs):
+        path = os.path.join(tmp, f"fleet-credentials-{k}.txt")
+        with open(path, "w") as f:
+            for c in creds[k::procs]:
+                f.write(f"{c['client_id']} {c['username']} {c['password']}\n")
+        cmd = [loadgen, srv.mqtt_host, str(srv.mqtt_port), path, str(window)]
+        gens.append(track(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           text=True, preexec_fn=_die_with_parent)))
+
+    def phase(want):
+        out = []
+        for gen in gens:
+            line = gen.stdout.readline()
+            if not line:
+                raise iotfin_fixture.IotfinError(f"connected: bench_fleet ended before {want} "
+                                                 f"(exit {gen.wait()})")
+            d = json.loads(line)
+            if d.get("phase") != want:
+                raise iotfin_fixture.IotfinError(f"connected: bench_fleet said {line.strip()[:300]}")
+            out.append(d)
+        return out
+
+    def tell(word):
+        for gen in gens:
+            gen.stdin.write(word + "\n")
+            gen.stdin.flush()
+
+    parts = phase("connected")
+    conn = {k: sum(p[k] for p in parts) for k in ("subscribed", "refused", "connect_errors",
+                                                   "closed")}
+    conn["connect_s"] = max(p["connect_s"] for p in parts)
+    log(f"connected: {conn['subscribed']} of {n} connected and subscribed in "
+        f"{conn['connect_s']:.1f} s by {procs} bench_fleet process(es) ({conn['refused']} "
+        f"refused, {conn['closed']} closed)")
+    if conn["subscribed"] != n:
+        problem(f"connected: {conn['subscribed']} of {n} devices connected and subscribed "
+                f"({conn['refused']} refused, {conn['connect_errors']} connect errors, "
+                f"{conn['closed']} closed); broker log: {srv.stderr_tail(400)!r}")
+    online_key = "iotfin_devices_online"
+    t0 = time.monotonic()
+    online_ok = wait_until(lambda: api.metrics().get(online_key, 0) >= conn["subscribed"], 60, 0.2)
+    t_online = time.monotonic() - t0
+    if not online_ok:
+        problem(f"connected: iotfin shows {api.metrics().get(online_key)} of "
+                f"{conn['subscribed']} devices online")
+    time.sleep(args.idle_s)
+    connected = rss(srv)
+    log(f"connected: idle {idle['total_mib']} MiB, provisioned {provisioned['total_mib']} MiB, "
+        f"{conn['subscribed']} connected {connected['total_mib']} MiB")
+    tell("ping")
+    parts = phase("answered")
+    lat = sorted(x for p in parts for x in p["latencies_ms"])
+    ping = {k: sum(p[k] for p in parts) for k in ("sent", "send_errors", "answered_ok",
+                                                   "answered_error", "still_connected")}
+    ping.update({"seconds": max(p["seconds"] for p in parts), "p50_ms": pct(lat, 50),
+                 "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
+                 "max_ms": lat[-1] if lat else None})
+    after_ping = rss(srv)
+    log(f"connected: {ping['answered_ok']} of {n} pings answered ok ({ping['answered_error']} "
+        f"errors) in {ping['seconds']:.1f} s, p50 {fmt(ping['p50_ms'])} ms p99 "
+        f"{fmt(ping['p99_ms'])} ms; {ping['still_connected']} still connected")
+    if ping["answered_ok"] != n:
+        problem(f"connected: {ping['answered_ok']} of {n} devices answered ok "
+                f"({ping['answered_error']} error answers, {ping['sent']} sent)")
+    stop_s, code, gone = stop_server(srv)  # with every device still connected
+    tell("close")
+    for gen in gens:
+        try:
+            gen.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            gen.kill()
+            gen.wait()
+        started.remove(gen)
+    if code != 0:
+        problem(f"connected: iotfin exit status {code} after SIGTERM with {n} devices connected")
+    seconds.update({"connect_and_subscribe": conn["connect_s"], "until_all_online": r3(t_online, 2),
+                    "pings": ping["seconds"]})
+    per = per_device(provisioned, connected, n)
+    return {
+        "devices": n, "connack_ok": n - conn["refused"] - conn["connect_errors"],
+        "subscribed": conn["subscribed"], "online_seen_by_iotfin": online_ok,
+        "seconds": seconds, "idle": idle, "provisioned": provisioned, "connected": connected,
+        "after_pings": after_ping,
+        "kib_per_connected_device": per.get("total_kib"),
+        "kib_per_connected_device_by_process": per,
+        "ping": {k: ping[k] for k in ("sent", "answered_ok", "answered_error", "still_connected",
+                                      "seconds", "p50_ms", "p90_ms", "p99_ms", "max_ms")},
+        "load_generator": {"command": " ".join([rel(loadgen), "HOST", "PORT", "CREDENTIALS",
+                                                str(window)]),
+                           "processes": procs, "window": window * procs,
+                           "open_file_hard_limit": None if hard == resource.RLIM_INFINITY
+                           else hard},
+        "target_iotfin_kib_per_device": 2,
+        "meets_target": (per.get("iotfin_kib") is not None and per["iotfin_kib"] < 2
+                         and ping["answered_ok"] == n),
+        "stop_with_devices_connected_ms": r3(stop_s * 1e3, 1) if stop_s else None,
+    }
 
 
 # --- report ---------------------------------------------------------------------------
@@ -1448,9 +1585,66 @@ def fleet_markdown(fl, doc):
     return out
 
 
+def memory_table(mm):
+    """The memory table: idle, provisioned, connected (and after the pings, if any)."""
+    out = ["| state | iotfin (MiB) | mosquitto (MiB) | total (MiB) |", "|---|---|---|---|"]
+    states = [("idle", "idle after start"),
+              ("provisioned", f"{mm['devices']:,} devices provisioned, none connected"),
+              ("connected", f"{mm['subscribed']:,} devices connected")]
+    if "after_pings" in mm:
+        states.append(("after_pings", "the same, after a `ping` from each"))
+    for k, name in states:
+        x = mm[k]
+        out.append(f"| {name} | {fmt((x['iotfin_kib'] or 0) / 1024, '.1f')} | "
+                   f"{fmt(x['broker_kib'] / 1024, '.1f')} | {fmt(x['total_mib'], '.1f')} |")
+    per = mm.get("kib_per_connected_device_by_process") or {}
+    split = (f" (iotfin {fmt(per.get('iotfin_kib'), '.2f')}, mosquitto "
+             f"{fmt(per.get('broker_kib'), '.2f')})" if per else "")
+    return out + ["", f"VmRSS from /proc. {fmt(mm['kib_per_connected_device'], '.2f')} KiB per "
+                      f"connected device{split}, connected against provisioned; SIGTERM → exit "
+                      f"with them connected: {fmt(mm['stop_with_devices_connected_ms'], '.0f')} ms.",
+                  ""]
+
+
+def connected_markdown(cf):
+    per, pg, sec = cf["kib_per_connected_device_by_process"], cf["ping"], cf["seconds"]
+    lg = cf["load_generator"]
+    n = cf["devices"]
+    return [f"### {n:,} connected devices (issue #14)", "",
+            f"A fresh iotfin with its managed broker; {n:,} devices imported (admin import, "
+            "1,000 a call), claimed and given credentials over the public API (8 connections), "
+            f"then all connected at once by {lg.get('processes', 1)} × "
+            f"`{lg['command']}` (bench/bench_fleet.c: one libmosquitto MQTT v5 connection per "
+            "device, all of a process's driven by one poll loop; libmosquitto takes three "
+            "descriptors a client, so one process holds at most a third of the hard open-file "
+            f"limit, here {lg.get('open_file_hard_limit')}; at most "
+            f"{lg['window']} CONNACKs outstanding in all), each subscribed to "
+            "`devices/<id>/responses/+`. With all of them connected, iotfin's and mosquitto's "
+            "VmRSS; then one `ping` request per device (`devices/<id>/requests/ping`, QoS 1, at "
+            f"most {lg['window']} unanswered at a time), every answer "
+            "counted and timed from publish to the answer on the device's responses topic.", "",
+            "| figure | value |", "|---|---|",
+            f"| iotfin, KiB per connected device | {fmt(per.get('iotfin_kib'), '.2f')} |",
+            f"| mosquitto (managed broker), KiB per connected device | "
+            f"{fmt(per.get('broker_kib'), '.2f')} |",
+            f"| answered `ok` | {pg['answered_ok']:,} of {n:,} ({pg['answered_error']} error "
+            f"answers; {pg['still_connected']:,} still connected after) |",
+            f"| ping answer p50 / p90 / p99 / max (ms) | {fmt(pg['p50_ms'])} / {fmt(pg['p90_ms'])} "
+            f"/ {fmt(pg['p99_ms'])} / {fmt(pg['max_ms'])} |",
+            f"| all pings sent and answered | {fmt(pg['seconds'], '.1f')} s |",
+            f"| connect and subscribe {n:,} devices | {fmt(sec['connect_and_subscribe'], '.1f')} s |",
+            f"| until iotfin counts them all online | {fmt(sec['until_all_online'], '.1f')} s more |",
+            f"| provisioning: import + claim until active / credentials | "
+            f"{fmt(sec['provision'], '.1f')} s / {fmt(sec['credentials'], '.1f')} s |", "",
+            ] + memory_table(cf) + [
+            f"Target (issue #14): iotfin under 2 KiB per connected device and every device "
+            f"answered — {'met' if cf['meets_target'] else 'not met'}.", ""]
+
+
 def markdown(doc):
     m, v, st = doc["machine"], doc["versions"], doc["settings"]
-    out = ["## Devices and MQTT", "",
+    only_connected = st["sections"] == ["connected"]
+    out = ["## Connected devices" if only_connected else "## Devices and MQTT", "",
            f"Written by `bench/device_bench.py` on {doc['date_utc']}; do not edit by hand. "
            f"Each figure is the median of {st['runs']} run(s) on loopback; ratios are computed "
            "within one run, then the median is taken.", "",
@@ -1549,17 +1743,10 @@ def markdown(doc):
                 ""]
     mm = doc.get("memory")
     if mm:
-        out += ["### Memory", "",
-                "| state | iotfin (MiB) | mosquitto (MiB) | total (MiB) |", "|---|---|---|---|"]
-        for k, name in (("idle", "idle after start"),
-                        ("provisioned", f"{mm['devices']} devices provisioned, none connected"),
-                        ("connected", f"{mm['connack_ok']} devices connected")):
-            x = mm[k]
-            out.append(f"| {name} | {fmt((x['iotfin_kib'] or 0) / 1024, '.1f')} | "
-                       f"{fmt(x['broker_kib'] / 1024, '.1f')} | {fmt(x['total_mib'], '.1f')} |")
-        out += ["", f"VmRSS from /proc. {fmt(mm['kib_per_connected_device'], '.1f')} KiB per "
-                    f"connected device; SIGTERM → exit with them connected: "
-                    f"{fmt(mm['stop_with_devices_connected_ms'], '.0f')} ms.", ""]
+        out += ["### Memory", ""] + memory_table(mm)
+    cf = doc.get("connected")
+    if cf:
+        out += connected_markdown(cf)
     if doc["problems"]:
         out += ["Problems in this run:", ""] + [f"- {p}" for p in doc["problems"]] + [""]
     out += ["Command:", "", "```", doc["commands"]["this_script"], "```", ""]
@@ -1575,7 +1762,8 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 run, 100 round trips, 2,000 events, 3 starts, 200 devices")
     ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help="comma-separated subset of: " + ", ".join(SECTIONS))
+                    help="comma-separated subset of: " + ", ".join(SECTIONS + EXTRA_SECTIONS)
+                    + " (default: all but " + ", ".join(EXTRA_SECTIONS) + ")")
     ap.add_argument("--iotfin-bin", default=os.path.join(ROOT, "build", "iotfin"))
     ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto",
                     help="broker binary for the broker-alone baseline (iotfin finds its own)")
@@ -1616,16 +1804,23 @@ def main():
                          "built and kept between runs (/tmp/iotfin-old)")
     ap.add_argument("--starts", type=int, default=5, help="fresh starts and restarts (5 each)")
     ap.add_argument("--mem-devices", type=int, default=1000, help="connected devices (1,000)")
+    ap.add_argument("--conn-devices", type=int, default=10000,
+                    help="connected: devices held at once by build/bench_fleet (10,000)")
+    ap.add_argument("--conn-window", type=int, default=64,
+                    help="connected: most CONNACKs, then ping answers, outstanding (64)")
+    ap.add_argument("--bench-fleet", default=os.path.join(ROOT, "build", "bench_fleet"),
+                    help="connected: the load generator (bench/bench_fleet.c)")
     ap.add_argument("--idle-s", type=float, default=1.0, help="settle time before RSS (1 s)")
     ap.add_argument("--out", help="also write the JSON document to this file")
     ap.add_argument("--markdown", help="also write a Markdown section to this file")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     if "--quick" in sys.argv[1:]:  # quick defaults; options given explicitly still win
         ap.set_defaults(runs=1, commands=100, warmup_commands=10, events=2000, burst=3000,
-                        starts=3, mem_devices=200, fleet_events=2000, sync_s=1)
+                        starts=3, mem_devices=200, fleet_events=2000, sync_s=1,
+                        conn_devices=1000)
     args = ap.parse_args()
     sections = args.sections.split(",")
-    if any(s not in SECTIONS for s in sections):
+    if any(s not in SECTIONS + EXTRA_SECTIONS for s in sections):
         ap.error(f"unknown section in --sections {args.sections}")
     args.iotfin_bin = os.path.abspath(args.iotfin_bin)
     if not os.access(args.iotfin_bin, os.X_OK):
@@ -1648,7 +1843,7 @@ def main():
         "runs", "commands", "warmup_commands", "devices", "events", "window_broker",
         "window_iotfin", "burst",
         "events_timeout", "poll_ms", "starts", "mem_devices", "idle_s", "fleet_devices",
-        "fleet_events", "sync_s", "old_commit", "old_dir")}
+        "fleet_events", "sync_s", "old_commit", "old_dir", "conn_devices", "conn_window")}
     doc["settings"]["window_cap_events_per_s"] = (
         round(args.window_iotfin / (args.poll_ms / 1000)) if args.window_iotfin else None)
     doc["settings"]["sections"] = sections
@@ -1692,6 +1887,11 @@ def main():
                 f"{s['restart']['ready_ms_median']} ms; stop {s['fresh']['stop_ms_median']} ms")
         if "memory" in sections:
             doc["memory"] = bench_memory(args, tmp)
+        if "connected" in sections:
+            if not os.access(args.bench_fleet, os.X_OK):
+                raise SystemExit(f"bench: no {rel(args.bench_fleet)}; run: make build")
+            doc["connected"] = bench_memory(args, tmp, args.conn_devices,
+                                            os.path.abspath(args.bench_fleet))
     except iotfin_fixture.IotfinError as e:
         problem(str(e))
     finally:

@@ -173,9 +173,33 @@ def start(binary, data_dir, root, stderr_path, extra_env=None, ready_timeout=30)
     return Server(p, m.group("http"), m.group("mqtt"), ready, data_dir, stderr_path)
 
 
-def provision_devices(api, admin, token, n, timeout=300, progress=None):
+def _parallel(api, workers, fn, items):
+    """[fn(api, item)] in order; with workers > 1 each thread has its own connection
+    (the server's group commit then serves several writes per sync)."""
+    if workers <= 1 or len(items) < 2 * workers:
+        return [fn(api, x) for x in items]
+    import concurrent.futures
+    local = threading.local()
+    conns = []
+
+    def one(x):
+        if not hasattr(local, "api"):
+            local.api = Api(f"http://{api.host}:{api.port}")
+            conns.append(local.api)
+        return fn(local.api, x)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(workers) as ex:
+            return list(ex.map(one, items))
+    finally:
+        for c in conns:
+            c.close()
+
+
+def provision_devices(api, admin, token, n, timeout=300, progress=None, workers=1):
     """Imports n serials in one admin call (several if the body would pass 64 KiB),
-    claims each as the user, waits until all are active. Returns their ids."""
+    claims each as the user (over `workers` connections), waits until all are active.
+    Returns their ids."""
     tag = uuid.uuid4().hex[:8].upper()
     serials = [f"B{tag}-{i:06d}" for i in range(n)]
     for i in range(0, n, 1000):
@@ -184,9 +208,8 @@ def provision_devices(api, admin, token, n, timeout=300, progress=None):
                        {"devices": [{"serial": s, "model": "bench-1"} for s in chunk]})
         if r.get("imported") != len(chunk):
             raise iotfin_fixture.IotfinError(f"device import: {r}")
-    ids = []
-    for s in serials:
-        ids.append(api.expect(202, "POST", "/v1/devices", token, {"serial": s})["id"])
+    ids = _parallel(api, workers, lambda a, s: a.expect(202, "POST", "/v1/devices", token,
+                                                         {"serial": s})["id"], serials)
     if progress:
         progress(f"{n} device(s) claimed; waiting until active")
     want = set(ids)
@@ -212,12 +235,15 @@ def provision_devices(api, admin, token, n, timeout=300, progress=None):
         if time.monotonic() > deadline:
             raise iotfin_fixture.IotfinError(
                 f"only {len(active)} of {n} devices active after {timeout} s")
-        time.sleep(0.25)
+        if progress and n >= 2000:
+            progress(f"{len(active)} of {n} devices active")
+        time.sleep(0.25 if n < 2000 else 2)
 
 
-def credentials(api, token, ids):
+def credentials(api, token, ids, workers=1):
     """POST /v1/devices/{id}/credentials for each id -> list of credential objects."""
-    return [api.expect(201, "POST", f"/v1/devices/{i}/credentials", token) for i in ids]
+    return _parallel(api, workers, lambda a, i: a.expect(
+        201, "POST", f"/v1/devices/{i}/credentials", token), ids)
 
 
 # --- /proc --------------------------------------------------------------------

@@ -26,6 +26,7 @@ bus = load(f"{res}/bus.jsonl", lines=True) if "bus" in ran else None
 http = load(f"{res}/http.json") if "http" in ran else None
 dev = load(f"{res}/devices.json") if "devices" in ran else None
 pg = load(f"{res}/pg.json") if "pg" in ran else None
+conn = load(f"{res}/connected.json") if "connected" in ran else None
 
 # The previous report's rows, for the steps not rerun: {target prefix: row}.
 previous, prev_date = {}, "?"
@@ -114,6 +115,21 @@ if dev and dev.get("command_round_trip"):
 if dev and dev.get("start_stop"):
     ready = dev["start_stop"]["fresh"]["ready_ms_median"]
     row("`iotfin serve` ready < 300 ms, managed broker included", f"{ready:.0f} ms", ready < 300)
+
+cf = (conn or {}).get("connected")
+if cf:
+    per, n = cf["kib_per_connected_device_by_process"], cf["devices"]
+    ping = cf["ping"]
+    row(f"{n:,} connected devices: iotfin < 2 KiB per connected device, every device answered "
+        "(a `ping` each)",
+        f"iotfin {per['iotfin_kib']:.2f} KiB, broker {per['broker_kib']:.2f} KiB per device; "
+        f"answered {ping['answered_ok']:,} of {n:,} (p50 {ping['p50_ms']:.1f} ms, "
+        f"p99 {ping['p99_ms']:.1f} ms)", cf["meets_target"])
+elif "connected" in ran:
+    rows.append("| 10,000 connected devices (issue #14) | the run failed: see its section | "
+                "**not measured** |")
+else:
+    keep(tuple(t for t in previous if re.match(r"[\d,]+ connected devices", t)))
 
 if pg:
     b = pg["summary"]["bus"]

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -277,6 +278,12 @@ static int spawn(hub_broker_t *b) {
   int logp[2];
   if (pipe2(logp, O_CLOEXEC) < 0) return -1;
   char *argv[] = {b->exe, "-c", b->conf_path, NULL};
+  /* Every device connection is a descriptor in the broker, and the usual soft limit
+   * (1024, systemd's default too) would stop it near a thousand devices while the
+   * hard limit allows far more: the broker gets the hard limit. */
+  struct rlimit files;
+  bool raise_files = getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max;
+  files.rlim_cur = files.rlim_max;
   pid_t pid = fork();
   if (pid == 0) {
     /* Only async-signal-safe calls until exec. */
@@ -285,6 +292,7 @@ static int spawn(hub_broker_t *b) {
      * stops the broker in order, instead of killing the broker first. */
     setpgid(0, 0);
     if (getppid() == 1) _exit(127);
+    if (raise_files) setrlimit(RLIMIT_NOFILE, &files);
     dup2(logp[1], STDOUT_FILENO);
     dup2(logp[1], STDERR_FILENO);
     int devnull = open("/dev/null", O_RDONLY);
