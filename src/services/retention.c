@@ -103,7 +103,7 @@ static int delete_tx(store_tx_t *tx, void *arg) {
   const char *sv[2] = {NULL, NULL};
   int64_t iv[2] = {0, 0};
   char types[3] = "";
-  for (int i = 0; t[i] && i < 2; i++) {
+  for (int i = 0; i < 2 && t[i]; i++) {
     switch (t[i]) {
     case 'T':
       sv[i] = s->ts, types[i] = 's';
