@@ -32,7 +32,11 @@
 #include "services/sessions.h"
 
 #define HEARTBEAT_MS 15000
+/* The notifier looks when a commit recorded events (the commit hook here, a NOTIFY
+ * from another instance), at most every MIN_ROUND_MS so that a busy log is read in
+ * pages rather than row by row, and at least every WAKE_MS (expiry, heartbeats). */
 #define WAKE_MS 100
+#define MIN_ROUND_MS 5
 #define BATCH 50
 #define NOTIFY_PAGE 500
 #define NOTIFY_PAGES_PER_WAKE 20
@@ -66,6 +70,46 @@ static long streams_count, console_count; /* console_count: streams with all set
 static int64_t notified_seq;              /* the notifier has fanned out every event up to here */
 static pthread_t notifier;
 static atomic_bool notifier_running, notifier_stop;
+/* poke_lock guards poked; poke_cond wakes the notifier early. */
+static pthread_mutex_t poke_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t poke_cond = PTHREAD_COND_INITIALIZER;
+static bool poked;
+static _Atomic uint64_t events_seen; /* events_recorded() at the last commit hook */
+static app_t *notifier_app;
+
+static void poke(void) {
+  pthread_mutex_lock(&poke_lock);
+  poked = true;
+  pthread_cond_signal(&poke_cond);
+  pthread_mutex_unlock(&poke_lock);
+}
+
+/* Writer thread, after each commit: quick, and only when events were recorded. */
+static void on_commit(void *arg) {
+  (void)arg;
+  uint64_t n = events_recorded();
+  if (atomic_exchange(&events_seen, n) != n) poke();
+}
+
+static void on_note(const char *topic, const char *payload, bool self, void *arg) {
+  (void)payload;
+  (void)arg;
+  if (!self && (strcmp(topic, "events") == 0 || strcmp(topic, "resync") == 0)) poke();
+}
+
+/* Waits for a poke or WAKE_MS, whichever comes first; then lets MIN_ROUND_MS pass
+ * since the last round. */
+static void wait_for_work(int64_t last_round_ms) {
+  struct timespec ts;
+  time_deadline(WAKE_MS, &ts);
+  pthread_mutex_lock(&poke_lock);
+  while (!poked && !atomic_load(&notifier_stop))
+    if (pthread_cond_timedwait(&poke_cond, &poke_lock, &ts) != 0) break;
+  poked = false;
+  pthread_mutex_unlock(&poke_lock);
+  int64_t since = time_mono_ms() - last_round_ms;
+  if (since < MIN_ROUND_MS) usleep((useconds_t)(MIN_ROUND_MS - since) * 1000);
+}
 
 /* Caller must hold streams_lock. false (and the stream closing) when out of room. */
 static bool append(stream_t *s, const char *text, size_t add) {
@@ -360,8 +404,11 @@ static void notify_round(app_t *app) {
 static void *notifier_main(void *arg) {
   app_t *app = arg;
   pthread_setname_np(pthread_self(), "sse-notify");
+  int64_t last_round = 0;
   while (!atomic_load(&notifier_stop)) {
-    usleep(WAKE_MS * 1000);
+    wait_for_work(last_round);
+    if (atomic_load(&notifier_stop)) break;
+    last_round = time_mono_ms();
     notify_round(app);
     int64_t now = time_mono_ms(), now_s = time_now_ms() / 1000;
     pthread_mutex_lock(&streams_lock);
@@ -392,7 +439,12 @@ static int notifier_ensure(app_t *app) {
       pthread_mutex_unlock(&streams_lock);
       atomic_store(&notifier_stop, false);
       rc = pthread_create(&notifier, NULL, notifier_main, app) == 0 ? 0 : -ERR_INTERNAL;
-      if (rc == 0) atomic_store(&notifier_running, true);
+      if (rc == 0) {
+        atomic_store(&notifier_running, true);
+        notifier_app = app;
+        store_add_commit_hook(app->store, on_commit, NULL);
+        store_listen(app->store, on_note, NULL);
+      }
     }
   }
   pthread_mutex_unlock(&start_lock);
@@ -508,7 +560,10 @@ void api_stream_shutdown(void) {
   pthread_mutex_unlock(&streams_lock);
   pthread_mutex_lock(&start_lock);
   if (atomic_load(&notifier_running)) {
+    store_remove_commit_hook(notifier_app->store, on_commit, NULL);
+    store_unlisten(notifier_app->store, on_note, NULL);
     atomic_store(&notifier_stop, true);
+    poke();
     pthread_join(notifier, NULL);
     atomic_store(&notifier_running, false);
     atomic_store(&notifier_stop, false);

@@ -988,7 +988,7 @@ int bus_start(app_t *app, int nworkers, bus_t **out) {
     int n = store_write(app->store, reclaim_tx, app->instance_id);
     if (n > 0) log_info("bus", "%d message(s) in flight at the last stop are ready again", n);
   }
-  store_set_commit_hook(app->store, on_commit, bus);
+  if (store_add_commit_hook(app->store, on_commit, bus) < 0) log_warn("bus", "no commit hook left");
   store_listen(app->store, on_note, bus);
   if (nworkers > MAX_WORKERS) nworkers = MAX_WORKERS;
   for (int i = 0; i < nworkers; i++) {
@@ -1017,7 +1017,7 @@ void bus_stop(bus_t **pbus, int timeout_ms) {
   for (int i = 0; i < bus->nthreads; i++)
     pthread_join(bus->threads[i], NULL);
   pthread_join(bus->keeper, NULL);
-  store_set_commit_hook(bus->app->store, NULL, NULL);
+  store_remove_commit_hook(bus->app->store, on_commit, bus);
   store_unlisten(bus->app->store, on_note, bus);
   pthread_mutex_destroy(&bus->lock);
   pthread_cond_destroy(&bus->cond);

@@ -1,6 +1,7 @@
 /* Writes CloudEvents into the event log inside the caller's transaction. */
 #include "services/events.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +9,10 @@
 #include "core/errors.h"
 #include "core/timeutil.h"
 #include "services/catalogue.h"
+
+static _Atomic uint64_t recorded;
+
+uint64_t events_recorded(void) { return atomic_load(&recorded); }
 
 int events_record(store_tx_t *tx, const char *type, const char *subject, json_t *data,
                   char id_out[IDS_UUID_LEN]) {
@@ -34,6 +39,9 @@ int events_record(store_tx_t *tx, const char *type, const char *subject, json_t 
   /* Fan-out in the same transaction: the outbox and the queues are one write. */
   rc = bus_fanout(tx, seq, type, subject);
   if (rc < 0) return rc;
+  atomic_fetch_add(&recorded, 1);
+  /* Event streams on other instances look at once rather than at their next poll. */
+  if ((rc = store_notify(tx, "events", NULL)) < 0) return rc;
   if (id_out) memcpy(id_out, id, IDS_UUID_LEN);
   return 0;
 }

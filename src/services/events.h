@@ -4,6 +4,7 @@
 #define IOTFIN_SERVICES_EVENTS_H
 
 #include <jansson.h>
+#include <stdint.h>
 
 #include "core/ids.h"
 #include "store/store.h"
@@ -12,6 +13,9 @@
  * Must run inside a store_write() callback. Writes the new event id to id_out
  * when non-NULL. Returns 0, -ERR_VALIDATION_FAILED for a type not in the event
  * catalogue, or a store error. */
+/* How many events this process has recorded so far (counted when written, so a
+ * transaction undone later still counts): a cheap "anything new?" for a commit hook. */
+uint64_t events_recorded(void);
 int events_record(store_tx_t *tx, const char *type, const char *subject, json_t *data,
                   char id_out[IDS_UUID_LEN]);
 

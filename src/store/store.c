@@ -33,8 +33,43 @@ const char *store_failure(store_t *s) { return s && s->ops->failure ? s->ops->fa
 const char *store_backend(const store_t *s) { return s->ops->name; }
 void store_redact_url(const char *url, char *out, size_t cap) { store__pg_redact(url, out, cap); }
 
-void store_set_commit_hook(store_t *s, void (*hook)(void *arg), void *arg) {
-  s->ops->set_commit_hook(s, hook, arg);
+void store__base_init(struct store *base, const store_ops_t *ops) {
+  base->ops = ops;
+  pthread_rwlock_init(&base->hooks.lock, NULL);
+  base->hooks.n = 0;
+}
+
+void store__base_free(struct store *base) { pthread_rwlock_destroy(&base->hooks.lock); }
+
+void store__run_commit_hooks(struct store *base) {
+  store_hooks_t *k = &base->hooks;
+  pthread_rwlock_rdlock(&k->lock);
+  for (int i = 0; i < k->n; i++)
+    k->h[i].fn(k->h[i].arg);
+  pthread_rwlock_unlock(&k->lock);
+}
+
+int store_add_commit_hook(store_t *s, void (*hook)(void *arg), void *arg) {
+  store_hooks_t *k = &s->hooks;
+  pthread_rwlock_wrlock(&k->lock);
+  int rc = k->n < STORE_HOOKS_MAX ? 0 : -ERR_INTERNAL;
+  if (rc == 0) {
+    k->h[k->n].fn = hook;
+    k->h[k->n++].arg = arg;
+  }
+  pthread_rwlock_unlock(&k->lock);
+  return rc;
+}
+
+void store_remove_commit_hook(store_t *s, void (*hook)(void *arg), void *arg) {
+  store_hooks_t *k = &s->hooks;
+  pthread_rwlock_wrlock(&k->lock);
+  for (int i = 0; i < k->n; i++)
+    if (k->h[i].fn == hook && k->h[i].arg == arg) {
+      k->h[i] = k->h[--k->n];
+      break;
+    }
+  pthread_rwlock_unlock(&k->lock);
 }
 
 void store_listen(store_t *s, store_listen_fn fn, void *arg) {

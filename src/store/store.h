@@ -38,9 +38,12 @@ int store_write(store_t *s, store_tx_fn fn, void *arg);
 /* Runs fn in a read-only snapshot on the calling thread's own connection. */
 int store_read(store_t *s, store_tx_fn fn, void *arg);
 
-/* Called on the writer thread after each successful commit, e.g. to wake workers.
- * Must be quick and must not call store_write(). */
-void store_set_commit_hook(store_t *s, void (*hook)(void *arg), void *arg);
+/* hook(arg) is called on the writer thread after each successful commit, e.g. to
+ * wake workers. It must be quick and must not call store_write(). Up to 4 hooks;
+ * returns 0 or -ERR_INTERNAL when they are taken. After store_remove_commit_hook
+ * returns, that hook is not running and will not run again. */
+int store_add_commit_hook(store_t *s, void (*hook)(void *arg), void *arg);
+void store_remove_commit_hook(store_t *s, void (*hook)(void *arg), void *arg);
 
 /* Runs one statement. types names each variadic argument: 's' const char * (NULL
  * binds SQL NULL), 'i' int64_t, 'd' double. When rows is non-NULL the result set is

@@ -3,6 +3,7 @@
 #ifndef IOTFIN_STORE_INTERNAL_H
 #define IOTFIN_STORE_INTERNAL_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -17,7 +18,6 @@ typedef struct {
   int (*read)(store_t *s, store_tx_fn fn, void *arg);
   int (*exec)(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types, va_list ap);
   int (*ping)(store_t *s);
-  void (*set_commit_hook)(store_t *s, void (*hook)(void *), void *arg);
   const char *(*failure)(store_t *s);
   /* Optional (NULL on SQLite): see store_notify, store_listen, store_leader. */
   int (*notify)(store_tx_t *tx, const char *topic, const char *payload);
@@ -26,10 +26,30 @@ typedef struct {
   int (*leader)(store_t *s, const char *name);
 } store_ops_t;
 
-/* Every backend's store_t starts with this header. */
+#define STORE_HOOKS_MAX 4
+
+/* The commit hooks (store_add_commit_hook); the writer runs them after each commit
+ * under the read lock, (un)registering takes the write lock. */
+typedef struct {
+  pthread_rwlock_t lock;
+  int n;
+  struct {
+    void (*fn)(void *);
+    void *arg;
+  } h[STORE_HOOKS_MAX];
+} store_hooks_t;
+
+/* Every backend's store_t starts with this header; the backend's open calls
+ * store__base_init on it and its close store__base_free. */
 struct store {
   const store_ops_t *ops;
+  store_hooks_t hooks;
 };
+
+void store__base_init(struct store *base, const store_ops_t *ops);
+void store__base_free(struct store *base);
+/* Runs every commit hook; the writer thread, after a commit. */
+void store__run_commit_hooks(struct store *base);
 
 /* Rows are materialised as text so that both backends return the same thing. */
 struct store_rows {

@@ -101,8 +101,6 @@ typedef struct pg_store {
   bool probe_asked; /* a reader saw the server go: the writer should look now */
   pconn_t *readers;
   pthread_key_t reader_key;
-  void (*hook)(void *);
-  void *hook_arg;
   atomic_bool failing;
   _Atomic(const char *) failure;
   int64_t last_probe_ms;
@@ -574,7 +572,7 @@ static void *writer_main(void *p) {
       set_health(s, cause);
       s->last_probe_ms = time_mono_ms();
     }
-    if (committed && s->hook) s->hook(s->hook_arg);
+    if (committed) store__run_commit_hooks(&s->base);
     sem_post(&batch->done);
   }
   return NULL;
@@ -684,12 +682,6 @@ static int pg_ping(store_t *base) {
 static const char *pg_failure(store_t *base) {
   pg_store_t *s = (pg_store_t *)base;
   return atomic_load(&s->failing) ? atomic_load(&s->failure) : NULL;
-}
-
-static void pg_set_commit_hook(store_t *base, void (*hook)(void *), void *arg) {
-  pg_store_t *s = (pg_store_t *)base;
-  s->hook = hook;
-  s->hook_arg = arg;
 }
 
 /* ---- notifications and leadership ---- */
@@ -913,7 +905,7 @@ static int find_scope(pg_store_t *s) {
 int store__pg_open(const char *url, int wait_s, store_t **out) {
   pg_store_t *s = calloc(1, sizeof(*s));
   if (!s) return -ERR_INTERNAL;
-  s->base.ops = &store__pg_ops;
+  store__base_init(&s->base, &store__pg_ops);
   s->url = strdup(url);
   store__pg_redact(url, s->redacted, sizeof(s->redacted));
   pthread_mutex_init(&s->lock, NULL);
@@ -993,6 +985,7 @@ static void pg_close(store_t *base) {
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->work_cond);
   pthread_rwlock_destroy(&s->listen_lock);
+  store__base_free(&s->base);
   free(s->url);
   free(s);
 }
@@ -1005,7 +998,6 @@ const store_ops_t store__pg_ops = {
     .read = pg_read,
     .exec = pg_exec,
     .ping = pg_ping,
-    .set_commit_hook = pg_set_commit_hook,
     .failure = pg_failure,
     .notify = pg_notify,
     .listen = pg_listen,

@@ -64,8 +64,6 @@ typedef struct {
   bool stopping;
   conn_t *all_conns;
   pthread_key_t reader_key;
-  void (*hook)(void *);
-  void *hook_arg;
   /* Written by the writer thread only; read by /readyz and the HTTP error path.
    * failure holds a static string naming the cause while failing is true. */
   atomic_bool failing;
@@ -387,7 +385,7 @@ static void *writer_main(void *p) {
     bool committed = false;
     int health = run_batch(s, batch, &committed);
     if (health == 0 || is_storage_error(health)) set_health(s, health);
-    if (committed && s->hook) s->hook(s->hook_arg);
+    if (committed) store__run_commit_hooks(&s->base);
     if (is_storage_error(health)) s->last_probe_ms = time_mono_ms();
 
     /* Wake only the first caller; each woken caller wakes the next (see
@@ -462,12 +460,6 @@ static const char *sq_failure(store_t *base) {
   return atomic_load(&s->failing) ? atomic_load(&s->failure) : NULL;
 }
 
-static void sq_set_commit_hook(store_t *base, void (*hook)(void *), void *arg) {
-  sqlite_store_t *s = (sqlite_store_t *)base;
-  s->hook = hook;
-  s->hook_arg = arg;
-}
-
 static int migrate(conn_t *c, const char *path) {
   if (plain_exec(c, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                     " name TEXT NOT NULL, applied_at TEXT NOT NULL)") < 0)
@@ -520,7 +512,7 @@ static void sq_close(store_t *base);
 static int sq_open(const char *path, store_t **out) {
   sqlite_store_t *s = calloc(1, sizeof(*s));
   if (!s) return -ERR_INTERNAL;
-  s->base.ops = &store__sqlite_ops;
+  store__base_init(&s->base, &store__sqlite_ops);
   s->path = strdup(path);
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->work_cond, NULL);
@@ -567,6 +559,7 @@ static void sq_close(store_t *base) {
   }
   pthread_key_delete(s->reader_key);
   pthread_mutex_destroy(&s->lock);
+  store__base_free(&s->base);
   pthread_cond_destroy(&s->work_cond);
 
   free(s->path);
@@ -581,6 +574,5 @@ const store_ops_t store__sqlite_ops = {
     .read = sq_read,
     .exec = sq_exec,
     .ping = sq_ping,
-    .set_commit_hook = sq_set_commit_hook,
     .failure = sq_failure,
 };

@@ -174,12 +174,12 @@ static void count_hook(void *arg) { __atomic_add_fetch((int *)arg, 1, __ATOMIC_S
 static void test_commit_hook(void **state) {
   fixture_t *f = *state;
   hook_calls = 0;
-  store_set_commit_hook(f->s, count_hook, &hook_calls);
+  assert_int_equal(store_add_commit_hook(f->s, count_hook, &hook_calls), 0);
   insert_t in = {"h", 0, 1, 0};
   assert_int_equal(store_write(f->s, insert_row, &in), 0);
   /* The hook runs before the writer wakes the caller. */
   assert_int_equal(__atomic_load_n(&hook_calls, __ATOMIC_SEQ_CST), 1);
-  store_set_commit_hook(f->s, NULL, NULL);
+  store_remove_commit_hook(f->s, count_hook, &hook_calls);
 }
 
 #define NTHREADS 8
@@ -212,7 +212,7 @@ static void *writer_thread(void *p) {
 static void test_concurrent_writers_and_rollbacks(void **state) {
   fixture_t *f = *state;
   hook_calls = 0;
-  store_set_commit_hook(f->s, count_hook, &hook_calls);
+  assert_int_equal(store_add_commit_hook(f->s, count_hook, &hook_calls), 0);
   pthread_t th[NTHREADS];
   worker_t w[NTHREADS];
   for (int i = 0; i < NTHREADS; i++) {
@@ -221,7 +221,7 @@ static void test_concurrent_writers_and_rollbacks(void **state) {
   }
   for (int i = 0; i < NTHREADS; i++)
     pthread_join(th[i], NULL);
-  store_set_commit_hook(f->s, NULL, NULL);
+  store_remove_commit_hook(f->s, count_hook, &hook_calls);
 
   const int per_thread = NWRITES - NWRITES / 10;
   for (int i = 0; i < NTHREADS; i++) {
