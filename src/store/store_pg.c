@@ -686,6 +686,14 @@ static const char *pg_failure(store_t *base) {
 
 /* ---- notifications and leadership ---- */
 
+/* FNV-1a: lock keys and channel names from names, stable across builds and hosts. */
+static unsigned fnv1a(const char *text) {
+  unsigned h = 2166136261u;
+  for (; *text; text++)
+    h = (h ^ (unsigned char)*text) * 16777619u;
+  return h;
+}
+
 static int pg_notify(store_tx_t *tx, const char *topic, const char *payload) {
   pg_store_t *s = tx->conn->owner;
   if (tx->conn != s->writer) return -ERR_INTERNAL; /* a read-only snapshot changes nothing */
@@ -736,12 +744,9 @@ static int pg_leader(store_t *base, const char *name) {
   if (n < MAX_LEADERS) {
     leader_t *l = &s->leaders[n];
     snprintf(l->name, sizeof(l->name), "%s", name);
-    /* FNV-1a of the name, in a range of its own (high byte 0x4c: "L"); the second
+    /* A hash of the name, in a range of its own (high byte 0x4c: "L"); the second
      * key is the schema's. */
-    unsigned h = 2166136261u;
-    for (const char *p = name; *p; p++)
-      h = (h ^ (unsigned char)*p) * 16777619u;
-    l->key = (int)((h & 0x00ffffffu) | 0x4c000000u);
+    l->key = (int)((fnv1a(name) & 0x00ffffffu) | 0x4c000000u);
     atomic_store(&l->held, false);
     atomic_store(&s->nleaders, n + 1);
   }
@@ -890,9 +895,7 @@ static void pg_close(store_t *base);
 static int find_scope(pg_store_t *s) {
   PGresult *r = PQexec(s->writer->pg, "SELECT current_schema()");
   bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
-  unsigned h = 2166136261u;
-  for (const char *p = ok ? PQgetvalue(r, 0, 0) : ""; *p; p++)
-    h = (h ^ (unsigned char)*p) * 16777619u;
+  unsigned h = fnv1a(ok ? PQgetvalue(r, 0, 0) : "");
   PQclear(r);
   if (!ok) return -ERR_UNAVAILABLE;
   s->scope = (int)(h & 0x7fffffffu);
