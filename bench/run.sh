@@ -21,6 +21,16 @@ quick=""
 T0=$(date +%s)
 step() { echo "bench: [$(($(date +%s) - T0)) s] $*" >&2; }
 has() { case ",$STEPS," in *",$1,"*) return 0 ;; esac; return 1; }
+# measure NAME HEADING CMD...: runs a benchmark that writes $RES/NAME.json and NAME.md;
+# a failure is said as a step, and a run that left no section leaves one saying so.
+measure() {
+  name=$1 heading=$2
+  shift 2
+  rm -f "$RES/$name.md" "$RES/$name.json"
+  "$@" --out "$RES/$name.json" --markdown "$RES/$name.md" >/dev/null ||
+    step "$name: the benchmark reported problems (listed in its section)"
+  [ -s "$RES/$name.md" ] || printf '%s\n\nThe run failed (see its output above).\n' "$heading" > "$RES/$name.md"
+}
 cp "$OUT" "$RES/previous.md" 2>/dev/null || : > "$RES/previous.md"
 step "steps: $STEPS; RUNS=$RUNS${quick:+ QUICK=1}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -57,23 +67,15 @@ if has connected; then
   # Issue #14: 10,000 devices connected at once (build/bench_fleet), a ping from each.
   # One run: it is a memory figure, and provisioning 10,000 devices takes minutes.
   step "connected (10,000 devices held by iotfin's managed broker, a ping from each)"
-  rm -f "$RES/connected.md" "$RES/connected.json"
-  /usr/bin/python3 bench/device_bench.py $quick --runs 1 --sections connected \
-    --iotfin-bin "./$BUILD/iotfin" --bench-fleet "./$BUILD/bench_fleet" \
-    --out "$RES/connected.json" --markdown "$RES/connected.md" >/dev/null ||
-    step "connected: the benchmark reported problems (listed in its section)"
-  [ -s "$RES/connected.md" ] || printf '## Connected devices\n\nThe run failed (see its output above).\n' > "$RES/connected.md"
+  measure connected "## Connected devices" /usr/bin/python3 bench/device_bench.py $quick \
+    --runs 1 --sections connected --iotfin-bin "./$BUILD/iotfin" --bench-fleet "./$BUILD/bench_fleet"
 fi
 
 if has pg; then
   # A throwaway PostgreSQL with its durable defaults (scripts/pg.sh), removed afterwards.
   step "PostgreSQL (the bus beside one-row commits, HTTP beside SQLite, one instance and three)"
-  rm -f "$RES/pg.md" "$RES/pg.json"
-  sh scripts/pg.sh run /usr/bin/python3 bench/pg_bench.py $quick --runs "$RUNS" \
-    --iotfin-bin "./$BUILD/iotfin" --bench-bus "./$BUILD/bench_bus" \
-    --out "$RES/pg.json" --markdown "$RES/pg.md" >/dev/null ||
-    step "pg: the benchmark reported problems (listed in its section)"
-  [ -s "$RES/pg.md" ] || printf '## PostgreSQL\n\nThe PostgreSQL run failed (see its output above).\n' > "$RES/pg.md"
+  measure pg "## PostgreSQL" sh scripts/pg.sh run /usr/bin/python3 bench/pg_bench.py $quick \
+    --runs "$RUNS" --iotfin-bin "./$BUILD/iotfin" --bench-bus "./$BUILD/bench_bus"
 fi
 
 if has profile; then
