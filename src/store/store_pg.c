@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -113,6 +114,9 @@ typedef struct pg_store {
   pthread_t listen_thread;
   bool listen_thread_started;
   atomic_bool listen_stop;
+  /* Wakes the listener out of its poll: at close, and when a leadership is first
+   * asked for, so neither waits out PROBE_MS (a stop or a start would pay it). */
+  int listen_wake;
   pthread_rwlock_t listen_lock; /* listeners: dispatch reads, (un)listen writes */
   listener_t listeners[MAX_LISTENERS];
   int nlisteners;
@@ -734,6 +738,22 @@ static void pg_unlisten(store_t *base, store_listen_fn fn, void *arg) {
   pthread_rwlock_unlock(&s->listen_lock);
 }
 
+static void wake_listener(pg_store_t *s) {
+  if (s->listen_wake >= 0) (void)eventfd_write(s->listen_wake, 1);
+}
+
+/* Waits up to ms for the listener's connection (fd, or none when -1) or a wake-up;
+ * true when the connection has input. */
+static bool listener_wait(pg_store_t *s, int fd, int ms) {
+  struct pollfd pfd[2] = {{s->listen_wake, POLLIN, 0}, {fd, POLLIN, 0}};
+  if (poll(pfd, fd >= 0 ? 2 : 1, ms) <= 0) return false;
+  if (pfd[0].revents & POLLIN) {
+    eventfd_t v;
+    (void)eventfd_read(s->listen_wake, &v);
+  }
+  return fd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR));
+}
+
 static int pg_leader(store_t *base, const char *name) {
   pg_store_t *s = (pg_store_t *)base;
   int n = atomic_load(&s->nleaders);
@@ -749,6 +769,7 @@ static int pg_leader(store_t *base, const char *name) {
     l->key = (int)((fnv1a(name) & 0x00ffffffu) | 0x4c000000u);
     atomic_store(&l->held, false);
     atomic_store(&s->nleaders, n + 1);
+    wake_listener(s);
   }
   pthread_mutex_unlock(&s->lock);
   return 0;
@@ -793,7 +814,7 @@ static void *listen_main(void *p) {
       if (!ok) {
         if (pg) PQfinish(pg);
         pg = NULL;
-        usleep(PROBE_MS * 1000);
+        listener_wait(s, -1, PROBE_MS);
         continue;
       }
       if (had) dispatch(s, "resync", NULL, false);
@@ -813,8 +834,8 @@ static void *listen_main(void *p) {
       }
       PQclear(r);
     }
-    struct pollfd pfd = {PQsocket(pg), POLLIN, 0};
-    if (pfd.fd < 0 || poll(&pfd, 1, PROBE_MS) < 0) continue;
+    int fd = PQsocket(pg);
+    if (fd < 0 || !listener_wait(s, fd, PROBE_MS)) continue;
     if (!PQconsumeInput(pg)) continue; /* PQstatus now says the connection is bad */
     PGnotify *note;
     int self = atomic_load(&s->writer_pid);
@@ -915,8 +936,9 @@ int store__pg_open(const char *url, int wait_s, store_t **out) {
   pthread_cond_init(&s->work_cond, NULL);
   pthread_rwlock_init(&s->listen_lock, NULL);
   pthread_key_create(&s->reader_key, reader_gone);
+  s->listen_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   s->writer = calloc(1, sizeof(*s->writer));
-  if (!s->url || !s->writer) {
+  if (!s->url || !s->writer || s->listen_wake < 0) {
     pg_close(&s->base);
     return -ERR_INTERNAL;
   }
@@ -964,6 +986,7 @@ static void pg_close(store_t *base) {
   pg_store_t *s = (pg_store_t *)base;
   if (s->listen_thread_started) {
     atomic_store(&s->listen_stop, true);
+    wake_listener(s);
     pthread_join(s->listen_thread, NULL);
   }
   if (s->writer_thread_started) {
@@ -988,6 +1011,7 @@ static void pg_close(store_t *base) {
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->work_cond);
   pthread_rwlock_destroy(&s->listen_lock);
+  if (s->listen_wake >= 0) close(s->listen_wake);
   store__base_free(&s->base);
   free(s->url);
   free(s);
