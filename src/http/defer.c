@@ -6,6 +6,7 @@
 #include "http/defer.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -35,13 +36,15 @@ struct http_defer {
   uint64_t heap_seq;
   bool stopping, timers_closed, joined;
   int nworkers;
+  char name[16];
   pthread_t *workers;
   pthread_t timer;
+  bool has_timer; /* timer_cap 0: a pool of workers only */
 };
 
 static void *worker_main(void *arg) {
   http_defer_t *d = arg;
-  pthread_setname_np(pthread_self(), "http-worker");
+  pthread_setname_np(pthread_self(), d->name);
   pthread_mutex_lock(&d->lock);
   for (;;) {
     while (!d->stopping && d->ring_len == 0)
@@ -116,12 +119,14 @@ static void *timer_main(void *arg) {
   return NULL;
 }
 
-int http_defer_start(int workers, int queue_cap, int timer_cap, http_defer_t **out) {
+int http_defer_start(const char *name, int workers, int queue_cap, int timer_cap,
+                     http_defer_t **out) {
   *out = NULL;
   http_defer_t *d = calloc(1, sizeof(*d));
   if (!d) return -1;
+  snprintf(d->name, sizeof(d->name), "%s", name);
   d->ring = calloc((size_t)queue_cap, sizeof(*d->ring));
-  d->heap = calloc((size_t)timer_cap, sizeof(*d->heap));
+  d->heap = calloc((size_t)(timer_cap > 0 ? timer_cap : 1), sizeof(*d->heap));
   d->workers = calloc((size_t)workers, sizeof(*d->workers));
   if (!d->ring || !d->heap || !d->workers) goto fail;
   d->ring_cap = queue_cap;
@@ -129,7 +134,10 @@ int http_defer_start(int workers, int queue_cap, int timer_cap, http_defer_t **o
   pthread_mutex_init(&d->lock, NULL);
   pthread_cond_init(&d->work_cond, NULL);
   pthread_cond_init(&d->timer_cond, NULL);
-  if (pthread_create(&d->timer, NULL, timer_main, d) != 0) goto fail_sync;
+  if (timer_cap > 0) {
+    if (pthread_create(&d->timer, NULL, timer_main, d) != 0) goto fail_sync;
+    d->has_timer = true;
+  }
   for (; d->nworkers < workers; d->nworkers++)
     if (pthread_create(&d->workers[d->nworkers], NULL, worker_main, d) != 0) break;
   if (d->nworkers == 0) {
@@ -210,7 +218,7 @@ void http_defer_stop(http_defer_t *d) {
   pthread_mutex_unlock(&d->lock);
   for (int i = 0; i < d->nworkers; i++)
     pthread_join(d->workers[i], NULL);
-  pthread_join(d->timer, NULL);
+  if (d->has_timer) pthread_join(d->timer, NULL);
   d->joined = true;
 }
 

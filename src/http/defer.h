@@ -1,5 +1,6 @@
 /* Work the gateway keeps off libmicrohttpd's request threads: a small bounded pool
- * of worker threads ("http-worker") for handlers that wait on a partner, and one
+ * of worker threads (named by the caller: "http-worker" for handlers that wait on a
+ * partner, "http-write" for requests that write), and one
  * timer thread ("http-timer") that fires at a deadline (the partner mock's
  * delay_ms) without holding a thread per waiting request. Both queues are bounded:
  * a full queue refuses at once and the caller answers 503. The gateway suspends
@@ -17,9 +18,11 @@ typedef struct http_defer http_defer_t;
  * item was due or picked up: the callback must still answer and resume. */
 typedef void (*http_defer_fn)(void *item, bool cancelled);
 
-/* Starts `workers` worker threads with a queue of queue_cap items and a timer of
- * timer_cap entries. Returns 0 and *out, or -1. */
-int http_defer_start(int workers, int queue_cap, int timer_cap, http_defer_t **out);
+/* Starts `workers` worker threads named `name` (at most 15 characters) with a queue
+ * of queue_cap items and a timer of timer_cap entries (0: no timer thread, and
+ * http_defer_at refuses). Returns 0 and *out, or -1. */
+int http_defer_start(const char *name, int workers, int queue_cap, int timer_cap,
+                     http_defer_t **out);
 /* Queues fn(item) for a worker. Returns 0, or -1 when the queue is full or the
  * pool is stopping (fn is then not called). Any thread. */
 int http_defer_submit(http_defer_t *d, http_defer_fn fn, void *item);

@@ -2,10 +2,12 @@
  * order: request id, route match (404/405), body limit, content type, token and
  * tier, JSON parse and body validation, the handler, and problem+json for any
  * error. The HTTP metrics, and an access-log line as IOTFIN_ACCESS_LOG says, are
- * written when it completes. Nothing here waits: a handler that must wait on a
- * partner hands its work to the defer pool (http/defer.c) with its connection
- * suspended, and a delayed reply waits on the defer timer; either resumes the
- * connection, and libmicrohttpd then calls on_request again to send the reply. */
+ * written when it completes. libmicrohttpd's own threads never wait: a request that
+ * writes (any method but GET and HEAD) is dispatched on the write pool, where it may
+ * wait for its group commit; a handler that must wait on a partner hands its work
+ * to the partner pool (both http/defer.c) with its connection suspended, and a
+ * delayed reply waits on the defer timer. Each resumes the connection, and
+ * libmicrohttpd then calls on_request again to send the reply. */
 #include "http/server.h"
 
 #include <arpa/inet.h>
@@ -35,9 +37,20 @@
 #include "store/store.h"
 
 #define MAX_REPLY_HEADERS 8
+/* libmicrohttpd's threads only read, parse and answer what needs no waiting, so a
+ * few (one a core, at least 2) serve every connection; more only add context
+ * switches, and on 2 cores the tail of GET latency grew with them (`make bench`
+ * ONLY=http, 64 connections: GET /v1/devices/{id} p99 4.1 ms with 2 threads, 9.8
+ * with 8, 11.9 with 16). */
+#define HTTP_THREADS_MIN 2
+#define HTTP_THREADS_MAX 8
+/* Requests that write, running at once: each waits for its group commit, so this
+ * is how many writes can share one commit; queued beyond that, and a request that
+ * finds the queue full is answered 503 at once. */
+#define WRITE_WORKERS 64
+#define WRITE_QUEUE 4096
 /* Partner calls waiting at once: workers running them, and queued beyond that.
  * A call that finds the queue full is answered 503 at once. */
-#define HTTP_THREADS 16
 #define DEFER_WORKERS 16
 #define DEFER_QUEUE 1024
 /* Delayed replies (the partner mock's delay_ms) waiting at once. */
@@ -58,7 +71,8 @@ struct http_server {
   int nroutes;
   int port;
   atomic_int in_flight;
-  http_defer_t *defer;
+  http_defer_t *defer;     /* partner calls, and the timer of delayed replies */
+  http_defer_t *writes;    /* requests that write */
   atomic_ulong access_seq; /* successes seen, for IOTFIN_ACCESS_LOG=sample:N */
 };
 
@@ -90,7 +104,10 @@ struct http_req {
   bool hold;                  /* replies are kept in held, not queued (off-thread) */
   long delay_ms;              /* http_reply_delay: hold the next reply this long */
   http_handler_fn offload_fn; /* the work a defer worker runs */
-  struct MHD_Response *held;  /* queued by on_request once the connection resumes */
+  /* On the write pool: set when the request went on to the partner pool, whose
+   * worker owns it from then on (a flag on the write worker's stack). */
+  bool *handed;
+  struct MHD_Response *held; /* queued by on_request once the connection resumes */
 };
 
 static int64_t now_us(void) {
@@ -269,7 +286,7 @@ void http_conn_suspend(void *conn) { MHD_suspend_connection(conn); }
 void http_conn_resume(void *conn) { MHD_resume_connection(conn); }
 
 void http_reply_delay(http_req_t *r, long delay_ms) {
-  if (!r->hold) r->delay_ms = delay_ms;
+  if (!r->hold || r->handed) r->delay_ms = delay_ms;
 }
 
 int http_reply_text(http_req_t *r, int status, const char *ctype, const char *text) {
@@ -341,7 +358,7 @@ static int authenticate(http_req_t *r) {
   return http_reply_problem(r, ERR_FORBIDDEN, detail, NULL), -1;
 }
 
-static void run_handler(http_req_t *r);
+static bool run_handler(http_req_t *r);
 
 /* Records the reply of a first request under its Idempotency-Key (a 5xx or no
  * reply releases the key instead). Runs once the reply is known, which for an
@@ -398,11 +415,50 @@ static void run_idempotent(http_req_t *r) {
   }
   r->capture = true;
   r->idem_open = true;
-  run_handler(r);
+  if (run_handler(r)) return; /* offloaded: the worker closes the record */
   if (!r->deferred) idem_close(r);
 }
 
 /* Everything after the body has arrived. */
+static void dispatch(http_req_t *r);
+
+/* A write worker dispatches a request that writes; its reply is held, and resuming
+ * the connection (now, or when a delayed reply is due) hands it to libmicrohttpd. */
+static void write_run(void *item, bool cancelled) {
+  http_req_t *r = item;
+  bool handed = false;
+  r->hold = true;
+  r->handed = &handed;
+  if (cancelled) {
+    http_reply_header(r, "Retry-After", "1");
+    http_reply_problem(r, ERR_UNAVAILABLE, "the server is stopping", NULL);
+  } else {
+    dispatch(r);
+  }
+  if (handed) return; /* the partner pool owns it now */
+  r->handed = NULL;
+  idem_close(r);
+  long delay = r->delay_ms;
+  if (delay > 0 && http_defer_at(r->srv->defer, time_mono_ms() + delay, resume_fire, r) == 0)
+    return;
+  MHD_resume_connection(r->conn); /* last touch: the request may end at once */
+}
+
+/* Requests that may write leave libmicrohttpd's threads for the write pool. */
+static void dispatch_or_queue(http_req_t *r) {
+  if (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0) {
+    dispatch(r);
+    return;
+  }
+  r->deferred = true;
+  MHD_suspend_connection(r->conn);
+  if (http_defer_submit(r->srv->writes, write_run, r) == 0) return;
+  r->hold = true;
+  http_reply_header(r, "Retry-After", "1");
+  http_reply_problem(r, ERR_UNAVAILABLE, "too many writes are waiting; try again shortly", NULL);
+  MHD_resume_connection(r->conn);
+}
+
 static void dispatch(http_req_t *r) {
   const http_route_t *rt = r->route;
   if (r->too_large) {
@@ -469,11 +525,11 @@ static void dispatch(http_req_t *r) {
 }
 
 /* Runs fn as the route's handler and answers for it when it did not. */
-static void run_fn(http_req_t *r, http_handler_fn fn) {
+static bool run_fn(http_req_t *r, http_handler_fn fn) {
   const http_route_t *rt = r->route;
   int rc = fn(r);
   /* Offloaded: the worker owns r now; touch nothing. */
-  if (rc == HTTP_OFFLOADED) return;
+  if (rc == HTTP_OFFLOADED) return true;
   if (rc < 0 && !r->replied) {
     if (errors_status(rc) >= 500)
       log_error("http", "%s %s failed: %s (request %s)", r->method, rt->path, errors_code(rc),
@@ -483,9 +539,10 @@ static void run_fn(http_req_t *r, http_handler_fn fn) {
     log_error("http", "handler for %s %s returned without replying", r->method, rt->path);
     http_reply_problem(r, ERR_INTERNAL, NULL, NULL);
   }
+  return false;
 }
 
-static void run_handler(http_req_t *r) { run_fn(r, r->route->handler); }
+static bool run_handler(http_req_t *r) { return run_fn(r, r->route->handler); }
 
 /* A defer worker runs an offloaded handler; its reply is held, and resuming the
  * connection hands it to libmicrohttpd. */
@@ -503,6 +560,21 @@ static void offload_run(void *item, bool cancelled) {
 }
 
 int http_req_offload(http_req_t *r, http_handler_fn fn) {
+  if (r->handed) {
+    /* On the write pool, suspended already: the partner pool takes it over, so a
+     * slow partner holds one of its workers, not one of the write pool's. */
+    bool *handed = r->handed;
+    r->offload_fn = fn;
+    r->handed = NULL;
+    *handed = true;
+    if (http_defer_submit(r->srv->defer, offload_run, r) == 0) return HTTP_OFFLOADED;
+    *handed = false;
+    r->handed = handed;
+    http_reply_header(r, "Retry-After", "1");
+    http_reply_problem(r, ERR_UNAVAILABLE, "too many partner calls are waiting; try again shortly",
+                       NULL);
+    return 0;
+  }
   if (r->hold) return fn(r); /* already off the request thread */
   r->offload_fn = fn;
   r->deferred = true;
@@ -680,7 +752,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     log_error("http", "%s %s resumed without a reply", r->method, r->path);
     return MHD_NO;
   }
-  if (!r->replied) dispatch(r);
+  if (!r->replied) dispatch_or_queue(r);
   return MHD_YES;
 }
 
@@ -791,8 +863,10 @@ int http_server_start(app_t *app, const http_route_t *routes, int n, const char 
   srv->app = app;
   srv->routes = routes;
   srv->nroutes = n;
-  if (http_defer_start(DEFER_WORKERS, DEFER_QUEUE, DEFER_TIMERS, &srv->defer) < 0) {
-    log_error("http", "cannot start the partner-call workers");
+  if (http_defer_start("http-worker", DEFER_WORKERS, DEFER_QUEUE, DEFER_TIMERS, &srv->defer) < 0 ||
+      http_defer_start("http-write", WRITE_WORKERS, WRITE_QUEUE, 0, &srv->writes) < 0) {
+    log_error("http", "cannot start the request workers");
+    http_defer_free(&srv->defer);
     freeaddrinfo(ai);
     free(srv);
     return -ERR_UNAVAILABLE;
@@ -810,19 +884,20 @@ int http_server_start(app_t *app, const http_route_t *routes, int n, const char 
     tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, app->tls_cert_pem};
     tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, app->tls_key_pem};
   }
-  /* A durable write holds its request thread until the group commit is on disk, so
-   * the pool's size is how many writes can share one commit (`make bench` ONLY=http,
-   * 64 connections: POST commands 2,614 req/s with 4 threads, 4,350 with 16). */
-  srv->daemon = MHD_start_daemon(
-      flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)HTTP_THREADS, MHD_OPTION_CONNECTION_LIMIT,
-      (unsigned)10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HEAD_POOL,
-      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-      MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  unsigned threads = cores < HTTP_THREADS_MIN   ? HTTP_THREADS_MIN
+                     : cores > HTTP_THREADS_MAX ? HTTP_THREADS_MAX
+                                                : (unsigned)cores;
+  srv->daemon =
+      MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                       MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
+                       (unsigned)10000, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HEAD_POOL,
+                       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED,
+                       on_completed, srv, MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!srv->daemon) {
     log_error("http", "cannot listen on %s:%d (address in use or not local?)", host, port);
-    http_defer_stop(srv->defer);
+    http_defer_free(&srv->writes);
     http_defer_free(&srv->defer);
     free(srv);
     return -ERR_UNAVAILABLE;
@@ -845,10 +920,13 @@ void http_server_stop(http_server_t **psrv, int timeout_ms) {
   int64_t deadline = time_mono_ms() + timeout_ms;
   while (atomic_load(&srv->in_flight) > 0 && time_mono_ms() < deadline)
     usleep(10000);
-  /* Joins the workers: queued calls are answered 503 and every suspended request
-   * is resumed, as libmicrohttpd requires before it stops. */
+  /* Joins the workers, writes first (one may still hand a request to the partner
+   * pool): queued calls are answered 503 and every suspended request is resumed,
+   * as libmicrohttpd requires before it stops. */
+  http_defer_stop(srv->writes);
   http_defer_stop(srv->defer);
   MHD_stop_daemon(srv->daemon);
+  http_defer_free(&srv->writes);
   http_defer_free(&srv->defer);
   free(srv);
   *psrv = NULL;

@@ -5,11 +5,14 @@ leaves while its request is suspended costs nothing, IOTFIN_ACCESS_LOG decides
 which requests get a line, a storm of errors is cut to a bounded number of lines
 with a suppression count, and odd requests (made-up methods, conflicting framing
 headers, oversized heads) get problem+json and cannot grow the metrics table.
-The server is the real binary; IDENTITY and KYC are fakes from fakes.py."""
+Requests that write wait for their commit on a pool of their own, so writes stuck
+behind the database leave reads answering. The server is the real binary; IDENTITY
+and KYC are fakes from fakes.py."""
 
 import json
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -17,7 +20,7 @@ import uuid
 import pytest
 import requests
 
-from conftest import assert_problem, bearer, poll, store_socket_inodes
+from conftest import assert_problem, bearer, poll, sqlite_only, store_socket_inodes
 from fakes import FakeIdentity, FakeKyc, Response
 
 FAST_S = 0.2  # what "answers quickly" means while partners hang
@@ -250,6 +253,42 @@ def test_mock_delay_does_not_hold_a_request_thread(start_iotfin):
     for t in slow:
         t.join(10)
     assert [s for s, _ in hung] == [200] * 20, hung
+
+
+@sqlite_only("holds the write lock of iotfin.db from another process")
+def test_writes_waiting_for_the_database_leave_reads_answering(start_iotfin):
+    inst = start_iotfin()
+    # Another process holds the database's write lock: every write now waits for it
+    # (up to the store's busy timeout), as it would behind a slow disk.
+    db = sqlite3.connect(inst.data_dir / "iotfin.db", timeout=5, isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    answers = []
+
+    def write():
+        r = requests.post(inst.url + "/v1/sessions/anonymous", timeout=30)
+        answers.append(r.status_code)
+
+    # More writes than libmicrohttpd has threads, several times over.
+    writers = [threading.Thread(target=write) for _ in range(40)]
+    try:
+        for t in writers:
+            t.start()
+        time.sleep(0.5)
+        assert not answers, f"writes answered while the database was locked: {answers}"
+        for _ in range(5):
+            r, secs = timed_get(inst, "/healthz")
+            assert r.status_code == 200 and secs < FAST_S, f"/healthz took {secs:.3f} s"
+            t0 = time.monotonic()
+            r = inst.get("/v1/admin/queues", headers=inst.admin_headers(), timeout=5)
+            secs = time.monotonic() - t0
+            assert r.status_code == 200 and secs < FAST_S, f"a read took {secs:.3f} s"
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+        for t in writers:
+            t.join(30)
+    # Nothing was dropped meanwhile: every write went through once the lock was gone.
+    assert answers == [201] * 40, answers
 
 
 def test_a_client_that_leaves_while_suspended_costs_nothing(start_iotfin, kyc, identity):
