@@ -258,6 +258,82 @@ static void free_rows(batch_t *b) {
   b->nrows = 0;
 }
 
+/* Statements that name several messages name this many (the last repeated to fill
+ * them): one statement text, prepared once, and a round trip for up to 8 messages
+ * on PostgreSQL instead of one each. */
+#define MANY 8
+
+/* Appends row i of rows, whose lease claim_tx just took, to the batch. */
+static void append_item(batch_t *b, const bus_queue_t *q, const store_rows_t *rows, int i) {
+  claimed_t *c = &b->items[b->n++];
+  c->ran = c->settled = c->skip = false;
+  c->id = store_rows_int(rows, i, 0);
+  c->queue = q;
+  c->receives = (int)store_rows_int(rows, i, 2) + 1;
+  c->created_ms = store_rows_int(rows, i, 3);
+  c->lease = store_rows_int(rows, i, 4) + 1;
+  c->src = rows;
+  c->row = i;
+  snprintf(c->group, sizeof(c->group), "%s",
+           store_rows_text(rows, i, 12) ? store_rows_text(rows, i, 12) : "");
+  c->event = NULL; /* built by the worker after the commit: the writer's time is precious */
+}
+
+/* Leases the messages of rows (a claim's candidates, each independent of the
+ * others) to the batch, MANY to a statement, and appends those it took in their
+ * order; one another instance took meanwhile is left out. Rows of a queue no longer
+ * in the table become dead letters. Caller is in claim_tx. */
+static int add_items(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int n, int64_t now) {
+  int64_t vt = b->app->cfg->visibility_timeout_ms;
+  for (int from = 0; from < n; from += MANY) {
+    int64_t id[MANY];
+    const bus_queue_t *q[MANY];
+    int k = 0;
+    for (int i = from; i < n && i < from + MANY; i++) {
+      q[i - from] = bus_queue_find(store_rows_text(rows, i, 1));
+      if (!q[i - from]) {
+        /* A queue removed from the table: its leftovers are dead letters, not lost. */
+        char ts[32];
+        time_format_rfc3339(now, ts, sizeof(ts));
+        int rc = store_exec(tx, NULL,
+                            "UPDATE queue_messages SET state = 'dead', last_error = 'queue no "
+                            "longer exists', dead_at = ? WHERE id = ?",
+                            "si", ts, store_rows_int(rows, i, 0));
+        if (rc < 0) return rc;
+        continue;
+      }
+      id[k++] = store_rows_int(rows, i, 0);
+    }
+    if (k == 0) continue;
+    for (int j = k; j < MANY; j++)
+      id[j] = id[k - 1];
+    store_rows_t *taken = NULL;
+    int rc =
+        store_exec(tx, &taken,
+                   "UPDATE queue_messages SET state = 'in_flight', visible_at_ms = ?, "
+                   "receive_count = receive_count + 1, lease = lease + 1, claimed_by = ? "
+                   "WHERE id IN (?, ?, ?, ?, ?, ?, ?, ?) AND state != 'in_flight' RETURNING id",
+                   "isiiiiiiii", now + vt, b->app->instance_id, id[0], id[1], id[2], id[3], id[4],
+                   id[5], id[6], id[7]);
+    if (rc < 0) {
+      store_rows_free(&taken);
+      return rc;
+    }
+    int nt = store_rows_count(taken);
+    for (int i = from; i < n && i < from + MANY; i++) {
+      if (!q[i - from]) continue;
+      int64_t want = store_rows_int(rows, i, 0);
+      for (int t = 0; t < nt; t++)
+        if (store_rows_int(taken, t, 0) == want) {
+          append_item(b, q[i - from], rows, i);
+          break;
+        }
+    }
+    store_rows_free(&taken);
+  }
+  return 0;
+}
+
 /* Leases row i of rows to the batch. Caller is in claim_tx. */
 static int add_item(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int i, int64_t now) {
   const bus_queue_t *q = bus_queue_find(store_rows_text(rows, i, 1));
@@ -279,18 +355,7 @@ static int add_item(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int i,
                       "WHERE id = ? AND state != 'in_flight'",
                       "isi", now + vt, b->app->instance_id, id);
   if (rc <= 0) return rc; /* taken meanwhile (another instance): not ours */
-  claimed_t *c = &b->items[b->n++];
-  c->ran = c->settled = c->skip = false;
-  c->id = id;
-  c->queue = q;
-  c->receives = (int)store_rows_int(rows, i, 2) + 1;
-  c->created_ms = store_rows_int(rows, i, 3);
-  c->lease = store_rows_int(rows, i, 4) + 1;
-  c->src = rows;
-  c->row = i;
-  snprintf(c->group, sizeof(c->group), "%s",
-           store_rows_text(rows, i, 12) ? store_rows_text(rows, i, 12) : "");
-  c->event = NULL; /* built by the worker after the commit: the writer's time is precious */
+  append_item(b, q, rows, i);
   return 0;
 }
 
@@ -385,13 +450,11 @@ static int claim_tx(store_tx_t *tx, void *arg) {
   int n = store_exec(tx, &rows, sql, "iiii", now, (int64_t)CLAIM_BATCH, now, (int64_t)CLAIM_BATCH);
   if (n < 0) return n;
   b->rows[b->nrows++] = rows;
-  for (int i = 0; i < n; i++) {
-    int rc = add_item(tx, b, rows, i, now);
-    if (rc < 0) return rc;
-  }
+  int rc = add_items(tx, b, rows, n, now);
+  if (rc < 0) return rc;
   int heads = b->n;
   for (int h = 0; h < heads; h++) {
-    int rc = add_followers(tx, b, h, now);
+    rc = add_followers(tx, b, h, now);
     if (rc < 0) return rc;
   }
   b->claimed_ms = time_mono_ms();
@@ -507,9 +570,29 @@ static int alarm_update(store_tx_t *tx, const char *queue) {
 
 /* Settles the items whose handler ran or that were given back, and renews the
  * leases of those still waiting in the batch. */
+/* Deletes the done messages of pairs (id, lease), n of them (1 to MANY), with one
+ * statement; a message whose lease another claim took since is left alone. */
+static int delete_done(store_tx_t *tx, int64_t pairs[][2], int n) {
+  int64_t v[2 * MANY];
+  for (int j = 0; j < MANY; j++) {
+    v[2 * j] = pairs[j < n ? j : n - 1][0];
+    v[2 * j + 1] = pairs[j < n ? j : n - 1][1];
+  }
+  int rc = store_exec(tx, NULL,
+                      "DELETE FROM queue_messages WHERE (id = ? AND lease = ?) OR (id = ? AND "
+                      "lease = ?) OR (id = ? AND lease = ?) OR (id = ? AND lease = ?) OR (id = ? "
+                      "AND lease = ?) OR (id = ? AND lease = ?) OR (id = ? AND lease = ?) OR (id "
+                      "= ? AND lease = ?)",
+                      "iiiiiiiiiiiiiiii", v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8],
+                      v[9], v[10], v[11], v[12], v[13], v[14], v[15]);
+  return rc < 0 ? rc : 0;
+}
+
 static int settle_tx(store_tx_t *tx, void *arg) {
   batch_t *b = arg;
   int64_t now = time_now_ms();
+  int64_t done[MANY][2];
+  int ndone = 0;
   for (int i = 0; i < b->n; i++) {
     claimed_t *c = &b->items[i];
     if (c->settled) continue;
@@ -537,8 +620,12 @@ static int settle_tx(store_tx_t *tx, void *arg) {
     int rc = 0;
     switch (next.kind) {
     case BUS_NEXT_DELETE:
-      rc = store_exec(tx, NULL, "DELETE FROM queue_messages WHERE id = ? AND lease = ?", "ii",
-                      c->id, c->lease);
+      done[ndone][0] = c->id;
+      done[ndone][1] = c->lease;
+      if (++ndone == MANY) {
+        rc = delete_done(tx, done, ndone);
+        ndone = 0;
+      }
       break;
     case BUS_NEXT_RETRY:
       /* A message whose partner did not answer waits for the queue's probe
@@ -577,7 +664,7 @@ static int settle_tx(store_tx_t *tx, void *arg) {
     }
     if (rc < 0) return rc;
   }
-  return 0;
+  return ndone ? delete_done(tx, done, ndone) : 0;
 }
 
 /* Marks what settle_tx wrote; called after it committed. */
