@@ -153,16 +153,23 @@ print("""
 Where a target is not met, the measurements above and the profile below say why:
 
 - **HTTP against nginx and the Node stack.** wrk and the server share the same two
-  cores; on an authenticated GET the kernel's loopback TCP work is the largest share
-  of iotfin's own samples, and each request still does a token check, a session
-  check, an SQLite read, JSON and a log line that nginx's fixed answer does not. The
-  baseline runs two Node processes, so it gets both cores too. Reaching half of nginx
-  would need the request path to lose most of its remaining allocations (a
-  per-request arena instead of jansson and malloc) and the log line moved off the
-  request thread.
+  cores; on an authenticated GET the kernel's loopback TCP work is half of iotfin's
+  own samples (the profile below), and each request still does a token check, a
+  session check, an SQLite read, JSON and a log line that nginx's fixed answer does
+  not. The baseline runs two Node processes, so it gets both cores too. libmicrohttpd
+  runs one thread a core and never waits (writes go to their own pool), which keeps
+  the GET tail short; more GETs per second would need the request path to lose most
+  of its remaining allocations (a per-request arena instead of jansson and malloc).
+  nginx's own figure moves by a quarter between runs on this machine, so its ratio
+  does too.
 - **POST routes.** Every POST is a durable write: it waits for a group commit
-  (synchronous=FULL), so its rate is bounded by commits per second times the batch
-  the writer can gather from 64 connections. Anonymous sessions also sign a JWT.
+  (synchronous=FULL) on one of 64 `http-write` workers, so up to 64 writes share one
+  commit. The profile's POST section shows where the rest goes: the kernel is the
+  largest share of every thread, and each request is handed from libmicrohttpd's
+  thread to a write worker, to the store's writer and back, about five context
+  switches a request, each costly on this virtual machine. Going further needs
+  handlers that go on from the writer's commit instead of a thread waiting for it.
+  Anonymous sessions also sign a JWT.
 - **The bus.** One writer thread runs every transaction; the profile shows it busy
   with SQLite itself for most of its time. Going past this needs the writer to do
   less per event (fewer indexes per queue row, event JSON built before the
@@ -176,9 +183,10 @@ Where a target is not met, the measurements above and the profile below say why:
   the path before the spool. Going past it needs a group commit below the PUBACK (a
   broker that can hold PUBACKs until a shared sync), not more work in the plugin.
 - **PostgreSQL.** One writer connection runs every write statement by statement, each
-  a round trip to the server (a bus event is about five: its two INSERTs, the claim,
-  the settle and the savepoints around each job), so the writer is bound by round
-  trips, not by disk flushes; the one-row commits beside it come from 32 connections
+  a round trip to the server (a bus event is about four: its two INSERTs and the
+  savepoint around its job, and an eighth each of a claim and a settlement, which
+  take eight messages to a statement), so the writer is bound by round trips, not
+  by disk flushes; the one-row commits beside it come from 32 connections
   whose statements the server runs side by side, sharing WAL flushes. Several
   instances take one advisory lock per write batch (commit order across instances,
   docs/scaling.md), so their writers take turns: writes go no faster than one writer,
