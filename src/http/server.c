@@ -14,6 +14,7 @@
 #include <ctype.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <sched.h>
 #include <sodium.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -884,7 +885,11 @@ int http_server_start(app_t *app, const http_route_t *routes, int n, const char 
     tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, app->tls_cert_pem};
     tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, app->tls_key_pem};
   }
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  /* The cores this process may run on (a cpuset or taskset may give it fewer than
+   * the machine has). */
+  cpu_set_t cpus;
+  long cores = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus)
+                                                              : sysconf(_SC_NPROCESSORS_ONLN);
   unsigned threads = cores < HTTP_THREADS_MIN   ? HTTP_THREADS_MIN
                      : cores > HTTP_THREADS_MAX ? HTTP_THREADS_MAX
                                                 : (unsigned)cores;
