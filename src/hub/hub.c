@@ -40,6 +40,7 @@
  * slot (devices hash to slots) per second; the rest are counted into the next one. */
 #define REJECT_SLOTS 1024
 #define RETRY_MS 200
+#define FLUSH_SET 32
 
 typedef enum {
   W_EVENT,
@@ -72,6 +73,11 @@ typedef struct {
   work_t *head, *tail;
   int len;
   size_t bytes; /* payload bytes queued */
+  /* Devices with a command flush queued here and not yet begun: a command posted
+   * meanwhile needs no flush of its own, since that one reads it too (it reads
+   * after this command's commit). Full, a flush is queued as before. */
+  char flushing[FLUSH_SET][64];
+  int nflushing;
 } lane_t;
 
 typedef struct {
@@ -428,6 +434,15 @@ static int handle(hub_t *hub, lane_t *l, work_t *w) {
   case W_PRESENCE:
     return handle_presence(hub, w);
   case W_FLUSH:
+    /* Out of the set before the read: a command committed from now on queues a
+     * flush of its own. */
+    pthread_mutex_lock(&l->lock);
+    for (int i = 0; i < l->nflushing; i++)
+      if (strcmp(l->flushing[i], w->device) == 0) {
+        memcpy(l->flushing[i], l->flushing[--l->nflushing], sizeof(l->flushing[i]));
+        break;
+      }
+    pthread_mutex_unlock(&l->lock);
     flush_commands(hub, w->device);
     return 0;
   case W_DELIVERED:
@@ -751,8 +766,20 @@ void hub_keys_changed(hub_t *hub) {
 
 void hub_command_queued(hub_t *hub, const char *device_id) {
   if (!hub) return;
+  lane_t *l = lane_of(hub, device_id);
   work_t *w = work_new(W_FLUSH, device_id, NULL, NULL, NULL, 0);
-  if (w) push(lane_of(hub, device_id), w);
+  if (!w) return;
+  pthread_mutex_lock(&l->lock);
+  for (int i = 0; i < l->nflushing; i++)
+    if (strcmp(l->flushing[i], w->device) == 0) {
+      /* A flush of this device is queued and will read this command too. */
+      pthread_mutex_unlock(&l->lock);
+      work_free(w);
+      return;
+    }
+  if (l->nflushing < FLUSH_SET) memcpy(l->flushing[l->nflushing++], w->device, sizeof(w->device));
+  pthread_mutex_unlock(&l->lock);
+  push(l, w);
 }
 
 void hub_device_revoked(hub_t *hub, const char *device_id, const char *sid) {
