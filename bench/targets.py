@@ -183,10 +183,12 @@ Where a target is not met, the measurements above and the profile below say why:
   the path before the spool. Going past it needs a group commit below the PUBACK (a
   broker that can hold PUBACKs until a shared sync), not more work in the plugin.
 - **PostgreSQL.** One writer connection runs every write statement by statement, each
-  a round trip to the server (a bus event is about four: its two INSERTs and the
-  savepoint around its job, and an eighth each of a claim and a settlement, which
-  take eight messages to a statement), so the writer is bound by round trips, not
-  by disk flushes; the one-row commits beside it come from 32 connections
+  a round trip to the server: a bus event costs about two and a half (the event and
+  its queue row in one statement, the savepoint around its job, and an eighth each
+  of a claim and a settlement, which take eight messages to a statement). Each
+  round trip wakes the server and the writer in turn, and the machine stays about
+  40% idle meanwhile (`vmstat` beside `bench_bus` on PostgreSQL), so the writer is
+  bound by round trips, not by CPU or disk flushes; the one-row commits beside it come from 32 connections
   whose statements the server runs side by side, sharing WAL flushes. Several
   instances take one advisory lock per write batch (commit order across instances,
   docs/scaling.md), so their writers take turns: writes go no faster than one writer,

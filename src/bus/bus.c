@@ -108,6 +108,25 @@ int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subjec
   return 0;
 }
 
+bool bus_single_fanout(const char *type, const char *subject, const char **queue,
+                       const char **group_key) {
+  int found = -1;
+  for (int i = 0; i < queue_count(); i++) {
+    if (!subscribed(queues[i].subscribes, type)) continue;
+    if (found >= 0) return false;
+    found = i;
+  }
+  if (found < 0) return false;
+  *queue = queues[found].name;
+  *group_key = queues[found].fifo ? subject : NULL;
+  return true;
+}
+
+int bus_fanout_written(store_tx_t *tx) {
+  atomic_fetch_add(&fanned_out, 1);
+  return store_notify(tx, "queue", NULL);
+}
+
 static bus_outcome_t outcome(bus_result_t r, int64_t delay, const char *fmt, va_list ap) {
   bus_outcome_t o = {.result = r, .delay_ms = delay};
   if (fmt) vsnprintf(o.reason, sizeof(o.reason), fmt, ap);

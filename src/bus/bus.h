@@ -53,6 +53,13 @@ const bus_queue_t *bus_queue_find(const char *name);
 /* Enqueues event seq on every queue subscribed to type. Called by events_record()
  * inside its transaction; returns 0 or a store error. */
 int bus_fanout(store_tx_t *tx, int64_t event_seq, const char *type, const char *subject);
+/* When exactly one queue subscribes to type: true, with that queue's name and the
+ * group key of an event of subject (NULL for an unordered queue), so that
+ * events_record can write the event and its queue row in one statement; it then
+ * calls bus_fanout_written instead of bus_fanout. */
+bool bus_single_fanout(const char *type, const char *subject, const char **queue,
+                       const char **group_key);
+int bus_fanout_written(store_tx_t *tx);
 
 /* Starts nworkers worker threads. Returns 0 and *out, or -ERR_INTERNAL. */
 int bus_start(app_t *app, int nworkers, bus_t **out);

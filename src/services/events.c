@@ -28,16 +28,33 @@ int events_record(store_tx_t *tx, const char *type, const char *subject, json_t 
   json_decref(data);
   if (!d) return -ERR_INTERNAL;
   store_rows_t *rows = NULL;
-  rc = store_exec(tx, &rows,
-                  "INSERT INTO events (id, type, source, subject, time, data) "
-                  "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-                  "ssssss", id, type, "/iotfin", subject, ts, d);
-  free(d);
-  if (rc < 0) return rc;
-  int64_t seq = store_rows_int(rows, 0, 0);
-  store_rows_free(&rows);
-  /* Fan-out in the same transaction: the outbox and the queues are one write. */
-  rc = bus_fanout(tx, seq, type, subject);
+  const char *queue = NULL, *group = NULL;
+  if (store_tx_writing_ctes(tx) && bus_single_fanout(type, subject, &queue, &group)) {
+    /* The event and its one queue row in one statement (a round trip fewer on
+     * PostgreSQL); the same rows as the two statements below. */
+    int64_t now = time_now_ms();
+    rc = store_exec(tx, &rows,
+                    "WITH e AS (INSERT INTO events (id, type, source, subject, time, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq) "
+                    "INSERT INTO queue_messages (queue, event_seq, group_key, visible_at_ms, "
+                    "created_at_ms) SELECT ?, seq, ?, ?, ? FROM e RETURNING event_seq",
+                    "ssssssssii", id, type, "/iotfin", subject, ts, d, queue, group, now, now);
+    free(d);
+    if (rc < 0) return rc;
+    store_rows_free(&rows);
+    rc = bus_fanout_written(tx);
+  } else {
+    rc = store_exec(tx, &rows,
+                    "INSERT INTO events (id, type, source, subject, time, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+                    "ssssss", id, type, "/iotfin", subject, ts, d);
+    free(d);
+    if (rc < 0) return rc;
+    int64_t seq = store_rows_int(rows, 0, 0);
+    store_rows_free(&rows);
+    /* Fan-out in the same transaction: the outbox and the queues are one write. */
+    rc = bus_fanout(tx, seq, type, subject);
+  }
   if (rc < 0) return rc;
   atomic_fetch_add(&recorded, 1);
   /* Event streams on other instances look at once rather than at their next poll. */

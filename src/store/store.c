@@ -97,6 +97,8 @@ int store_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char 
   return rc;
 }
 
+bool store_tx_writing_ctes(const store_tx_t *tx) { return strcmp(tx->ops->name, "postgres") == 0; }
+
 bool store__notify_text_ok(const char *s, size_t max) {
   if (!s) return true;
   size_t n = strlen(s);

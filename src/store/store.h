@@ -52,6 +52,11 @@ void store_remove_commit_hook(store_t *s, void (*hook)(void *arg), void *arg);
  * -ERR_CONFLICT on a unique or primary key violation, -ERR_INTERNAL otherwise. */
 int store_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types, ...);
 
+/* Whether a WITH clause of tx's backend may write (INSERT ... RETURNING in a CTE):
+ * PostgreSQL yes, SQLite no. Where each statement is a round trip, one statement
+ * that writes two tables saves one. */
+bool store_tx_writing_ctes(const store_tx_t *tx);
+
 /* Result access. Text is owned by rows; NULL for SQL NULL or out of range. */
 int store_rows_count(const store_rows_t *r);
 const char *store_rows_text(const store_rows_t *r, int row, int col);

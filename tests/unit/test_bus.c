@@ -450,6 +450,32 @@ static void test_fanout_by_subscription_in_the_event_transaction(void **state) {
   assert_int_equal(calls(), 4);
 }
 
+static const bus_queue_t single_queues[] = {
+    {.name = "q-one", .subscribes = "session.started", .handler = h_done},
+    {.name = "q-fifo", .subscribes = "device.event", .handler = h_done, .fifo = true},
+    {.name = "q-all", .subscribes = "device.command.*", .handler = h_done},
+    {.name = "q-some", .subscribes = "device.command.queued", .handler = h_done},
+};
+
+/* What lets PostgreSQL write an event and its queue row in one statement: exactly
+ * one subscriber, named with its group key. */
+static void test_single_fanout_names_the_one_subscriber_only(void **state) {
+  (void)state;
+  bus_set_queues(single_queues, 4);
+  const char *q = NULL, *g = "unset";
+  assert_true(bus_single_fanout("session.started", "sessions/s1", &q, &g));
+  assert_string_equal(q, "q-one");
+  assert_null(g);
+  assert_true(bus_single_fanout("device.event", "devices/d1", &q, &g));
+  assert_string_equal(q, "q-fifo");
+  assert_string_equal(g, "devices/d1");
+  /* Two subscribers (a prefix and an exact type), or none: the general path. */
+  assert_false(bus_single_fanout("device.command.queued", "devices/d1", &q, &g));
+  assert_true(bus_single_fanout("device.command.acked", "devices/d1", &q, &g));
+  assert_string_equal(q, "q-all");
+  assert_false(bus_single_fanout("device.retired", "devices/d1", &q, &g));
+}
+
 /* ---- dead letters and alarms ----------------------------------------------------- */
 
 static const bus_queue_t fail_queues[] = {
@@ -1366,6 +1392,7 @@ int main(void) {
   /* BUS_TEST=pattern runs only the matching tests (while working on one). */
   if (getenv("BUS_TEST")) cmocka_set_test_filter(getenv("BUS_TEST"));
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_single_fanout_names_the_one_subscriber_only),
       cmocka_unit_test_setup_teardown(test_fanout_by_subscription_in_the_event_transaction, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_failing_handler_dead_letters_after_max_receives, setup,
