@@ -463,7 +463,11 @@ def device_connect(srv, creds, **kw):
     """A DeviceClient for the credentials answer, connected and subscribed."""
     dev = DeviceClient(srv.mqtt_host, srv.mqtt_port, creds["client_id"], creds["password"], **kw)
     rc = dev.connect()
-    assert rc == 0, f"device {creds['client_id']} refused: CONNACK {rc}"
+    if rc != 0:
+        # The server's last lines (its broker's among them) say why, should this ever
+        # happen where it should not.
+        tail = "\n".join(srv.stderr_lines()[-20:]) if hasattr(srv, "stderr_lines") else ""
+        raise AssertionError(f"device {creds['client_id']} refused: CONNACK {rc}\n{tail}")
     return dev
 
 
