@@ -875,7 +875,11 @@ int http_server_start(app_t *app, const http_route_t *routes, int n, const char 
   metrics_describe("iotfin_http_requests_total", "counter", "HTTP requests by route and status.");
   metrics_describe("iotfin_http_request_duration_seconds", "histogram",
                    "HTTP request latency by route.");
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
+  /* poll(), not epoll: with a thread pool and epoll, MHD_quiesce_daemon at a stop races
+   * each worker removing the listen socket from its epoll set, and libmicrohttpd
+   * 0.9.75 aborts the process when it loses ("Failed to remove listen FD from epoll
+   * set", seen once under test_63). Each worker polls only its own connections. */
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME;
   if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
   /* HTTPS: libmicrohttpd keeps pointers to the PEM text, which app holds for good. */
   struct MHD_OptionItem tls[] = {
