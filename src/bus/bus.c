@@ -298,12 +298,33 @@ static void append_item(batch_t *b, const bus_queue_t *q, const store_rows_t *ro
   c->event = NULL; /* built by the worker after the commit: the writer's time is precious */
 }
 
+/* Leases the messages id[0..n) (1 to MANY) that are not in flight, with one
+ * statement; *taken lists the ids it leased. */
+static int lease_ids(store_tx_t *tx, batch_t *b, int64_t *id, int n, int64_t now,
+                     store_rows_t **taken) {
+  for (int j = n; j < MANY; j++)
+    id[j] = id[n - 1];
+  int rc = store_exec(tx, taken,
+                      "UPDATE queue_messages SET state = 'in_flight', visible_at_ms = ?, "
+                      "receive_count = receive_count + 1, lease = lease + 1, claimed_by = ? "
+                      "WHERE id IN (?, ?, ?, ?, ?, ?, ?, ?) AND state != 'in_flight' RETURNING id",
+                      "isiiiiiiii", now + b->app->cfg->visibility_timeout_ms, b->app->instance_id,
+                      id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]);
+  if (rc < 0) store_rows_free(taken);
+  return rc < 0 ? rc : 0;
+}
+
+static bool was_taken(const store_rows_t *taken, int64_t id) {
+  for (int t = 0; t < store_rows_count(taken); t++)
+    if (store_rows_int(taken, t, 0) == id) return true;
+  return false;
+}
+
 /* Leases the messages of rows (a claim's candidates, each independent of the
  * others) to the batch, MANY to a statement, and appends those it took in their
  * order; one another instance took meanwhile is left out. Rows of a queue no longer
  * in the table become dead letters. Caller is in claim_tx. */
 static int add_items(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int n, int64_t now) {
-  int64_t vt = b->app->cfg->visibility_timeout_ms;
   for (int from = 0; from < n; from += MANY) {
     int64_t id[MANY];
     const bus_queue_t *q[MANY];
@@ -324,30 +345,12 @@ static int add_items(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int n
       id[k++] = store_rows_int(rows, i, 0);
     }
     if (k == 0) continue;
-    for (int j = k; j < MANY; j++)
-      id[j] = id[k - 1];
     store_rows_t *taken = NULL;
-    int rc =
-        store_exec(tx, &taken,
-                   "UPDATE queue_messages SET state = 'in_flight', visible_at_ms = ?, "
-                   "receive_count = receive_count + 1, lease = lease + 1, claimed_by = ? "
-                   "WHERE id IN (?, ?, ?, ?, ?, ?, ?, ?) AND state != 'in_flight' RETURNING id",
-                   "isiiiiiiii", now + vt, b->app->instance_id, id[0], id[1], id[2], id[3], id[4],
-                   id[5], id[6], id[7]);
-    if (rc < 0) {
-      store_rows_free(&taken);
-      return rc;
-    }
-    int nt = store_rows_count(taken);
-    for (int i = from; i < n && i < from + MANY; i++) {
-      if (!q[i - from]) continue;
-      int64_t want = store_rows_int(rows, i, 0);
-      for (int t = 0; t < nt; t++)
-        if (store_rows_int(taken, t, 0) == want) {
-          append_item(b, q[i - from], rows, i);
-          break;
-        }
-    }
+    int rc = lease_ids(tx, b, id, k, now, &taken);
+    if (rc < 0) return rc;
+    for (int i = from; i < n && i < from + MANY; i++)
+      if (q[i - from] && was_taken(taken, store_rows_int(rows, i, 0)))
+        append_item(b, q[i - from], rows, i);
     store_rows_free(&taken);
   }
   return 0;
@@ -418,14 +421,38 @@ static int add_followers(store_tx_t *tx, batch_t *b, int h, int64_t now) {
   if (m < 0) return m;
   if (!more) return 0;
   b->rows[b->nrows++] = more;
-  for (int i = 0; i < m; i++) {
-    /* A parked message behind a ready head (a redriven dead letter went before it):
-     * the group stops there rather than skip it. */
-    if (strcmp(store_rows_text(more, i, 13), "ready") != 0) break;
-    int before = b->n;
-    int rc = add_item(tx, b, more, i, now);
+  /* A parked message behind a ready head (a redriven dead letter went before it):
+   * the group stops there rather than skip it. */
+  int ready = 0;
+  while (ready < m && strcmp(store_rows_text(more, ready, 13), "ready") == 0)
+    ready++;
+  for (int from = 0; from < ready; from += MANY) {
+    int k = ready - from < MANY ? ready - from : MANY;
+    int64_t id[MANY];
+    for (int j = 0; j < k; j++)
+      id[j] = store_rows_int(more, from + j, 0);
+    store_rows_t *taken = NULL;
+    int rc = lease_ids(tx, b, id, k, now, &taken);
     if (rc < 0) return rc;
-    if (b->n == before) break; /* not ours after all: the group stops before a gap */
+    bool gap = false;
+    for (int j = 0; j < k && rc >= 0; j++) {
+      bool got = was_taken(taken, id[j]);
+      if (!gap && got) {
+        append_item(b, b->items[h].queue, more, from + j);
+        continue;
+      }
+      /* Not ours after all (another instance has it): the group stops before the
+       * gap, and what this statement leased behind it is given back at once. */
+      gap = true;
+      if (got)
+        rc = store_exec(tx, NULL,
+                        "UPDATE queue_messages SET state = 'ready', visible_at_ms = ?, "
+                        "receive_count = receive_count - 1 WHERE id = ? AND lease = ?",
+                        "iii", now, id[j], store_rows_int(more, from + j, 4) + 1);
+    }
+    store_rows_free(&taken);
+    if (rc < 0) return rc;
+    if (gap) break;
   }
   return 0;
 }
