@@ -356,31 +356,6 @@ static int add_items(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int n
   return 0;
 }
 
-/* Leases row i of rows to the batch. Caller is in claim_tx. */
-static int add_item(store_tx_t *tx, batch_t *b, const store_rows_t *rows, int i, int64_t now) {
-  const bus_queue_t *q = bus_queue_find(store_rows_text(rows, i, 1));
-  int64_t id = store_rows_int(rows, i, 0);
-  if (!q) {
-    /* A queue removed from the table: its leftovers are dead letters, not lost. */
-    char ts[32];
-    time_format_rfc3339(now, ts, sizeof(ts));
-    int rc = store_exec(tx, NULL,
-                        "UPDATE queue_messages SET state = 'dead', last_error = 'queue no longer "
-                        "exists', dead_at = ? WHERE id = ?",
-                        "si", ts, id);
-    return rc < 0 ? rc : 0;
-  }
-  int64_t vt = b->app->cfg->visibility_timeout_ms;
-  int rc = store_exec(tx, NULL,
-                      "UPDATE queue_messages SET state = 'in_flight', visible_at_ms = ?, "
-                      "receive_count = receive_count + 1, lease = lease + 1, claimed_by = ? "
-                      "WHERE id = ? AND state != 'in_flight'",
-                      "isi", now + vt, b->app->instance_id, id);
-  if (rc <= 0) return rc; /* taken meanwhile (another instance): not ours */
-  append_item(b, q, rows, i);
-  return 0;
-}
-
 /* Lease expiry, and parked messages of queues no longer in an outage. A FIFO group
  * comes back whole: when one of its in-flight messages outlived its lease, all of
  * them are ready again together, so the next claim starts from its head. */
@@ -537,7 +512,7 @@ static int probe_claim_tx(store_tx_t *tx, void *arg) {
     if (n < 0) return n;
     b->rows[b->nrows++] = rows;
     if (n > 0) {
-      int rc = add_item(tx, b, rows, 0, now);
+      int rc = add_items(tx, b, rows, 1, now);
       if (rc < 0) return rc;
     }
     if (after == 0) break;

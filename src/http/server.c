@@ -40,9 +40,8 @@
 #define MAX_REPLY_HEADERS 8
 /* libmicrohttpd's threads only read, parse and answer what needs no waiting, so a
  * few (one a core, at least 2) serve every connection; more only add context
- * switches, and on 2 cores the tail of GET latency grew with them (`make bench`
- * ONLY=http, 64 connections: GET /v1/devices/{id} p99 4.1 ms with 2 threads, 9.8
- * with 8, 11.9 with 16). */
+ * switches. On 2 cores, `make bench` (64 connections) measured GET /v1/devices/{id}
+ * at p99 11.9 ms with the 16 threads this replaced, 4.7 ms with 2 (docs/BENCHMARKS.md). */
 #define HTTP_THREADS_MIN 2
 #define HTTP_THREADS_MAX 8
 /* Requests that write, running at once: each waits for its group commit, so this
