@@ -1,9 +1,9 @@
 /* PostgreSQL backend (libpq): the same contract as the SQLite one. One writer
  * thread owns the write connection and commits every callback waiting at that
  * moment in one transaction, each in its own savepoint (synchronous_commit=on, so a
- * returned store_write() is on the server's disk); readers use a connection per
- * thread in a REPEATABLE READ snapshot. Callers write `?` placeholders; they are
- * rewritten to $1..$n here, and bound with the types the caller names.
+ * returned store_write() is on the server's disk); readers take a connection from a
+ * pool of idle ones and read in a REPEATABLE READ snapshot. Callers write `?` placeholders; they
+ * are rewritten to $1..$n here, and bound with the types the caller names.
  *
  * A lost or refusing server is storage failing: calls answer -ERR_UNAVAILABLE (so
  * HTTP answers 503), the writer reconnects and probes every PROBE_MS, and says so
@@ -58,7 +58,7 @@ typedef struct pconn {
   int nstmts;
   int64_t last_reset_ms;
   struct pg_store *owner;
-  struct pconn *next, *prev;
+  struct pconn *next; /* in the idle readers */
 } pconn_t;
 
 /* failed: a statement failed, so PostgreSQL refuses the rest of this transaction
@@ -95,13 +95,15 @@ typedef struct pg_store {
   char redacted[512]; /* for log lines */
   pconn_t *writer;
   pthread_t writer_thread;
-  pthread_mutex_t lock; /* queue, stopping, readers list */
+  pthread_mutex_t lock; /* queue, stopping, idle readers */
   pthread_cond_t work_cond;
   job_t *queue_head, *queue_tail;
   bool stopping;
   bool probe_asked; /* a reader saw the server go: the writer should look now */
-  pconn_t *readers;
-  pthread_key_t reader_key;
+  /* Idle read connections, most recently used first. A new connection costs the
+   * server a process start and the client a SCRAM exchange (25-30 ms here), so they
+   * are kept and shared by every thread; there are never more than reads at once. */
+  pconn_t *idle_readers;
   atomic_bool failing;
   _Atomic(const char *) failure;
   int64_t last_probe_ms;
@@ -609,19 +611,20 @@ static int pg_write(store_t *base, store_tx_fn fn, void *arg) {
 
 /* ---- readers ---- */
 
-static void reader_gone(void *p) {
-  pconn_t *c = p;
-  pg_store_t *s = c->owner;
+static pconn_t *reader_take(pg_store_t *s) {
   pthread_mutex_lock(&s->lock);
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    s->readers = c->next;
-  if (c->next) c->next->prev = c->prev;
+  pconn_t *c = s->idle_readers;
+  if (c) s->idle_readers = c->next;
   pthread_mutex_unlock(&s->lock);
-  if (c->pg) PQfinish(c->pg);
-  conn_forget_statements(c);
-  free(c);
+  if (!c && (c = calloc(1, sizeof(*c)))) c->owner = s;
+  return c;
+}
+
+static void reader_put(pg_store_t *s, pconn_t *c) {
+  pthread_mutex_lock(&s->lock);
+  c->next = s->idle_readers;
+  s->idle_readers = c;
+  pthread_mutex_unlock(&s->lock);
 }
 
 static void ask_probe(pg_store_t *s) {
@@ -631,20 +634,8 @@ static void ask_probe(pg_store_t *s) {
   pthread_mutex_unlock(&s->lock);
 }
 
-static int pg_read(store_t *base, store_tx_fn fn, void *arg) {
-  pg_store_t *s = (pg_store_t *)base;
-  pconn_t *c = pthread_getspecific(s->reader_key);
-  if (!c) {
-    c = calloc(1, sizeof(*c));
-    if (!c) return -ERR_INTERNAL;
-    c->owner = s;
-    pthread_mutex_lock(&s->lock);
-    c->next = s->readers;
-    if (s->readers) s->readers->prev = c;
-    s->readers = c;
-    pthread_mutex_unlock(&s->lock);
-    pthread_setspecific(s->reader_key, c);
-  }
+static int read_on(pg_store_t *s, pconn_t *c, store_tx_fn fn, void *arg) {
+  store_t *base = &s->base;
   if (!conn_revive(c)) {
     if (!atomic_load(&s->failing)) ask_probe(s);
     return -ERR_UNAVAILABLE;
@@ -671,6 +662,15 @@ static int pg_read(store_t *base, store_tx_fn fn, void *arg) {
     if (!atomic_load(&s->failing)) ask_probe(s);
     return -ERR_UNAVAILABLE;
   }
+  return rc;
+}
+
+static int pg_read(store_t *base, store_tx_fn fn, void *arg) {
+  pg_store_t *s = (pg_store_t *)base;
+  pconn_t *c = reader_take(s);
+  if (!c) return -ERR_INTERNAL;
+  int rc = read_on(s, c, fn, arg);
+  reader_put(s, c);
   return rc;
 }
 
@@ -854,6 +854,47 @@ static void *listen_main(void *p) {
 
 /* ---- opening ---- */
 
+/* A search_path naming a schema that does not exist yet (a new tenant's, a test's)
+ * gets it created, as the tables in it are: the operator names it once, in IOTFIN_DB.
+ * Only its first entry, and only when no entry exists (PostgreSQL would otherwise put
+ * the tables in the next one it finds, or refuse them). */
+static int create_schema(pg_store_t *s, store_tx_t *tx) {
+  store_rows_t *rows = NULL;
+  if (store_exec(
+          tx, &rows,
+          "SELECT (current_schema() IS NULL)::int, current_setting('search_path'), current_user",
+          "") < 0)
+    return -ERR_UNAVAILABLE;
+  int rc = 0;
+  const char *path = store_rows_text(rows, 0, 1), *user = store_rows_text(rows, 0, 2);
+  if (store_rows_int(rows, 0, 0) && path && user) {
+    char first[128];
+    size_t n = strcspn(path, ",");
+    while (n && path[n - 1] == ' ')
+      n--;
+    snprintf(first, sizeof(first), "%.*s", (int)n, path);
+    size_t len = strlen(first);
+    const char *name = first;
+    if (strcmp(first, "\"$user\"") == 0 || strcmp(first, "$user") == 0) {
+      name = user;
+    } else if (len >= 2 && first[0] == '"' && first[len - 1] == '"') {
+      first[len - 1] = 0; /* quoted: taken as written (a doubled quote stays doubled) */
+      name = first + 1;
+    }
+    char *ident = name[0] ? PQescapeIdentifier(s->writer->pg, name, strlen(name)) : NULL;
+    if (ident) {
+      char sql[300];
+      snprintf(sql, sizeof(sql), "CREATE SCHEMA IF NOT EXISTS %s", ident);
+      rc = simple(tx, sql);
+      if (rc == 0)
+        log_info("store", "created the schema %s named by IOTFIN_DB's search_path", ident);
+      PQfreemem(ident);
+    }
+  }
+  store_rows_free(&rows);
+  return rc < 0 ? -ERR_UNAVAILABLE : 0;
+}
+
 static int migrate(pg_store_t *s) {
   store_tx_t tx = {s->base.ops, s->writer, false, NULL};
   /* Several instances may start at once: one migrates, the others wait for it and
@@ -861,10 +902,12 @@ static int migrate(pg_store_t *s) {
   char lock[120];
   snprintf(lock, sizeof(lock), "SELECT pg_advisory_lock(%lld)", MIGRATION_LOCK_KEY);
   if (simple(&tx, lock) < 0) return -ERR_UNAVAILABLE;
-  int rc = simple(&tx, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY "
-                       "KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL);"
-                       "CREATE TABLE IF NOT EXISTS store_probe (id INTEGER PRIMARY KEY, at_ms "
-                       "BIGINT NOT NULL)");
+  int rc = create_schema(s, &tx);
+  if (rc == 0)
+    rc = simple(&tx, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY "
+                     "KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL);"
+                     "CREATE TABLE IF NOT EXISTS store_probe (id INTEGER PRIMARY KEY, at_ms "
+                     "BIGINT NOT NULL)");
   int64_t known = 0, have = 0;
   for (int i = 0; i < store_migrations_count; i++)
     if (store_migrations[i].version > known) known = store_migrations[i].version;
@@ -935,7 +978,6 @@ int store__pg_open(const char *url, int wait_s, store_t **out) {
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->work_cond, NULL);
   pthread_rwlock_init(&s->listen_lock, NULL);
-  pthread_key_create(&s->reader_key, reader_gone);
   s->listen_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   s->writer = calloc(1, sizeof(*s->writer));
   if (!s->url || !s->writer || s->listen_wake < 0) {
@@ -1001,8 +1043,7 @@ static void pg_close(store_t *base) {
     conn_forget_statements(s->writer);
     free(s->writer);
   }
-  pthread_key_delete(s->reader_key);
-  for (pconn_t *c = s->readers, *next; c; c = next) {
+  for (pconn_t *c = s->idle_readers, *next; c; c = next) {
     next = c->next;
     if (c->pg) PQfinish(c->pg);
     conn_forget_statements(c);

@@ -62,25 +62,21 @@ def sanitizer_report(text):
 # Set by `sh scripts/pg.sh run ...` (make e2e-pg): the URL of an empty PostgreSQL
 # database. Each data dir then gets its own schema there (search_path in the URL), so
 # tests stay as independent as with one SQLite file per data dir, and a server
-# restarted on the same data dir finds its state again.
+# restarted on the same data dir finds its state again. iotfin creates the schema its
+# search_path names at its first start.
 TEST_PG = os.environ.get("IOTFIN_TEST_PG")
-_pg_schemas = set()
 
 
 def pg_url(data_dir):
     """The IOTFIN_DB of a server on data_dir when the suite runs on PostgreSQL."""
     schema = "t_" + hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
-    if schema not in _pg_schemas:
-        subprocess.run(["psql", "-X", "-q", TEST_PG, "-c", f"CREATE SCHEMA IF NOT EXISTS {schema}"],
-                       check=True, stdout=subprocess.DEVNULL)
-        _pg_schemas.add(schema)
     return f"{TEST_PG}?options=-csearch_path%3D{schema}"
 
 
 def store_socket_inodes(pid):
     """Socket inodes (as in /proc/PID/fd links, "socket:[N]") of the server's
     connections to the test PostgreSQL; empty on SQLite. Tests that count a server's
-    sockets leave these out: their number follows the threads that read, not clients."""
+    sockets leave these out: their number follows the reads at once, not clients."""
     if not TEST_PG:
         return set()
     port = urllib.parse.urlsplit(TEST_PG).port
@@ -458,7 +454,6 @@ def run_iotfin(tmp_path):
 
     def run(*args, env=None, timeout=10):
         data_dir = tmp_path / "run-data"
-        # Before the clock starts: on PostgreSQL this creates the test's schema.
         run_env = base_env(data_dir, env)
         t0 = time.monotonic()
         proc = subprocess.Popen(

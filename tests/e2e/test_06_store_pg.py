@@ -3,13 +3,16 @@ at start is retried for IOTFIN_DB_WAIT_S and then named in one line; the passwor
 IOTFIN_DB never reaches a log; a database that goes away answers 503 `unavailable`
 (never a wrong answer), /readyz says so, and everything comes back by itself within
 5 s without losing a write answered 2xx; instances starting at once on a fresh
-database migrate it once.
+database migrate it once; a schema named by the URL's search_path is created at the
+first start.
 
 The first two tests need no server and run on both backends; the others run when the
 suite runs on PostgreSQL (`make e2e-pg`, IOTFIN_TEST_PG)."""
 
 import base64
+import secrets
 import socket
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -192,6 +195,8 @@ def test_instances_starting_at_once_migrate_a_fresh_database_once(start_iotfin, 
     steps = {f.name.split("_")[0] for f in (REPO_ROOT / "src/store/migrations").glob("*.sql")
              if not f.name.endswith(".sqlite.sql")}
     assert applied == len(steps), applied
+    created = sum(s.stderr_text().count("created the schema") for s in servers)
+    assert created == 1, created
     # Both serve the same data.
     r = servers[0].import_devices([{"serial": "TWIN-0001", "model": "m"}])
     assert r.status_code == 200, r.text
@@ -246,3 +251,23 @@ def test_two_instances_through_a_lost_database_recover_and_hear_each_other_again
         assert kid in base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)).decode()
     finally:
         proxy.close()
+
+
+@needs_pg
+def test_a_schema_named_by_the_search_path_is_created_at_the_first_start(start_iotfin, tmp_path):
+    # Quoted and mixed case: the name is taken as written, not folded to lower case.
+    schema = f"Tenant_{secrets.token_hex(4)}"
+    url = f"{TEST_PG}?options=-csearch_path%3D%22{schema}%22"
+    srv = start_iotfin(env={"IOTFIN_DB": url}, data_dir=tmp_path / "tenant")
+    assert srv.stderr_text().count("created the schema") == 1
+    r = srv.import_devices([{"serial": "TENANT-0001", "model": "m"}])
+    assert r.status_code == 200, r.text
+    assert srv.stop() == 0
+    rows = subprocess.run(["psql", "-X", "-q", "-A", "-t", TEST_PG, "-c",
+                           f"SELECT serial FROM \"{schema}\".devices"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert rows == ["TENANT-0001"]
+    # The second start finds it.
+    srv = start_iotfin(env={"IOTFIN_DB": url}, data_dir=tmp_path / "tenant")
+    assert "created the schema" not in srv.stderr_text()
+    assert "applied migration" not in srv.stderr_text()
