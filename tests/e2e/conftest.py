@@ -575,5 +575,7 @@ def verify_token(inst, token):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: a fault test that takes seconds; still part of `make test` and CI"
+        "markers",
+        "slow: a heavy fault test (kill -9, full disks, floods, failover, a browser) that "
+        "takes seconds; `make test` leaves it out, `make test SLOW=1` (CI) runs it",
     )

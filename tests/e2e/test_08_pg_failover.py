@@ -33,6 +33,7 @@ from conftest import TEST_PG, assert_problem, poll
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not TEST_PG, reason="runs on PostgreSQL (make e2e-pg)"),
     pytest.mark.skipif(not (PG_BIN / "initdb").is_file(),
                        reason=f"no PostgreSQL 15 server binaries in {PG_BIN}"),

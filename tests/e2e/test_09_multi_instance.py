@@ -833,6 +833,7 @@ class Load:
             time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_kill_9_of_one_instance_under_load_loses_nothing_acknowledged(cluster):
     a, b, c = cluster.nodes
     bank = cluster.bank

@@ -494,6 +494,7 @@ def test_metrics_has_bus_series(start_iotfin, kyc):
 # ---- kill -9 in the middle of a burst ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_9_mid_burst_loses_no_event_and_no_handler(start_iotfin, kyc):
     """~30 registrations: the first 10 go through KYC (50 ms a call), then KYC hangs
     so that work piles up (handlers blocked in the call, messages ready behind them)
@@ -571,6 +572,7 @@ def test_kill_9_mid_burst_loses_no_event_and_no_handler(start_iotfin, kyc):
 # ---- a backlog whose handlers each fit well inside the visibility timeout -------------
 
 
+@pytest.mark.slow
 def test_backlog_within_visibility_timeout_calls_kyc_once_each(start_iotfin, kyc):
     """Each KYC call takes 200 ms, the visibility timeout is 2 s: however the bus
     batches its receives, no message may time out while it waits for its turn, so

@@ -407,6 +407,7 @@ def test_permanent_smtp_refusal_dead_letters_the_mail_message(start_iotfin, sink
     assert "registration-mail" in str(ops[0][2]["Subject"]) + body_text(ops[0][2]), ops[0][2].as_string()
 
 
+@pytest.mark.slow
 def test_slow_smtp_outliving_the_visibility_timeout_still_sends_once(start_iotfin, sink):
     """The first DATA takes longer than IOTFIN_VISIBILITY_TIMEOUT_MS, so the unacked
     registration-mail message reappears (CONTRACT 1) while the first send is still in

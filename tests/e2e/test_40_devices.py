@@ -896,6 +896,7 @@ def test_presence_follows_connect_and_clean_disconnect(srv, alice):
     assert kinds == ["device.connected", "device.disconnected"], kinds
 
 
+@pytest.mark.slow
 def test_presence_after_a_silent_connection_loss(srv, alice):
     """The device's network dies: no DISCONNECT, no FIN, no PINGREQ. CONTRACT 5:
     `online` is false within 1.5 x keepalive of the connection ending. The managed
@@ -1177,6 +1178,7 @@ def bank_server(start_iotfin):
     return srv, user, dev
 
 
+@pytest.mark.slow
 def test_bank_gets_every_event_in_order_after_an_outage(start_iotfin):
     srv, user, dev = bank_server(start_iotfin)
     d = device_connect(srv, get_credentials(srv, user, dev["id"]))

@@ -25,6 +25,8 @@ from devices_helpers import (
 from fakes import FakeBank
 
 
+pytestmark = pytest.mark.slow  # fault tests: a partner hanging, failing, refusing
+
 DEVICES = 8
 EVENTS = 10  # per device and test
 RESUME_S = 2.5  # contract: within 2 s of BANK answering; a little slack for the test

@@ -376,6 +376,7 @@ def test_access_log_is_documented_in_serve_help(run_iotfin):
     assert rc == 0 and "IOTFIN_ACCESS_LOG" in out and "sample:N" in out, out
 
 
+@pytest.mark.slow
 def test_an_error_storm_writes_a_bounded_number_of_lines(start_iotfin, kyc, identity):
     identity.down()  # every partner login fails: a warn line and a 502 each
     inst = start_iotfin(env=partner_env(kyc, identity))

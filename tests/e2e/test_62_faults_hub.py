@@ -110,6 +110,7 @@ def test_a_command_nobody_receives_stays_queued_until_the_device_listens(start_i
 # ---- broker death ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_broker_death_turns_devices_offline_and_commands_wait_for_them(start_iotfin):
     srv = start_iotfin(env=ENV)
     user, devs, creds = setup_devices(srv, 3)
@@ -180,6 +181,7 @@ def test_broker_death_turns_devices_offline_and_commands_wait_for_them(start_iot
 # ---- deadlines ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_requests_that_waited_past_3s_time_out_and_never_reach_bank(start_iotfin):
     srv = start_iotfin(env=ENV)
     user, (dev,), (creds,) = setup_devices(srv, 1)
@@ -289,6 +291,7 @@ def fill(path):
                 pass
 
 
+@pytest.mark.slow
 @sqlite_only("fills the tmpfs that holds iotfin.db")
 def test_full_disk_refuses_writes_holds_device_events_and_recovers(small_tmpfs, start_iotfin):
     srv = start_iotfin(env=ENV, data_dir=small_tmpfs / "data")

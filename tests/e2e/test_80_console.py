@@ -104,6 +104,7 @@ class Console:
         return self.d.execute_script(script, *args)
 
 
+@pytest.mark.slow
 def test_operator_signs_in_watches_redrives_and_sees_it_clear(start_iotfin, tmp_path):
     srv = start_iotfin(env=ENV)
     token = srv.admin_token
