@@ -22,7 +22,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 
 .PHONY: all build asan-build fuzz-build deps test-deps run test unit unit-asan e2e e2e-asan \
-        e2e-pg fuzz fmt fmt-check lint bench bench-deps bench-charts clean install deb
+        e2e-pg e2e-then-unit fuzz fmt fmt-check lint bench bench-deps bench-charts clean install deb
 
 all: build
 
@@ -103,22 +103,27 @@ e2e-pg: build test-deps
 	sh scripts/pg.sh run env IOTFIN_BIN=$(CURDIR)/$(PRIVATE_PG)/iotfin \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 --dist loadgroup $(PYTEST_MARK) $(PG_E2E)
 
-# The two builds one after another (each already uses every core), the unit tests under
-# both side by side, then the end-to-end suite on SQLite and on PostgreSQL side by side
-# (-O keeps each one's output together): they mostly wait on timers, disks and sockets,
-# so together they fit on 2 cores. The slow fault tests hold deadlines the contract
-# sets (kill -9, full disks, floods, failover): with SLOW=1 they run after, one store
-# at a time, followed by the fuzzers and the end-to-end run under ASan.
+# The release build first; then two lanes side by side (-O keeps each one's output
+# together): the end-to-end suite on PostgreSQL, the longest part; and the same suite on
+# SQLite followed by the ASan build and the unit tests under both builds. The suites
+# mostly wait on timers, disks and sockets, so two fit on 2 cores; a compiler beside
+# both made deadline tests miss. The slow fault tests hold deadlines the contract sets
+# (kill -9, full disks, floods, failover): with SLOW=1 they run after, one store at a
+# time, followed by the fuzzers and the end-to-end run under ASan.
 test: test-deps fmt-check
-	@$(MAKE) --no-print-directory build asan-build
-	@$(MAKE) --no-print-directory -j2 -O unit unit-asan
-	@$(MAKE) --no-print-directory -j2 -O e2e e2e-pg MARK="not slow"
+	@$(MAKE) --no-print-directory build
+	@$(MAKE) --no-print-directory -j2 -O e2e-pg e2e-then-unit MARK="not slow"
 ifneq ($(SLOW),)
 	@$(MAKE) --no-print-directory e2e MARK=slow
 	@$(MAKE) --no-print-directory e2e-pg MARK=slow
 	@$(MAKE) --no-print-directory fuzz
 	@$(MAKE) --no-print-directory e2e-asan
 endif
+
+# One lane of `test`: the suite on SQLite, then the unit tests (the ASan build first).
+e2e-then-unit: e2e
+	@$(MAKE) --no-print-directory asan-build
+	@$(MAKE) --no-print-directory -j2 unit unit-asan
 
 fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -84,6 +84,7 @@ static const char *usage_serve =
     "  IOTFIN_RETRY_BASE_MS, IOTFIN_RETRY_MAX_MS, IOTFIN_MAX_RECEIVES,\n"
     "  IOTFIN_VISIBILITY_TIMEOUT_MS, IOTFIN_KYC_POLL_MS, IOTFIN_COMMAND_TTL_S,\n"
     "  IOTFIN_ACCESS_TTL_S, IOTFIN_DEVICE_TOKEN_TTL_S, IOTFIN_AUTH_RATE\n"
+    "  IOTFIN_PASSWORD_HASH_MIB   memory of one Argon2id password hash (64; 19 to 4096)\n"
     "  IOTFIN_STREAMS_PER_USER (5), IOTFIN_STREAMS_MAX (2000): open event streams\n"
     "  IOTFIN_LOG_LEVEL           debug, info (default), warn or error\n"
     "  IOTFIN_TLS_CERT, IOTFIN_TLS_KEY            PEM files: serve the API over HTTPS\n"

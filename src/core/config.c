@@ -117,6 +117,12 @@ int config_load(config_t *cfg, config_getenv_fn get, char *err, size_t errlen) {
   if (parse_long(v ? v : "30", 0, 3600, &cfg->db_wait_s))
     return fail(err, errlen, "IOTFIN_DB_WAIT_S", "expected seconds from 0 to 3600");
 
+  /* Argon2id with 2 passes: 64 MiB is libsodium's "interactive" cost; 19 MiB is the
+   * floor OWASP gives for 2 passes, so nothing weaker can be asked for. */
+  v = get("IOTFIN_PASSWORD_HASH_MIB");
+  if (parse_long(v ? v : "64", 19, 4096, &cfg->password_hash_mib))
+    return fail(err, errlen, "IOTFIN_PASSWORD_HASH_MIB", "expected MiB from 19 to 4096");
+
   v = get("IOTFIN_BROKER");
   if (!v || strcmp(v, "managed") == 0) {
     cfg->broker_managed = true;

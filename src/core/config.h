@@ -51,6 +51,8 @@ typedef struct {
   long command_ttl_s;
   long access_ttl_s, device_token_ttl_s;
   long auth_rate;
+  /* Memory of one Argon2id password hash, in MiB (IOTFIN_PASSWORD_HASH_MIB). */
+  long password_hash_mib;
   /* Open event streams (GET /v1/events/stream): per user, and in all. */
   long streams_per_user, streams_max;
   /* TLS: PEM files; empty: plain. Both of a pair or neither (checked here); that

@@ -36,15 +36,24 @@ static bool has_controls(const char *s) {
   return false;
 }
 
-/* A fixed hash to verify against when the user does not exist. */
+/* A new hash costs what IOTFIN_PASSWORD_HASH_MIB says; a stored one is verified
+ * with the cost written in it, so changing the setting locks nobody out. */
+static int hash_password(const app_t *app, char out[crypto_pwhash_STRBYTES], const char *password) {
+  return crypto_pwhash_str(out, password, strlen(password), crypto_pwhash_OPSLIMIT_INTERACTIVE,
+                           (size_t)app->cfg->password_hash_mib << 20);
+}
+
+/* A fixed hash to verify against when the user does not exist, made with the same
+ * cost as new ones, so an unknown email takes as long as a wrong password. */
 static char dummy[crypto_pwhash_STRBYTES];
 static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
+static const app_t *dummy_app;
 static void dummy_make(void) {
-  if (crypto_pwhash_str(dummy, "no-such-user-password", 21, crypto_pwhash_OPSLIMIT_INTERACTIVE,
-                        crypto_pwhash_MEMLIMIT_INTERACTIVE) != 0)
+  if (hash_password(dummy_app, dummy, "no-such-user-password") != 0)
     dummy[0] = 0; /* out of memory: verification then fails, which is still a refusal */
 }
-static const char *dummy_hash(void) {
+static const char *dummy_hash(const app_t *app) {
+  dummy_app = app;
   pthread_once(&dummy_once, dummy_make);
   return dummy;
 }
@@ -144,9 +153,7 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
     for (char *c = lower; *c; c++)
       *c = (char)tolower((unsigned char)*c);
     r.email = lower;
-    if (crypto_pwhash_str(hash, password, strlen(password), crypto_pwhash_OPSLIMIT_INTERACTIVE,
-                          crypto_pwhash_MEMLIMIT_INTERACTIVE) != 0)
-      return -ERR_INTERNAL;
+    if (hash_password(app, hash, password) != 0) return -ERR_INTERNAL;
     r.hash = hash;
   } else {
     int rc = identity_check(app, username, password, &who);
@@ -312,7 +319,7 @@ int users_login(app_t *app, json_t *body, json_t **out, json_t **errors) {
   int rc = store_read(app->store, login_tx, &q);
   if (rc < 0) return rc;
   if (!partner) {
-    const char *h = q.found ? q.hash : dummy_hash();
+    const char *h = q.found ? q.hash : dummy_hash(app);
     bool ok = crypto_pwhash_str_verify(h, password, strlen(password)) == 0;
     if (!q.found || !ok) return -ERR_INVALID_CREDENTIALS;
   } else if (!q.found) {

@@ -5,12 +5,14 @@ mail. The partners are fakes from fakes.py; iotfin is the real binary."""
 
 import json
 import re
+import sqlite3
+import subprocess
 import time
 import uuid
 
 import pytest
 
-from conftest import Iotfin, assert_problem, verify_token, bearer
+from conftest import TEST_PG, Iotfin, assert_problem, bearer, pg_url, verify_token
 from fakes import FakeIdentity, FakeKyc, ForwardProxy, sign_webhook
 
 KYC_SECRET = "test-secret-kyc"
@@ -673,6 +675,46 @@ def test_login_with_wrong_credentials_is_401(server, kyc):
     # Step 4: no password: 400 validation_failed.
     body = assert_problem(login(server, {"email": email}), 400, "validation_failed")
     assert any(e["field"] == "password" for e in body["errors"]), body
+
+
+def stored_hash(inst, email):
+    """A local user's stored password hash, read from the store itself."""
+    sql = "SELECT password_hash FROM users WHERE email = ?"
+    if TEST_PG:
+        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", pg_url(inst.data_dir), "-c",
+                              sql.replace("?", f"'{email}'")],
+                             capture_output=True, text=True, check=True).stdout
+        return out.strip()
+    db = sqlite3.connect(f"file:{inst.data_dir / 'iotfin.db'}?mode=ro", uri=True)
+    try:
+        return db.execute(sql, (email,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_the_password_hash_cost_is_a_setting_and_older_hashes_still_verify(
+        tmp_path_factory, kyc, identity):
+    workdir = tmp_path_factory.mktemp("hashcost")
+    # Step 1: the default is Argon2id with 64 MiB and 2 passes.
+    inst = Iotfin(workdir, env=partner_env(kyc, identity, IOTFIN_PASSWORD_HASH_MIB=None))
+    inst.start()
+    try:
+        email, user_id, _ = approved_local_user(inst, kyc, "cost64")
+        assert stored_hash(inst, email).startswith("$argon2id$v=19$m=65536,t=2,p=1$")
+    finally:
+        inst.teardown()
+    # Step 2: restarted with 19 MiB, the older hash still verifies (its cost is written
+    # in it), a wrong password is still refused, and new hashes take the new cost.
+    inst = Iotfin(workdir, env=partner_env(kyc, identity, IOTFIN_PASSWORD_HASH_MIB="19"))
+    inst.start()
+    try:
+        check_user_session(inst, login(inst, {"email": email, "password": PASSWORD}), user_id)
+        assert_problem(login(inst, {"email": email, "password": PASSWORD + "x"}), 401,
+                       "invalid_credentials")
+        email2, _, _ = approved_local_user(inst, kyc, "cost19")
+        assert stored_hash(inst, email2).startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    finally:
+        inst.teardown()
 
 
 def test_refresh_rotates_and_reuse_revokes_the_session(server, kyc):

@@ -87,6 +87,7 @@ static void test_defaults(void **state) {
   assert_int_equal(cfg.access_ttl_s, 900);
   assert_int_equal(cfg.device_token_ttl_s, 86400);
   assert_int_equal(cfg.auth_rate, 60);
+  assert_int_equal(cfg.password_hash_mib, 64);
   for (int i = 0; i < CONFIG_PARTNER_COUNT; i++) {
     assert_string_equal(cfg.partners[i].proxy, "");
     assert_int_equal(cfg.partners[i].timeout_ms, 5000);
@@ -260,6 +261,7 @@ static void test_bad_numbers(void **state) {
                          "IOTFIN_ACCESS_TTL_S",
                          "IOTFIN_DEVICE_TOKEN_TTL_S",
                          "IOTFIN_AUTH_RATE",
+                         "IOTFIN_PASSWORD_HASH_MIB",
                          "IOTFIN_PARTNER_KYC_TIMEOUT_MS",
                          "IOTFIN_PARTNER_BANK_TIMEOUT_MS"};
   const char *bad[] = {"", "abc", "10x", "1.5", "0", "-1", "99999999999999999999999", "1e3"};
@@ -282,6 +284,11 @@ static void test_number_bounds(void **state) {
   expect_good("IOTFIN_PARTNER_KYC_TIMEOUT_MS", "600000");
   assert_int_equal(cfg.partners[PARTNER_KYC].timeout_ms, 600000);
   expect_bad("IOTFIN_PARTNER_KYC_TIMEOUT_MS", "600001");
+  expect_good("IOTFIN_PASSWORD_HASH_MIB", "19");
+  assert_int_equal(cfg.password_hash_mib, 19);
+  expect_bad("IOTFIN_PASSWORD_HASH_MIB", "18"); /* below OWASP's floor for 2 passes */
+  expect_good("IOTFIN_PASSWORD_HASH_MIB", "4096");
+  expect_bad("IOTFIN_PASSWORD_HASH_MIB", "4097");
 }
 
 static void test_retry_max_below_base(void **state) {
