@@ -1,7 +1,10 @@
 /* PostgreSQL backend (libpq): the same contract as the SQLite one. One writer
  * thread owns the write connection and commits every callback waiting at that
  * moment in one transaction, each in its own savepoint (synchronous_commit=on, so a
- * returned store_write() is on the server's disk); readers take a connection from a
+ * returned store_write() is on the server's disk). Inside a batch the writer's
+ * connection is in libpq's pipeline mode: the savepoint statements between jobs, the
+ * notifications and the COMMIT are sent without waiting for their answers, so a job
+ * costs only the round trips of its own statements; readers take a connection from a
  * pool of idle ones and read in a REPEATABLE READ snapshot. Callers write `?` placeholders; they
  * are rewritten to $1..$n here, and bound with the types the caller names.
  *
@@ -56,6 +59,10 @@ typedef struct pconn {
   PGconn *pg;
   char *stmts[STMT_CACHE]; /* types "\x01" sql of statement "s<i>", for this session */
   int nstmts;
+  /* Pipeline mode (the writer, inside a batch): statements sent whose results are not
+   * read yet. They are read before the next statement's, or at the batch's end. */
+  bool piped;
+  int unread;
   int64_t last_reset_ms;
   struct pg_store *owner;
   struct pconn *next; /* in the idle readers */
@@ -301,6 +308,100 @@ static int simple(store_tx_t *tx, const char *sql) {
   return rc;
 }
 
+/* ---- the writer's pipeline ---- */
+
+/* Marks tx failed by result r (NULL: the connection could not send). */
+static void pipe_failed(store_tx_t *tx, PGresult *r) {
+  tx->failed = true;
+  if (PQstatus(tx->conn->pg) != CONNECTION_OK || !r) {
+    tx->cause = CAUSE_LOST;
+    return;
+  }
+  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  /* Aborted: an earlier statement of the pipeline failed, and said why already. */
+  if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
+    if (!tx->cause) tx->cause = CAUSE_LOST;
+    return;
+  }
+  const char *cause = server_cause(state);
+  if (cause)
+    tx->cause = cause;
+  else
+    log_error("store", "postgres: %s", PQresultErrorMessage(r));
+}
+
+static bool result_ok(PGresult *r) {
+  ExecStatusType st = PQresultStatus(r);
+  return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+/* Sends one statement without waiting for its answer. */
+static void pipe_send(store_tx_t *tx, const char *sql) {
+  if (tx->cause) return;
+  if (!PQsendQueryParams(tx->conn->pg, sql, 0, NULL, NULL, NULL, NULL, 0)) {
+    pipe_failed(tx, NULL);
+    return;
+  }
+  tx->conn->unread++;
+}
+
+/* Reads the answers of the statements sent without waiting; a failed one marks tx. */
+static void pipe_catch_up(store_tx_t *tx) {
+  pconn_t *c = tx->conn;
+  while (c->unread > 0) {
+    PGresult *r = PQgetResult(c->pg);
+    if (!r) { /* the end of one statement's results */
+      c->unread--;
+      continue;
+    }
+    if (!result_ok(r) && !tx->cause) pipe_failed(tx, r);
+    PQclear(r);
+  }
+}
+
+/* Ends the pipeline: a sync point, every answer read, back to one statement at a
+ * time. A failed statement leaves the server skipping the rest until the sync, so
+ * this also makes the connection usable again after one (the transaction stays open,
+ * for a ROLLBACK TO or a ROLLBACK). False when the connection is no longer usable. */
+static bool pipe_sync(store_tx_t *tx, bool leave) {
+  pconn_t *c = tx->conn;
+  if (!c->piped) return true;
+  bool ok = PQpipelineSync(c->pg) == 1;
+  /* Every statement's results end with a NULL; the sync point ends them all. More
+   * NULLs than statements sent means libpq lost its place: never spin on it. */
+  for (int nulls = 0; ok;) {
+    PGresult *r = PQgetResult(c->pg);
+    if (!r) {
+      if (c->unread > 0) c->unread--;
+      if (PQstatus(c->pg) != CONNECTION_OK || ++nulls > BATCH_MAX * 8) ok = false;
+      continue;
+    }
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_PIPELINE_SYNC) {
+      PQclear(r);
+      break;
+    }
+    if (!result_ok(r) && !tx->cause) pipe_failed(tx, r);
+    PQclear(r);
+  }
+  c->unread = 0;
+  if (ok && leave) {
+    ok = PQexitPipelineMode(c->pg) == 1;
+    c->piped = !ok;
+  }
+  if (!ok) {
+    /* Neither in step nor out of the pipeline: start over with a new connection. */
+    if (!tx->cause) tx->cause = CAUSE_LOST;
+    PQfinish(c->pg);
+    c->pg = NULL;
+    c->piped = false;
+    conn_forget_statements(c);
+  }
+  return ok;
+}
+
+static int take_result(store_tx_t *tx, store_rows_t **rows, PGresult *r);
+
 static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types,
                    va_list ap) {
   if (rows) *rows = NULL;
@@ -360,6 +461,55 @@ static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
     if (strcmp(c->stmts[i], key) == 0) slot = i;
   char name[16];
   PGresult *r = NULL;
+  if (c->piped) {
+    /* Sent behind whatever is unread, with a flush request: the server answers this
+     * statement now instead of at the batch's sync point. */
+    bool prep = slot < 0 && c->nstmts < STMT_CACHE;
+    if (prep) snprintf(name, sizeof(name), "s%d", c->nstmts);
+    if (slot >= 0) snprintf(name, sizeof(name), "s%d", slot);
+    bool sent = (!prep || PQsendPrepare(c->pg, name, q, nt, oids)) &&
+                (prep || slot >= 0 ? PQsendQueryPrepared(c->pg, name, nt, vals, NULL, NULL, 0)
+                                   : PQsendQueryParams(c->pg, q, nt, oids, vals, NULL, NULL, 0)) &&
+                PQsendFlushRequest(c->pg) && PQflush(c->pg) == 0;
+    free(q);
+    if (!sent) {
+      free(key);
+      pipe_failed(tx, NULL);
+      return -ERR_UNAVAILABLE;
+    }
+    pipe_catch_up(tx);
+    if (prep) { /* the PREPARE's answer, then its end */
+      PGresult *pr = PQgetResult(c->pg);
+      bool done = pr && PQresultStatus(pr) == PGRES_COMMAND_OK;
+      if (done) {
+        c->stmts[c->nstmts++] = key;
+        key = NULL;
+        PQclear(pr);
+      } else {
+        r = pr; /* its error stands for the statement's, which the server skipped */
+      }
+      for (PGresult *x; (x = PQgetResult(c->pg));)
+        PQclear(x);
+    }
+    PGresult *er = PQgetResult(c->pg);
+    for (PGresult *x; er && (x = PQgetResult(c->pg));)
+      PQclear(x);
+    if (r)
+      PQclear(er);
+    else
+      r = er;
+    free(key);
+    if (!r) {
+      pipe_failed(tx, NULL);
+      return -ERR_UNAVAILABLE;
+    }
+    if (tx->cause) { /* an earlier statement failed under the server: all in doubt */
+      PQclear(r);
+      tx->failed = true;
+      return -ERR_UNAVAILABLE;
+    }
+    return take_result(tx, rows, r);
+  }
   if (slot < 0 && c->nstmts < STMT_CACHE) {
     snprintf(name, sizeof(name), "s%d", c->nstmts);
     r = PQprepare(c->pg, name, q, nt, oids);
@@ -381,6 +531,12 @@ static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
   }
   free(key);
   free(q);
+  return take_result(tx, rows, r);
+}
+
+/* One statement's answer: its rows, its count, or its error mapped to an ERR_ code
+ * (and tx marked failed). Takes r. */
+static int take_result(store_tx_t *tx, store_rows_t **rows, PGresult *r) {
   ExecStatusType st = PQresultStatus(r);
   int rc;
   if (st == PGRES_TUPLES_OK) {
@@ -464,6 +620,13 @@ static void fail_jobs(job_t *batch) {
     j->rc = -ERR_UNAVAILABLE;
 }
 
+/* Gives up the batch's transaction: out of the pipeline, then ROLLBACK. */
+static void abandon(pg_store_t *s, store_tx_t *tx) {
+  pipe_sync(tx, true);
+  if (conn_usable(s->writer))
+    simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+}
+
 /* Runs one batch in one transaction; returns NULL when it committed, else the cause
  * to report (or NULL with every job failed for a reason of its own SQL). */
 static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
@@ -472,7 +635,8 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
     return CAUSE_LOST;
   }
   store_tx_t tx = {s->base.ops, s->writer, false, NULL};
-  /* As for readers: a connection dropped while idle is retried once, before any job ran. */
+  /* As for readers: a connection dropped while idle is retried once, before any job
+   * ran. BEGIN waits for its answer: it takes the order lock. */
   const char *begin = s->begin;
   if (simple(&tx, begin) < 0 && tx.cause &&
       (s->writer->last_reset_ms = 0, conn_revive(s->writer))) {
@@ -481,22 +645,26 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
   }
   atomic_store(&s->writer_pid, PQbackendPID(s->writer->pg));
   s->notes_len = 0;
+  if (!tx.failed && PQenterPipelineMode(s->writer->pg) != 1) {
+    tx.failed = true;
+    tx.cause = CAUSE_LOST;
+  }
   if (tx.failed) {
     fail_jobs(batch);
     simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
     return tx.cause ? tx.cause : CAUSE_LOST;
   }
+  s->writer->piped = true;
+  s->writer->unread = 0;
   for (job_t *j = batch; j; j = j->next) {
     tx.failed = false;
-    tx.cause = NULL;
     size_t notes_before = s->notes_len;
     j->rc = j->fn(&tx, j->arg);
     if (tx.cause) {
       /* The connection or the server failed under this job: the whole transaction
        * is in doubt, so every job of the batch fails and none is reported done. */
       fail_jobs(batch);
-      if (conn_usable(s->writer))
-        simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+      abandon(s, &tx);
       return tx.cause;
     }
     if (tx.failed && j->rc >= 0) {
@@ -504,24 +672,36 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
       j->rc = -ERR_INTERNAL;
     }
     if (j->rc < 0) s->notes_len = notes_before; /* undone: nothing to tell */
-    char end[NOTES_CAP + 64];
-    const char *next = j->rc < 0 ? (j->next ? "ROLLBACK TO job; RELEASE job; SAVEPOINT job"
-                                            : "ROLLBACK TO job; RELEASE job; COMMIT")
-                                 : (j->next ? "RELEASE job; SAVEPOINT job" : "RELEASE job; COMMIT");
-    if (!j->next && s->notes_len) {
-      /* The notifications go with the COMMIT: delivered if and when it commits. */
-      snprintf(end, sizeof(end), "%s; %.*s COMMIT",
-               j->rc < 0 ? "ROLLBACK TO job; RELEASE job" : "RELEASE job", (int)s->notes_len,
-               s->notes);
-      next = end;
+    /* A failed statement makes the server skip what follows until a sync point. */
+    if (tx.failed && !pipe_sync(&tx, false)) {
+      fail_jobs(batch);
+      abandon(s, &tx);
+      return tx.cause;
     }
     tx.failed = false;
-    if (simple(&tx, next) < 0) {
-      fail_jobs(batch);
-      if (conn_usable(s->writer))
-        simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
-      return tx.cause ? tx.cause : CAUSE_LOST;
+    if (j->rc < 0) pipe_send(&tx, "ROLLBACK TO job");
+    pipe_send(&tx, "RELEASE job");
+    if (j->next) {
+      pipe_send(&tx, "SAVEPOINT job");
+      continue;
     }
+    /* The notifications go with the COMMIT: delivered if and when it commits. */
+    char note[NOTES_CAP];
+    for (size_t at = 0; at < s->notes_len;) {
+      size_t n = strcspn(s->notes + at, ";");
+      snprintf(note, sizeof(note), "%.*s", (int)n, s->notes + at);
+      pipe_send(&tx, note);
+      at += n + 1;
+    }
+    pipe_send(&tx, "COMMIT");
+  }
+  /* Every answer, the COMMIT's last: it committed only if all of them say so. */
+  pipe_sync(&tx, true);
+  if (tx.cause || tx.failed) {
+    fail_jobs(batch);
+    if (conn_usable(s->writer))
+      simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+    return tx.cause ? tx.cause : CAUSE_LOST;
   }
   *committed = true;
   return NULL;

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -605,6 +606,34 @@ def test_tiers_and_other_users_registrations(server, kyc):
 
 
 # -- registration input ---------------------------------------------------------
+
+
+def test_registrations_at_once_one_email_wins_and_the_others_all_land(server, kyc):
+    """Writes that arrive together share one commit (group commit; on PostgreSQL one
+    pipelined transaction): a duplicate email failing inside it must undo only its own
+    registration, and every other one must commit with its KYC event."""
+    dup = f"{unique('same')}@example.com"
+    others = [f"{unique('apart')}@example.com" for _ in range(12)]
+    for e in [dup] + others:
+        kyc.plan(e, "approved")
+    tokens = [anonymous(server) for _ in range(24)]
+    emails = [dup] * 12 + others
+    with ThreadPoolExecutor(len(emails)) as ex:
+        answers = list(ex.map(lambda a: register(server, local_body(a[0]), token=a[1]),
+                              zip(emails, tokens)))
+    won = [r for r in answers[:12] if r.status_code == 202]
+    assert len(won) == 1, [r.status_code for r in answers[:12]]
+    for r in answers[:12]:
+        if r.status_code != 202:
+            assert_problem(r, 409, "email_taken")
+    assert [r.status_code for r in answers[12:]] == [202] * 12, [r.text for r in answers[12:]]
+    # Each landed whole: its KYC verification was asked for (an event of the same
+    # transaction) and its approval arrives.
+    for r in won + answers[12:]:
+        body = r.json()
+        wait_registration(server, body["access_token"], body["registration"]["id"], "approved")
+    assert sorted(v["email"] for v in kyc.verifications.values() if v["email"] in emails) == \
+        sorted(set(emails))
 
 
 def test_registration_validation(server, kyc):
