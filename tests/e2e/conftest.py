@@ -79,7 +79,7 @@ def pg_url(data_dir):
 def store_socket_inodes(pid):
     """Socket inodes (as in /proc/PID/fd links, "socket:[N]") of the server's
     connections to the test PostgreSQL; empty on SQLite. Tests that count a server's
-    sockets leave these out: their number follows the reads at once, not clients."""
+    sockets leave these out: their number follows the threads that read, not clients."""
     if not TEST_PG:
         return set()
     port = urllib.parse.urlsplit(TEST_PG).port
