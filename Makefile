@@ -103,15 +103,15 @@ e2e-pg: build test-deps
 	sh scripts/pg.sh run env IOTFIN_BIN=$(CURDIR)/$(PRIVATE_PG)/iotfin \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 --dist loadgroup $(PYTEST_MARK) $(PG_E2E)
 
-# The release build first; then two lanes side by side (-O keeps each one's output
-# together): the end-to-end suite on PostgreSQL, the longest part; and the same suite on
-# SQLite followed by the ASan build and the unit tests under both builds. The suites
-# mostly wait on timers, disks and sockets, so two fit on 2 cores; a compiler beside
-# both made deadline tests miss. The slow fault tests hold deadlines the contract sets
-# (kill -9, full disks, floods, failover): with SLOW=1 they run after, one store at a
-# time, followed by the fuzzers and the end-to-end run under ASan.
+# The release and the ASan+UBSan builds side by side, then two lanes side by side (-O
+# keeps each one's output together): the end-to-end suite on PostgreSQL, the longest
+# part; and the same suite on SQLite followed by the unit tests under both builds. The
+# suites mostly wait on timers, disks and sockets, so two fit on 2 cores; a compiler
+# beside both made deadline tests miss. The slow fault tests hold deadlines the
+# contract sets (kill -9, full disks, floods, failover): with SLOW=1 they run after,
+# one store at a time, followed by the fuzzers and the end-to-end run under ASan.
 test: test-deps fmt-check
-	@$(MAKE) --no-print-directory build
+	@$(MAKE) --no-print-directory -j2 build asan-build
 	@$(MAKE) --no-print-directory -j2 -O e2e-pg e2e-then-unit MARK="not slow"
 ifneq ($(SLOW),)
 	@$(MAKE) --no-print-directory e2e MARK=slow
@@ -120,9 +120,8 @@ ifneq ($(SLOW),)
 	@$(MAKE) --no-print-directory e2e-asan
 endif
 
-# One lane of `test`: the suite on SQLite, then the unit tests (the ASan build first).
-e2e-then-unit: e2e
-	@$(MAKE) --no-print-directory asan-build
+# One lane of `test`: the suite on SQLite, then the unit tests under both builds.
+e2e-then-unit: e2e asan-build
 	@$(MAKE) --no-print-directory -j2 unit unit-asan
 
 fmt:
