@@ -1,10 +1,10 @@
 # The human entry points. CMake does the building; this file only sequences it.
 #   make run    install missing Debian packages, build, start iotfin
-#   make test   install missing packages, build, run the unit tests (also under ASan+UBSan)
-#               and the end-to-end tests on SQLite and on PostgreSQL, side by side, but
-#               the slow fault tests: about 3 minutes on 2 cores
-#   make test SLOW=1   all of that, then the slow fault tests on both stores, the fuzzers
-#               and the end-to-end tests under ASan: what CI runs (.ci/run)
+#   make test   install missing packages, build, run the unit tests and the end-to-end
+#               tests on SQLite and on PostgreSQL, side by side, but the slow fault
+#               tests: about 3 minutes on 2 cores
+#   make test SLOW=1   all of that, then the slow fault tests on both stores, the unit
+#               and end-to-end tests under ASan+UBSan, and the fuzzers: what CI runs
 #   make install / make deb   see docs/operating.md
 BUILD ?= build
 ASAN_BUILD ?= build-asan
@@ -103,26 +103,27 @@ e2e-pg: build test-deps
 	sh scripts/pg.sh run env IOTFIN_BIN=$(CURDIR)/$(PRIVATE_PG)/iotfin \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -n 3 --dist loadgroup $(PYTEST_MARK) $(PG_E2E)
 
-# The release and the ASan+UBSan builds side by side, then two lanes side by side (-O
-# keeps each one's output together): the end-to-end suite on PostgreSQL, the longest
-# part; and the same suite on SQLite followed by the unit tests under both builds. The
-# suites mostly wait on timers, disks and sockets, so two fit on 2 cores; a compiler
-# beside both made deadline tests miss. The slow fault tests hold deadlines the
-# contract sets (kill -9, full disks, floods, failover): with SLOW=1 they run after,
-# one store at a time, followed by the fuzzers and the end-to-end run under ASan.
+# The release build, then two lanes side by side (-O keeps each one's output together):
+# the end-to-end suite on PostgreSQL, the longest part; and the same suite on SQLite
+# followed by the unit tests. The suites mostly wait on timers, disks and sockets, so
+# two fit on 2 cores; a compiler beside both made deadline tests miss. Everything that
+# needs another build or holds deadlines the contract sets comes with SLOW=1, after,
+# one at a time: the slow fault tests (kill -9, full disks, floods, failover) on each
+# store, the unit tests and an end-to-end run under ASan+UBSan, and the fuzzers.
 test: test-deps fmt-check
-	@$(MAKE) --no-print-directory -j2 build asan-build
+	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory -j2 -O e2e-pg e2e-then-unit MARK="not slow"
 ifneq ($(SLOW),)
 	@$(MAKE) --no-print-directory e2e MARK=slow
 	@$(MAKE) --no-print-directory e2e-pg MARK=slow
-	@$(MAKE) --no-print-directory fuzz
+	@$(MAKE) --no-print-directory unit-asan
 	@$(MAKE) --no-print-directory e2e-asan
+	@$(MAKE) --no-print-directory fuzz
 endif
 
-# One lane of `test`: the suite on SQLite, then the unit tests under both builds.
-e2e-then-unit: e2e asan-build
-	@$(MAKE) --no-print-directory -j2 unit unit-asan
+# One lane of `test`: the suite on SQLite, then the unit tests.
+e2e-then-unit: e2e
+	@$(MAKE) --no-print-directory unit
 
 fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')
