@@ -46,15 +46,14 @@ static int hash_password(const app_t *app, char out[crypto_pwhash_STRBYTES], con
 /* A fixed hash to verify against when the user does not exist, made with the same
  * cost as new ones, so an unknown email takes as long as a wrong password. */
 static char dummy[crypto_pwhash_STRBYTES];
-static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
-static const app_t *dummy_app;
-static void dummy_make(void) {
-  if (hash_password(dummy_app, dummy, "no-such-user-password") != 0)
-    dummy[0] = 0; /* out of memory: verification then fails, which is still a refusal */
-}
+static bool dummy_made;
+static pthread_mutex_t dummy_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *dummy_hash(const app_t *app) {
-  dummy_app = app;
-  pthread_once(&dummy_once, dummy_make);
+  pthread_mutex_lock(&dummy_lock);
+  if (!dummy_made && hash_password(app, dummy, "no-such-user-password") != 0)
+    dummy[0] = 0; /* out of memory: verification then fails, which is still a refusal */
+  dummy_made = true;
+  pthread_mutex_unlock(&dummy_lock);
   return dummy;
 }
 
