@@ -107,8 +107,9 @@ e2e-pg: build test-deps
 # the end-to-end suite on PostgreSQL, the longest part; and the same suite on SQLite
 # followed by the unit tests. The two suites keep both cores busy; a third job (a
 # compiler) beside them made deadline tests miss. Everything that needs another build
-# or holds deadlines the contract sets comes with SLOW=1, after, one at a time: the slow fault tests (kill -9, full disks, floods, failover) on each
-# store, the unit tests and an end-to-end run under ASan+UBSan, and the fuzzers.
+# or holds deadlines the contract sets comes with SLOW=1, after, one at a time: the
+# slow fault tests (kill -9, full disks, floods, failover) on each store, the unit
+# tests and an end-to-end run under ASan+UBSan, and the fuzzers.
 test: test-deps fmt-check
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory -j2 -O e2e-pg e2e-then-unit MARK="not slow"
