@@ -97,10 +97,11 @@ int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subjec
   int queued = 0;
   for (int i = 0; i < queue_count(); i++) {
     if (!subscribed(queues[i].subscribes, type)) continue;
-    int rc = store_exec(tx, NULL,
-                        "INSERT INTO queue_messages (queue, event_seq, group_key, visible_at_ms,"
-                        " created_at_ms) VALUES (?, ?, ?, ?, ?)",
-                        "sisii", queues[i].name, seq, queues[i].fifo ? subject : NULL, now, now);
+    int rc =
+        store_exec_nowait(tx,
+                          "INSERT INTO queue_messages (queue, event_seq, group_key, visible_at_ms,"
+                          " created_at_ms) VALUES (?, ?, ?, ?, ?)",
+                          "sisii", queues[i].name, seq, queues[i].fifo ? subject : NULL, now, now);
     if (rc < 0) return rc;
     /* Other instances' workers wake on it (this one's on the commit hook). */
     if (!queued++ && (rc = store_notify(tx, "queue", NULL)) < 0) return rc;
@@ -458,16 +459,30 @@ static int claim_tx(store_tx_t *tx, void *arg) {
    * flight. Looking at heads only keeps a long backlog behind a busy head from
    * being scanned again at every claim. Every subquery in FROM has an alias, as
    * PostgreSQL 15 wants. */
-  snprintf(sql, sizeof(sql),
-           "SELECT " CLAIM_COLUMNS
-           " FROM (SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
-           "  AND group_key IS NULL AND visible_at_ms <= ?%s ORDER BY id LIMIT ?) u "
-           " UNION ALL SELECT head FROM (SELECT MIN(id) AS head FROM queue_messages "
-           "  WHERE group_key IS NOT NULL AND state != 'dead'%s GROUP BY group_key, queue "
-           "  HAVING SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END) = 0) f) c "
-           "JOIN queue_messages m ON m.id = c.id JOIN events e ON e.seq = m.event_seq "
-           "WHERE m.state = 'ready' AND m.visible_at_ms <= ? ORDER BY m.id LIMIT ?%s",
-           excl, excl, skip_locked(b->app));
+  char cand[1600];
+  snprintf(cand, sizeof(cand),
+           "SELECT id FROM (SELECT id FROM queue_messages WHERE state = 'ready' "
+           "AND group_key IS NULL AND visible_at_ms <= ?%s ORDER BY id LIMIT ?) u "
+           "UNION ALL SELECT head FROM (SELECT MIN(id) AS head FROM queue_messages "
+           "WHERE group_key IS NOT NULL AND state != 'dead'%s GROUP BY group_key, queue "
+           "HAVING SUM(CASE WHEN state = 'in_flight' THEN 1 ELSE 0 END) = 0) f",
+           excl, excl);
+  const char *skip = skip_locked(b->app);
+  /* PostgreSQL looks the candidates up as an array in the primary key: joined as a
+   * subquery instead, its planner hashed the whole table (every message, backlog and
+   * dead rows, read at every claim). */
+  if (*skip)
+    snprintf(sql, sizeof(sql),
+             "SELECT " CLAIM_COLUMNS " FROM queue_messages m JOIN events e ON e.seq = "
+             "m.event_seq WHERE m.id = ANY (ARRAY(%s)) AND m.state = 'ready' AND "
+             "m.visible_at_ms <= ? ORDER BY m.id LIMIT ?%s",
+             cand, skip);
+  else
+    snprintf(sql, sizeof(sql),
+             "SELECT " CLAIM_COLUMNS " FROM (%s) c JOIN queue_messages m ON m.id = c.id "
+             "JOIN events e ON e.seq = m.event_seq WHERE m.state = 'ready' AND "
+             "m.visible_at_ms <= ? ORDER BY m.id LIMIT ?",
+             cand);
   int n = store_exec(tx, &rows, sql, "iiii", now, (int64_t)CLAIM_BATCH, now, (int64_t)CLAIM_BATCH);
   if (n < 0) return n;
   b->rows[b->nrows++] = rows;
@@ -599,13 +614,15 @@ static int delete_done(store_tx_t *tx, int64_t pairs[][2], int n) {
     v[2 * j] = pairs[j < n ? j : n - 1][0];
     v[2 * j + 1] = pairs[j < n ? j : n - 1][1];
   }
-  int rc = store_exec(tx, NULL,
-                      "DELETE FROM queue_messages WHERE (id = ? AND lease = ?) OR (id = ? AND "
-                      "lease = ?) OR (id = ? AND lease = ?) OR (id = ? AND lease = ?) OR (id = ? "
-                      "AND lease = ?) OR (id = ? AND lease = ?) OR (id = ? AND lease = ?) OR (id "
-                      "= ? AND lease = ?)",
-                      "iiiiiiiiiiiiiiii", v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8],
-                      v[9], v[10], v[11], v[12], v[13], v[14], v[15]);
+  /* A delete cannot conflict: nothing waits for its count. */
+  int rc =
+      store_exec_nowait(tx,
+                        "DELETE FROM queue_messages WHERE (id = ? AND lease = ?) OR (id = ? AND "
+                        "lease = ?) OR (id = ? AND lease = ?) OR (id = ? AND lease = ?) OR (id = ? "
+                        "AND lease = ?) OR (id = ? AND lease = ?) OR (id = ? AND lease = ?) OR (id "
+                        "= ? AND lease = ?)",
+                        "iiiiiiiiiiiiiiii", v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8],
+                        v[9], v[10], v[11], v[12], v[13], v[14], v[15]);
   return rc < 0 ? rc : 0;
 }
 

@@ -97,6 +97,15 @@ int store_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char 
   return rc;
 }
 
+int store_exec_nowait(store_tx_t *tx, const char *sql, const char *types, ...) {
+  va_list ap;
+  va_start(ap, types);
+  int rc = tx->ops->exec_nowait ? tx->ops->exec_nowait(tx, sql, types, ap)
+                                : tx->ops->exec(tx, NULL, sql, types, ap);
+  va_end(ap);
+  return rc < 0 ? rc : 0;
+}
+
 bool store_tx_writing_ctes(const store_tx_t *tx) { return strcmp(tx->ops->name, "postgres") == 0; }
 
 bool store__notify_text_ok(const char *s, size_t max) {

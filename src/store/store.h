@@ -52,6 +52,17 @@ void store_remove_commit_hook(store_t *s, void (*hook)(void *arg), void *arg);
  * -ERR_CONFLICT on a unique or primary key violation, -ERR_INTERNAL otherwise. */
 int store_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types, ...);
 
+/* store_exec for a write whose answer the callback does not need (no rows, no count):
+ * on PostgreSQL it is sent behind the transaction's other statements without waiting,
+ * so a batch of callbacks costs one round trip where it cost one per statement. Returns
+ * 0, or an error the transaction already had. Its own failure is learnt later: the
+ * callback's work is then undone and store_write() returns that failure (-ERR_CONFLICT,
+ * -ERR_UNAVAILABLE or -ERR_INTERNAL) whatever the callback returned, and callbacks
+ * committed with it after that statement are undone too and get -ERR_UNAVAILABLE (a
+ * retry). So use it only where failing is not expected of the statement (generated
+ * keys, rows the transaction holds), never to find a conflict. SQLite runs it at once. */
+int store_exec_nowait(store_tx_t *tx, const char *sql, const char *types, ...);
+
 /* Whether a WITH clause of tx's backend may write (INSERT ... RETURNING in a CTE):
  * PostgreSQL yes, SQLite no. Where each statement is a round trip, one statement
  * that writes two tables saves one. */

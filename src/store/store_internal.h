@@ -17,6 +17,8 @@ typedef struct {
   int (*write)(store_t *s, store_tx_fn fn, void *arg);
   int (*read)(store_t *s, store_tx_fn fn, void *arg);
   int (*exec)(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types, va_list ap);
+  /* Optional (NULL: exec without rows): see store_exec_nowait. */
+  int (*exec_nowait)(store_tx_t *tx, const char *sql, const char *types, va_list ap);
   int (*ping)(store_t *s);
   const char *(*failure)(store_t *s);
   /* Optional (NULL on SQLite): see store_notify, store_listen, store_leader. */

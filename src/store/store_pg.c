@@ -49,6 +49,10 @@
  * hold the order lock for everyone: the server ends such a session after this. */
 #define WRITER_IDLE_TX_TIMEOUT "2s"
 #define NOTES_CAP 4096
+/* Statements in flight on the pipeline before the writer stops to read their answers:
+ * their answers must fit the socket's buffers, or the server, blocked writing them,
+ * would stop reading while the writer, blocked sending, never reads. */
+#define UNREAD_MAX 256
 #define MAX_LISTENERS 8
 #define MAX_LEADERS 8
 
@@ -64,6 +68,14 @@ typedef struct pconn {
    * read yet. They are read before the next statement's, or at the batch's end. */
   bool piped;
   int unread;
+  /* The job (its index in the batch; -1 for the batch's own statements) of each
+   * unread statement, oldest at owners[ohead]: an answer says whose statement failed. */
+  int owners[UNREAD_MAX];
+  int ohead;
+  /* The first job whose statement failed since the last sync point, else -1; with a
+   * failed store_exec_nowait, bad_rc is its error (else 0: the job saw its own). */
+  int bad_job;
+  int bad_rc;
   int64_t last_reset_ms;
   struct pg_store *owner;
   struct pconn *next;     /* in the idle readers */
@@ -77,6 +89,7 @@ struct store_tx {
   pconn_t *conn;
   bool failed;
   const char *cause;
+  int job; /* in the writer's batch: the running job's index, -1 between jobs */
 };
 
 typedef struct job {
@@ -125,6 +138,9 @@ typedef struct pg_store {
    * Writer thread only. Past NOTES_CAP, one "resync" stands for all of them. */
   char notes[NOTES_CAP];
   size_t notes_len;
+  /* The current batch's jobs by index, and notes_len before each (writer thread). */
+  job_t *jobs[BATCH_MAX];
+  size_t notes_at[BATCH_MAX];
   /* The listener thread and its own connection (LISTEN, leadership locks). */
   pthread_t listen_thread;
   bool listen_thread_started;
@@ -253,10 +269,15 @@ static PGconn *pg_connect(pg_store_t *s, bool writer) {
   if (pg && PQstatus(pg) == CONNECTION_OK) {
     /* Durable means on disk before the answer, whatever the server's default. Only
      * the writer holds the order lock, so only its stalls need ending: a reader paused
-     * inside its snapshot by a busy machine keeps its session. */
+     * inside its snapshot by a busy machine keeps its session. The statements of the
+     * writer are meant to go through an index; the queue's table, though, is empty at one
+     * moment and thousands of rows the next, and a plan made while it was small (kept
+     * for the session once prepared) read every row, dead ones too, at every claim:
+     * so the writer never plans a sequential scan where an index serves. */
     PGresult *r =
         PQexec(pg, writer ? "SET synchronous_commit = on; SET client_min_messages = warning; "
-                            "SET idle_in_transaction_session_timeout = '" WRITER_IDLE_TX_TIMEOUT "'"
+                            "SET idle_in_transaction_session_timeout = '" WRITER_IDLE_TX_TIMEOUT
+                            "'; SET enable_seqscan = off"
                           : "SET synchronous_commit = on; SET client_min_messages = warning");
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
@@ -316,24 +337,40 @@ static int simple(store_tx_t *tx, const char *sql) {
 
 /* ---- the writer's pipeline ---- */
 
-/* Marks tx failed by result r (NULL: the connection could not send). */
-static void pipe_failed(store_tx_t *tx, PGresult *r) {
+/* A statement's own error as an ERR_ code: a unique violation is a conflict, anything
+ * else is logged (a bug in our SQL, not the server's state). */
+static int sql_error(PGresult *r) {
+  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  if (state && strcmp(state, "23505") == 0) return -ERR_CONFLICT;
+  log_error("store", "postgres: %s", PQresultErrorMessage(r));
+  return -ERR_INTERNAL;
+}
+
+/* Marks tx failed by result r of a statement of job owner (NULL r: the connection
+ * could not send). The first failing job since the last sync point is remembered:
+ * everything the server got after it was skipped. */
+static void pipe_failed(store_tx_t *tx, PGresult *r, int owner) {
+  pconn_t *c = tx->conn;
   tx->failed = true;
-  if (PQstatus(tx->conn->pg) != CONNECTION_OK || !r) {
+  if (PQstatus(c->pg) != CONNECTION_OK || !r) {
     tx->cause = CAUSE_LOST;
     return;
   }
-  const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
   /* Aborted: an earlier statement of the pipeline failed, and said why already. */
   if (PQresultStatus(r) == PGRES_PIPELINE_ABORTED) {
-    if (!tx->cause) tx->cause = CAUSE_LOST;
+    if (!tx->cause && c->bad_job < 0) tx->cause = CAUSE_LOST;
     return;
   }
-  const char *cause = server_cause(state);
-  if (cause)
+  const char *cause = server_cause(PQresultErrorField(r, PG_DIAG_SQLSTATE));
+  if (cause) {
     tx->cause = cause;
-  else
-    log_error("store", "postgres: %s", PQresultErrorMessage(r));
+    return;
+  }
+  int rc = sql_error(r);
+  if (owner >= 0 && c->bad_job < 0) {
+    c->bad_job = owner;
+    c->bad_rc = rc;
+  }
 }
 
 static bool result_ok(PGresult *r) {
@@ -341,28 +378,55 @@ static bool result_ok(PGresult *r) {
   return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
 }
 
-/* Sends one statement without waiting for its answer. */
-static void pipe_send(store_tx_t *tx, const char *sql) {
-  if (tx->cause) return;
-  if (!PQsendQueryParams(tx->conn->pg, sql, 0, NULL, NULL, NULL, NULL, 0)) {
-    pipe_failed(tx, NULL);
-    return;
-  }
-  tx->conn->unread++;
+static void pipe_push(pconn_t *c, int owner) {
+  c->owners[(c->ohead + c->unread) % UNREAD_MAX] = owner;
+  c->unread++;
 }
 
-/* Reads the answers of the statements sent without waiting; a failed one marks tx. */
+/* The end of the oldest unread statement's answers. */
+static void pipe_pop(pconn_t *c) {
+  if (c->unread <= 0) return;
+  c->ohead = (c->ohead + 1) % UNREAD_MAX;
+  c->unread--;
+}
+
+static int pipe_oldest(const pconn_t *c) { return c->unread > 0 ? c->owners[c->ohead] : -1; }
+
+/* Reads the answers of the statements sent without waiting; a failed one marks tx.
+ * The server must have been asked to send them (a flush request or a sync). */
 static void pipe_catch_up(store_tx_t *tx) {
   pconn_t *c = tx->conn;
   while (c->unread > 0) {
     PGresult *r = PQgetResult(c->pg);
     if (!r) { /* the end of one statement's results */
-      c->unread--;
+      pipe_pop(c);
       continue;
     }
-    if (!result_ok(r) && !tx->cause) pipe_failed(tx, r);
+    if (!result_ok(r) && !tx->cause) pipe_failed(tx, r, pipe_oldest(c));
     PQclear(r);
   }
+}
+
+/* Asks for the answers so far and reads them: the pipeline stays within UNREAD_MAX. */
+static void pipe_drain(store_tx_t *tx) {
+  pconn_t *c = tx->conn;
+  if (!PQsendFlushRequest(c->pg) || PQflush(c->pg) != 0) {
+    pipe_failed(tx, NULL, -1);
+    return;
+  }
+  pipe_catch_up(tx);
+}
+
+/* Sends one statement of tx's job (or of the batch: job -1) without waiting. */
+static void pipe_send(store_tx_t *tx, const char *sql) {
+  if (tx->cause) return;
+  if (tx->conn->unread >= UNREAD_MAX) pipe_drain(tx);
+  if (tx->cause) return;
+  if (!PQsendQueryParams(tx->conn->pg, sql, 0, NULL, NULL, NULL, NULL, 0)) {
+    pipe_failed(tx, NULL, -1);
+    return;
+  }
+  pipe_push(tx->conn, tx->job);
 }
 
 /* Ends the pipeline: a sync point, every answer read, back to one statement at a
@@ -378,7 +442,7 @@ static bool pipe_sync(store_tx_t *tx, bool leave) {
   for (int nulls = 0; ok;) {
     PGresult *r = PQgetResult(c->pg);
     if (!r) {
-      if (c->unread > 0) c->unread--;
+      pipe_pop(c);
       if (PQstatus(c->pg) != CONNECTION_OK || ++nulls > BATCH_MAX * 8) ok = false;
       continue;
     }
@@ -387,10 +451,11 @@ static bool pipe_sync(store_tx_t *tx, bool leave) {
       PQclear(r);
       break;
     }
-    if (!result_ok(r) && !tx->cause) pipe_failed(tx, r);
+    if (!result_ok(r) && !tx->cause) pipe_failed(tx, r, pipe_oldest(c));
     PQclear(r);
   }
   c->unread = 0;
+  c->ohead = 0;
   if (ok && leave) {
     ok = PQexitPipelineMode(c->pg) == 1;
     c->piped = !ok;
@@ -408,13 +473,51 @@ static bool pipe_sync(store_tx_t *tx, bool leave) {
 
 static int take_result(store_tx_t *tx, store_rows_t **rows, PGresult *r);
 
+/* The prepared statement of this connection for types and sql, or -1. */
+static int find_statement(const pconn_t *c, const char *sql, const char *types) {
+  size_t tl = strlen(types);
+  for (int i = 0; i < c->nstmts; i++) {
+    const char *k = c->stmts[i];
+    if (strncmp(k, types, tl) == 0 && k[tl] == '\x01' && strcmp(k + tl + 1, sql) == 0) return i;
+  }
+  return -1;
+}
+
+/* Converts the caller's values to text for libpq; nt of them, as types names. */
+static int bind_values(const char *types, int nt, va_list ap, Oid *oids, const char **vals,
+                       char nums[][32]) {
+  for (int i = 0; i < nt; i++) {
+    switch (types[i]) {
+    case 's':
+      oids[i] = 25; /* text: also lets `? IS NULL` know its type */
+      vals[i] = va_arg(ap, const char *);
+      break;
+    case 'i':
+      oids[i] = 20; /* int8 */
+      snprintf(nums[i], 32, "%lld", (long long)va_arg(ap, int64_t));
+      vals[i] = nums[i];
+      break;
+    case 'd':
+      oids[i] = 701; /* float8 */
+      snprintf(nums[i], 32, "%.17g", va_arg(ap, double));
+      vals[i] = nums[i];
+      break;
+    default:
+      log_error("store", "bad bind type '%c'", types[i]);
+      return -ERR_INTERNAL;
+    }
+  }
+  return 0;
+}
+
 static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char *types,
                    va_list ap) {
   if (rows) *rows = NULL;
   /* PostgreSQL refuses every statement after a failed one until the savepoint is
    * rolled back: say so without a round trip. */
   if (tx->failed) return tx->cause ? -ERR_UNAVAILABLE : -ERR_INTERNAL;
-  int nt = types ? (int)strlen(types) : 0;
+  if (!types) types = "";
+  int nt = (int)strlen(types);
   if (nt > MAX_PARAMS) {
     log_error("store", "too many parameters (%d)", nt);
     return -ERR_INTERNAL;
@@ -430,49 +533,30 @@ static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
   Oid oids[MAX_PARAMS];
   const char *vals[MAX_PARAMS];
   char nums[MAX_PARAMS][32];
-  for (int i = 0; i < nt; i++) {
-    switch (types[i]) {
-    case 's':
-      oids[i] = 25; /* text: also lets `? IS NULL` know its type */
-      vals[i] = va_arg(ap, const char *);
-      break;
-    case 'i':
-      oids[i] = 20; /* int8 */
-      snprintf(nums[i], sizeof(nums[i]), "%lld", (long long)va_arg(ap, int64_t));
-      vals[i] = nums[i];
-      break;
-    case 'd':
-      oids[i] = 701; /* float8 */
-      snprintf(nums[i], sizeof(nums[i]), "%.17g", va_arg(ap, double));
-      vals[i] = nums[i];
-      break;
-    default:
-      log_error("store", "bad bind type '%c'", types[i]);
-      free(q);
-      return -ERR_INTERNAL;
-    }
+  if (bind_values(types, nt, ap, oids, vals, nums) < 0) {
+    free(q);
+    return -ERR_INTERNAL;
   }
   /* Parsed and planned once per connection: the server's CPU is the bottleneck of a
    * small write, not the network. */
   pconn_t *c = tx->conn;
-  size_t klen = strlen(types ? types : "") + 1 + strlen(sql) + 1;
-  char *key = malloc(klen);
-  if (!key) {
-    free(q);
-    return -ERR_INTERNAL;
+  int slot = find_statement(c, sql, types);
+  char *key = NULL;
+  if (slot < 0 && c->nstmts < STMT_CACHE) {
+    size_t klen = (size_t)nt + 1 + strlen(sql) + 1;
+    if (!(key = malloc(klen))) {
+      free(q);
+      return -ERR_INTERNAL;
+    }
+    snprintf(key, klen, "%s\x01%s", types, sql);
   }
-  snprintf(key, klen, "%s\x01%s", types ? types : "", sql);
-  int slot = -1;
-  for (int i = 0; i < c->nstmts; i++)
-    if (strcmp(c->stmts[i], key) == 0) slot = i;
   char name[16];
   PGresult *r = NULL;
   if (c->piped) {
     /* Sent behind whatever is unread, with a flush request: the server answers this
      * statement now instead of at the batch's sync point. */
-    bool prep = slot < 0 && c->nstmts < STMT_CACHE;
-    if (prep) snprintf(name, sizeof(name), "s%d", c->nstmts);
-    if (slot >= 0) snprintf(name, sizeof(name), "s%d", slot);
+    bool prep = key != NULL;
+    snprintf(name, sizeof(name), "s%d", prep ? c->nstmts : slot);
     bool sent = (!prep || PQsendPrepare(c->pg, name, q, nt, oids)) &&
                 (prep || slot >= 0 ? PQsendQueryPrepared(c->pg, name, nt, vals, NULL, NULL, 0)
                                    : PQsendQueryParams(c->pg, q, nt, oids, vals, NULL, NULL, 0)) &&
@@ -480,7 +564,7 @@ static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
     free(q);
     if (!sent) {
       free(key);
-      pipe_failed(tx, NULL);
+      pipe_failed(tx, NULL, tx->job);
       return -ERR_UNAVAILABLE;
     }
     pipe_catch_up(tx);
@@ -506,7 +590,7 @@ static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
       r = er;
     free(key);
     if (!r) {
-      pipe_failed(tx, NULL);
+      pipe_failed(tx, NULL, tx->job);
       return -ERR_UNAVAILABLE;
     }
     if (tx->cause) { /* an earlier statement failed under the server: all in doubt */
@@ -516,7 +600,7 @@ static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
     }
     return take_result(tx, rows, r);
   }
-  if (slot < 0 && c->nstmts < STMT_CACHE) {
+  if (key) {
     snprintf(name, sizeof(name), "s%d", c->nstmts);
     r = PQprepare(c->pg, name, q, nt, oids);
     if (PQresultStatus(r) == PGRES_COMMAND_OK) {
@@ -538,6 +622,33 @@ static int pg_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
   free(key);
   free(q);
   return take_result(tx, rows, r);
+}
+
+/* store_exec_nowait: inside a batch, a prepared statement is sent and left unread;
+ * its answer is read with the next statement's or at the next sync point, and a
+ * failure is then charged to this job (run_batch undoes it). Its first use on a
+ * connection runs as pg_exec does, which prepares it. */
+static int pg_exec_nowait(store_tx_t *tx, const char *sql, const char *types, va_list ap) {
+  pconn_t *c = tx->conn;
+  if (!types) types = "";
+  int slot = c->piped && tx->job >= 0 ? find_statement(c, sql, types) : -1;
+  if (slot < 0) return pg_exec(tx, NULL, sql, types, ap);
+  if (tx->failed) return tx->cause ? -ERR_UNAVAILABLE : -ERR_INTERNAL;
+  int nt = (int)strlen(types);
+  Oid oids[MAX_PARAMS];
+  const char *vals[MAX_PARAMS];
+  char nums[MAX_PARAMS][32];
+  if (bind_values(types, nt, ap, oids, vals, nums) < 0) return -ERR_INTERNAL;
+  if (c->unread >= UNREAD_MAX) pipe_drain(tx);
+  if (tx->failed) return tx->cause ? -ERR_UNAVAILABLE : -ERR_INTERNAL;
+  char name[16];
+  snprintf(name, sizeof(name), "s%d", slot);
+  if (!PQsendQueryPrepared(c->pg, name, nt, vals, NULL, NULL, 0)) {
+    pipe_failed(tx, NULL, tx->job);
+    return -ERR_UNAVAILABLE;
+  }
+  pipe_push(c, tx->job);
+  return 0;
 }
 
 /* One statement's answer: its rows, its count, or its error mapped to an ERR_ code
@@ -565,20 +676,27 @@ static int take_result(store_tx_t *tx, store_rows_t **rows, PGresult *r) {
     }
   } else if (st == PGRES_COMMAND_OK) {
     rc = atoi(PQcmdTuples(r));
+  } else if (st == PGRES_PIPELINE_ABORTED) {
+    /* Skipped: a statement sent before it (store_exec_nowait) failed, and was read and
+     * charged to its job already; run_batch undoes from there. */
+    tx->failed = true;
+    if (tx->conn->bad_job < 0) tx->cause = CAUSE_LOST;
+    rc = -ERR_UNAVAILABLE;
   } else {
-    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-    const char *cause = server_cause(state);
+    const char *cause = server_cause(PQresultErrorField(r, PG_DIAG_SQLSTATE));
     if (PQstatus(tx->conn->pg) != CONNECTION_OK) cause = CAUSE_LOST;
     tx->failed = true;
-    if (state && strcmp(state, "23505") == 0) {
-      rc = -ERR_CONFLICT;
-    } else if (cause) {
+    if (cause) {
       /* Not logged here: the writer logs the store's state changes. */
       tx->cause = cause;
       rc = -ERR_UNAVAILABLE;
     } else {
-      log_error("store", "postgres: %s", PQresultErrorMessage(r));
-      rc = -ERR_INTERNAL;
+      rc = sql_error(r);
+      /* The job sees this one itself: its own return value stands. */
+      if (tx->conn->piped && tx->conn->bad_job < 0) {
+        tx->conn->bad_job = tx->job;
+        tx->conn->bad_rc = 0;
+      }
     }
   }
   PQclear(r);
@@ -609,13 +727,13 @@ static void probe(pg_store_t *s) {
            "BEGIN; INSERT INTO store_probe (id, at_ms) VALUES (1, %lld) ON CONFLICT (id) DO "
            "UPDATE SET at_ms = EXCLUDED.at_ms; COMMIT",
            (long long)time_now_ms());
-  store_tx_t tx = {s->base.ops, s->writer, false, NULL};
+  store_tx_t tx = {s->base.ops, s->writer, false, NULL, -1};
   if (simple(&tx, sql) == 0) {
     set_health(s, NULL);
     return;
   }
   if (conn_usable(s->writer))
-    simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+    simple(&(store_tx_t){s->base.ops, s->writer, false, NULL, -1}, "ROLLBACK");
   set_health(s, tx.cause ? tx.cause : CAUSE_LOST);
 }
 
@@ -630,7 +748,47 @@ static void fail_jobs(job_t *batch) {
 static void abandon(pg_store_t *s, store_tx_t *tx) {
   pipe_sync(tx, true);
   if (conn_usable(s->writer))
-    simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+    simple(&(store_tx_t){s->base.ops, s->writer, false, NULL, -1}, "ROLLBACK");
+}
+
+/* Sends the batch's notifications: pipelined, or one at a time after a pipeline. */
+static void send_notes(pg_store_t *s, store_tx_t *tx, bool piped) {
+  char note[NOTES_CAP];
+  for (size_t at = 0; at < s->notes_len;) {
+    size_t n = strcspn(s->notes + at, ";");
+    snprintf(note, sizeof(note), "%.*s", (int)n, s->notes + at);
+    if (piped)
+      pipe_send(tx, note);
+    else
+      simple(tx, note);
+    at += n + 1;
+  }
+}
+
+/* After a statement of job bad_job failed: the server skipped everything sent after
+ * it, so jobs bad_job..upto are undone (the caller rolls back to the savepoint, which
+ * still stands before bad_job). That job gets its statement's error; the later ones,
+ * innocent, get -ERR_UNAVAILABLE, which their callers answer as a retry. */
+static void undo_from(pg_store_t *s, int upto) {
+  pconn_t *c = s->writer;
+  int from = c->bad_job;
+  for (int k = from; k <= upto; k++) {
+    job_t *j = s->jobs[k];
+    if (k > from) {
+      j->rc = -ERR_UNAVAILABLE;
+    } else if (c->bad_rc) {
+      j->rc = c->bad_rc;
+    } else if (j->rc >= 0) {
+      log_error("store", "a transaction went on after a failed statement; undone");
+      j->rc = -ERR_INTERNAL;
+    }
+  }
+  if (upto > from)
+    log_warn("store", "%d transaction(s) of the same commit undone behind a failed statement",
+             upto - from);
+  s->notes_len = s->notes_at[from]; /* undone: nothing to tell */
+  c->bad_job = -1;
+  c->bad_rc = 0;
 }
 
 /* Runs one batch in one transaction; returns NULL when it committed, else the cause
@@ -640,32 +798,41 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
     fail_jobs(batch);
     return CAUSE_LOST;
   }
-  store_tx_t tx = {s->base.ops, s->writer, false, NULL};
+  pconn_t *c = s->writer;
+  store_tx_t tx = {s->base.ops, c, false, NULL, -1};
   /* As for readers: a connection dropped while idle is retried once, before any job
    * ran. BEGIN waits for its answer: it takes the order lock. */
   const char *begin = s->begin;
-  if (simple(&tx, begin) < 0 && tx.cause &&
-      (s->writer->last_reset_ms = 0, conn_revive(s->writer))) {
-    tx = (store_tx_t){s->base.ops, s->writer, false, NULL};
+  if (simple(&tx, begin) < 0 && tx.cause && (c->last_reset_ms = 0, conn_revive(c))) {
+    tx = (store_tx_t){s->base.ops, c, false, NULL, -1};
     simple(&tx, begin);
   }
-  atomic_store(&s->writer_pid, PQbackendPID(s->writer->pg));
+  atomic_store(&s->writer_pid, PQbackendPID(c->pg));
   s->notes_len = 0;
-  if (!tx.failed && PQenterPipelineMode(s->writer->pg) != 1) {
+  if (!tx.failed && PQenterPipelineMode(c->pg) != 1) {
     tx.failed = true;
     tx.cause = CAUSE_LOST;
   }
   if (tx.failed) {
     fail_jobs(batch);
-    simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+    simple(&(store_tx_t){s->base.ops, c, false, NULL, -1}, "ROLLBACK");
     return tx.cause ? tx.cause : CAUSE_LOST;
   }
-  s->writer->piped = true;
-  s->writer->unread = 0;
-  for (job_t *j = batch; j; j = j->next) {
+  c->piped = true;
+  c->unread = 0;
+  c->ohead = 0;
+  c->bad_job = -1;
+  c->bad_rc = 0;
+  int idx = 0;
+  for (job_t *j = batch; j; j = j->next, idx++) {
+    s->jobs[idx] = j;
+    s->notes_at[idx] = s->notes_len;
     tx.failed = false;
-    size_t notes_before = s->notes_len;
+    tx.job = idx;
     j->rc = j->fn(&tx, j->arg);
+    /* A failed statement makes the server skip what follows until a sync point: one
+     * now tells which job failed first and lets the transaction go on. */
+    if (!tx.cause && (tx.failed || c->bad_job >= 0)) pipe_sync(&tx, false);
     if (tx.cause) {
       /* The connection or the server failed under this job: the whole transaction
        * is in doubt, so every job of the batch fails and none is reported done. */
@@ -673,40 +840,42 @@ static const char *run_batch(pg_store_t *s, job_t *batch, bool *committed) {
       abandon(s, &tx);
       return tx.cause;
     }
-    if (tx.failed && j->rc >= 0) {
-      log_error("store", "a transaction went on after a failed statement; undone");
-      j->rc = -ERR_INTERNAL;
-    }
-    if (j->rc < 0) s->notes_len = notes_before; /* undone: nothing to tell */
-    /* A failed statement makes the server skip what follows until a sync point. */
-    if (tx.failed && !pipe_sync(&tx, false)) {
-      fail_jobs(batch);
-      abandon(s, &tx);
-      return tx.cause;
+    if (tx.failed && c->bad_job < 0) { /* said nothing of whose: this job's own */
+      c->bad_job = idx;
+      c->bad_rc = 0;
     }
     tx.failed = false;
-    if (j->rc < 0) pipe_send(&tx, "ROLLBACK TO job");
+    if (c->bad_job >= 0) {
+      undo_from(s, idx);
+      pipe_send(&tx, "ROLLBACK TO job");
+    } else if (j->rc < 0) {
+      s->notes_len = s->notes_at[idx];
+      pipe_send(&tx, "ROLLBACK TO job");
+    }
     pipe_send(&tx, "RELEASE job");
     if (j->next) {
       pipe_send(&tx, "SAVEPOINT job");
       continue;
     }
     /* The notifications go with the COMMIT: delivered if and when it commits. */
-    char note[NOTES_CAP];
-    for (size_t at = 0; at < s->notes_len;) {
-      size_t n = strcspn(s->notes + at, ";");
-      snprintf(note, sizeof(note), "%.*s", (int)n, s->notes + at);
-      pipe_send(&tx, note);
-      at += n + 1;
-    }
+    tx.job = -1;
+    send_notes(s, &tx, true);
     pipe_send(&tx, "COMMIT");
   }
   /* Every answer, the COMMIT's last: it committed only if all of them say so. */
   pipe_sync(&tx, true);
+  if (!tx.cause && c->bad_job >= 0 && !c->piped) {
+    /* A statement left unread in the last jobs failed: the server skipped the rest,
+     * the COMMIT too. Undo from that job and commit the jobs before it. */
+    undo_from(s, idx - 1);
+    tx.failed = false;
+    simple(&tx, "ROLLBACK TO job");
+    send_notes(s, &tx, false);
+    simple(&tx, "COMMIT");
+  }
   if (tx.cause || tx.failed) {
     fail_jobs(batch);
-    if (conn_usable(s->writer))
-      simple(&(store_tx_t){s->base.ops, s->writer, false, NULL}, "ROLLBACK");
+    if (conn_usable(c)) simple(&(store_tx_t){s->base.ops, c, false, NULL, -1}, "ROLLBACK");
     return tx.cause ? tx.cause : CAUSE_LOST;
   }
   *committed = true;
@@ -834,12 +1003,12 @@ static int read_on(pg_store_t *s, pconn_t *c, store_tx_fn fn, void *arg) {
     if (!atomic_load(&s->failing)) ask_probe(s);
     return -ERR_UNAVAILABLE;
   }
-  store_tx_t tx = {base->ops, c, false, NULL};
+  store_tx_t tx = {base->ops, c, false, NULL, -1};
   const char *begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
   /* A connection the server dropped while idle (a restart) shows only now; nothing
    * has run yet, so one fresh connection may try again. */
   if (simple(&tx, begin) < 0 && tx.cause && (c->last_reset_ms = 0, conn_revive(c))) {
-    tx = (store_tx_t){base->ops, c, false, NULL};
+    tx = (store_tx_t){base->ops, c, false, NULL, -1};
     simple(&tx, begin);
   }
   if (tx.failed) {
@@ -1091,7 +1260,7 @@ static int create_schema(pg_store_t *s, store_tx_t *tx) {
 }
 
 static int migrate(pg_store_t *s) {
-  store_tx_t tx = {s->base.ops, s->writer, false, NULL};
+  store_tx_t tx = {s->base.ops, s->writer, false, NULL, -1};
   /* Several instances may start at once: one migrates, the others wait for it and
    * then find nothing left to do. The lock is the session's, freed on disconnect. */
   char lock[120];
@@ -1262,6 +1431,7 @@ const store_ops_t store__pg_ops = {
     .write = pg_write,
     .read = pg_read,
     .exec = pg_exec,
+    .exec_nowait = pg_exec_nowait,
     .ping = pg_ping,
     .failure = pg_failure,
     .notify = pg_notify,
