@@ -400,10 +400,11 @@ static int command_create_tx(store_tx_t *tx, void *arg) {
   time_format_rfc3339(now, ts, sizeof(ts));
   time_format_rfc3339(exp_ms, exp, sizeof(exp));
   char *payload = json_dumps(c->payload, JSON_COMPACT);
-  rc = store_exec(tx, NULL,
-                  "INSERT INTO commands (id, device_id, type, payload, status, created_at, "
-                  "expires_at, expires_at_ms) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                  "ssssssi", c->cid, c->id, c->type, payload, ts, exp, exp_ms);
+  /* A fresh UUIDv7 for a device this user owns: nothing to conflict with. */
+  rc = store_exec_nowait(tx,
+                         "INSERT INTO commands (id, device_id, type, payload, status, created_at, "
+                         "expires_at, expires_at_ms) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                         "ssssssi", c->cid, c->id, c->type, payload, ts, exp, exp_ms);
   free(payload);
   if (rc < 0) return rc;
   subject_of(c->id, subject);
@@ -411,7 +412,13 @@ static int command_create_tx(store_tx_t *tx, void *arg) {
       tx, "device.command.queued", subject,
       json_pack("{s:s,s:s,s:s}", "device_id", c->id, "command_id", c->cid, "type", c->type), NULL);
   if (rc < 0) return rc;
-  return load_command(tx, c->id, c->cid, &c->out);
+  /* The answer is what was just written (as command_json reads it back), without a
+   * read that would wait for the writes above. */
+  c->out =
+      json_pack("{s:s,s:s,s:o,s:s,s:n,s:s,s:n,s:n,s:s}", "id", c->cid, "type", c->type, "payload",
+                c->payload ? json_deep_copy(c->payload) : json_object(), "status", "queued",
+                "result", "created_at", ts, "delivered_at", "completed_at", "expires_at", exp);
+  return c->out ? 0 : -ERR_INTERNAL;
 }
 
 int devices_command_create(app_t *app, const char *user_id, const char *id, json_t *body,
@@ -623,7 +630,7 @@ static int store_one_event(store_tx_t *tx, ev_t *e) {
   free(d);
   if (rc <= 0) return rc;
   e->stored = 1;
-  rc = store_exec(tx, NULL, "UPDATE devices SET last_seen_at = ? WHERE id = ?", "ss", ts, e->id);
+  rc = store_exec_nowait(tx, "UPDATE devices SET last_seen_at = ? WHERE id = ?", "ss", ts, e->id);
   if (rc < 0) return rc;
   subject_of(e->id, subject);
   return events_record(tx, "device.event.received", subject,
@@ -689,8 +696,8 @@ static int presence_tx(store_tx_t *tx, void *arg) {
   char ts[32], subject[80];
   now_ts(ts);
   /* A connection (first or last) starts unsubscribed: commands wait for "subscribed". */
-  int rc = store_exec(tx, NULL, "UPDATE devices SET subscribed = 0 WHERE id = ? AND subscribed = 1",
-                      "s", p->id);
+  int rc = store_exec_nowait(
+      tx, "UPDATE devices SET subscribed = 0 WHERE id = ? AND subscribed = 1", "s", p->id);
   if (rc < 0) return rc;
   rc = store_exec(tx, NULL,
                   "UPDATE devices SET online = ?, last_seen_at = ? WHERE id = ? AND online != ?",

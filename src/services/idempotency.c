@@ -22,10 +22,10 @@ typedef struct {
 static int begin_tx(store_tx_t *tx, void *arg) {
   idem_t *c = arg;
   int64_t now = time_now_ms();
-  int rc = store_exec(tx, NULL,
-                      "DELETE FROM idempotency WHERE principal = ? AND key = ? AND "
-                      "created_at_ms < ?",
-                      "ssi", c->principal, c->key, now - IDEM_TTL_MS);
+  int rc = store_exec_nowait(tx,
+                             "DELETE FROM idempotency WHERE principal = ? AND key = ? AND "
+                             "created_at_ms < ?",
+                             "ssi", c->principal, c->key, now - IDEM_TTL_MS);
   if (rc < 0) return rc;
   store_rows_t *rows = NULL;
   int n = store_exec(tx, &rows,
@@ -64,10 +64,10 @@ int idem_begin(app_t *app, const char *principal, const char *key, const char *r
 
 static int finish_tx(store_tx_t *tx, void *arg) {
   idem_t *c = arg;
-  int rc = store_exec(tx, NULL,
-                      "UPDATE idempotency SET status = ?, response = ? WHERE principal = ? "
-                      "AND key = ?",
-                      "isss", (int64_t)c->status, c->response, c->principal, c->key);
+  int rc = store_exec_nowait(tx,
+                             "UPDATE idempotency SET status = ?, response = ? WHERE principal = ? "
+                             "AND key = ?",
+                             "isss", (int64_t)c->status, c->response, c->principal, c->key);
   return rc < 0 ? rc : 0;
 }
 
@@ -79,8 +79,8 @@ int idem_finish(app_t *app, const char *principal, const char *key, int status,
 
 static int abort_tx(store_tx_t *tx, void *arg) {
   idem_t *c = arg;
-  int rc = store_exec(tx, NULL, "DELETE FROM idempotency WHERE principal = ? AND key = ?", "ss",
-                      c->principal, c->key);
+  int rc = store_exec_nowait(tx, "DELETE FROM idempotency WHERE principal = ? AND key = ?", "ss",
+                             c->principal, c->key);
   return rc < 0 ? rc : 0;
 }
 
