@@ -139,9 +139,9 @@ def on_signal(signum, frame):
 # --- tools ----------------------------------------------------------------------
 
 
-def ensure_tools(args):
-    missing = [pkg for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light"))
-               if not shutil.which(tool)]
+def ensure_tools(args, tools=(("wrk", "wrk"), ("nginx", "nginx-light")), node=True):
+    """Installs the Debian packages of the tools missing (as root), or says which."""
+    missing = [pkg for tool, pkg in tools if not shutil.which(tool)]
     if missing:
         if os.geteuid() != 0 or args.no_install:
             raise SystemExit(f"bench: missing {' '.join(missing)}; run: "
@@ -151,7 +151,7 @@ def ensure_tools(args):
         subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
                        env=env, stdout=subprocess.DEVNULL, check=True)
-    if not shutil.which("node") or not shutil.which("npm"):
+    if node and (not shutil.which("node") or not shutil.which("npm")):
         raise SystemExit("bench: node and npm are needed for the Express baseline")
 
 

@@ -489,7 +489,10 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--markdown")
     ap.add_argument("--raw-dir", help="keep each wrk run's full output in this directory")
+    ap.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
     args = ap.parse_args()
+    # On a fresh machine `ONLY=pg make bench` runs before anything installed wrk.
+    http_bench.ensure_tools(args, tools=(("wrk", "wrk"),), node=False)
     if args.quick:
         args.runs, args.duration, args.warmup, args.pgbench_s, args.events = 1, 3, 1, 3, 6000
     args.threads, args.connections, args.timeout = INSTANCES, 21 * INSTANCES, 10
