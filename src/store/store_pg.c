@@ -53,6 +53,8 @@
  * their answers must fit the socket's buffers, or the server, blocked writing them,
  * would stop reading while the writer, blocked sending, never reads. */
 #define UNREAD_MAX 256
+/* A reader's connection used this recently is taken to be alive (see read_on). */
+#define WARM_MS 1000
 #define MAX_LISTENERS 8
 #define MAX_LEADERS 8
 
@@ -76,6 +78,10 @@ typedef struct pconn {
    * failed store_exec_nowait, bad_rc is its error (else 0: the job saw its own). */
   int bad_job;
   int bad_rc;
+  /* A reader: its last read's COMMIT and sync point were sent and not read yet; and
+   * when (monotonic ms) its last read ended. */
+  bool commit_unread;
+  int64_t last_read_ms;
   int64_t last_reset_ms;
   struct pg_store *owner;
   struct pconn *next;     /* in the idle readers */
@@ -310,6 +316,9 @@ static bool conn_revive(pconn_t *c) {
   c->last_reset_ms = now;
   if (c->pg) PQfinish(c->pg);
   conn_forget_statements(c);
+  c->piped = false;
+  c->commit_unread = false;
+  c->unread = 0;
   c->pg = pg_connect(c->owner, c == c->owner->writer);
   return conn_usable(c);
 }
@@ -433,10 +442,17 @@ static void pipe_send(store_tx_t *tx, const char *sql) {
  * time. A failed statement leaves the server skipping the rest until the sync, so
  * this also makes the connection usable again after one (the transaction stays open,
  * for a ROLLBACK TO or a ROLLBACK). False when the connection is no longer usable. */
+static bool pipe_read_to_sync(store_tx_t *tx, bool leave, bool ok);
+
 static bool pipe_sync(store_tx_t *tx, bool leave) {
   pconn_t *c = tx->conn;
   if (!c->piped) return true;
-  bool ok = PQpipelineSync(c->pg) == 1;
+  return pipe_read_to_sync(tx, leave, PQpipelineSync(c->pg) == 1);
+}
+
+/* The reading half of pipe_sync, for a sync point sent already (ok: it was). */
+static bool pipe_read_to_sync(store_tx_t *tx, bool leave, bool ok) {
+  pconn_t *c = tx->conn;
   /* Every statement's results end with a NULL; the sync point ends them all. More
    * NULLs than statements sent means libpq lost its place: never spin on it. */
   for (int nulls = 0; ok;) {
@@ -997,17 +1013,46 @@ static void ask_probe(pg_store_t *s) {
   pthread_mutex_unlock(&s->lock);
 }
 
+/* Reads what the last read on c left unread: its COMMIT's answer and the sync point,
+ * there by now; then c is out of the pipeline. A read-only transaction's COMMIT can
+ * change nothing its reads answered, so only the connection's health depends on it. */
+static void reader_catch_up(pconn_t *c) {
+  if (!c->commit_unread) return;
+  c->commit_unread = false;
+  store_tx_t tx = {c->owner->base.ops, c, false, NULL, -1};
+  if (!pipe_read_to_sync(&tx, true, true) || tx.failed) {
+    PQfinish(c->pg); /* out of step: the next read starts a new connection */
+    c->pg = NULL;
+    c->piped = false;
+    conn_forget_statements(c);
+  }
+}
+
 static int read_on(pg_store_t *s, pconn_t *c, store_tx_fn fn, void *arg) {
   store_t *base = &s->base;
+  reader_catch_up(c);
   if (!conn_revive(c)) {
     if (!atomic_load(&s->failing)) ask_probe(s);
     return -ERR_UNAVAILABLE;
   }
   store_tx_t tx = {base->ops, c, false, NULL, -1};
   const char *begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-  /* A connection the server dropped while idle (a restart) shows only now; nothing
-   * has run yet, so one fresh connection may try again. */
-  if (simple(&tx, begin) < 0 && tx.cause && (c->last_reset_ms = 0, conn_revive(c))) {
+  int64_t now = time_mono_ms();
+  /* A connection read on within the last second goes down libpq's pipeline: BEGIN is
+   * sent with the first statement and answered with it, and the COMMIT is sent and
+   * left to be read at the next read, so a read of one statement costs one round trip
+   * instead of three. After a pause BEGIN waits for its answer: a connection the
+   * server dropped while idle (a restart) shows only then, and since nothing has run
+   * yet, one fresh connection may try again. */
+  bool warm = c->last_read_ms && now - c->last_read_ms < WARM_MS && conn_usable(c);
+  if (warm) {
+    if (PQenterPipelineMode(c->pg) != 1) return -ERR_UNAVAILABLE;
+    c->piped = true;
+    c->unread = 0;
+    c->ohead = 0;
+    c->bad_job = -1;
+    pipe_send(&tx, begin);
+  } else if (simple(&tx, begin) < 0 && tx.cause && (c->last_reset_ms = 0, conn_revive(c))) {
     tx = (store_tx_t){base->ops, c, false, NULL, -1};
     simple(&tx, begin);
   }
@@ -1017,11 +1062,24 @@ static int read_on(pg_store_t *s, pconn_t *c, store_tx_fn fn, void *arg) {
   }
   int rc = fn(&tx, arg);
   bool lost = tx.cause != NULL;
-  const char *end = tx.failed ? "ROLLBACK" : "COMMIT";
-  tx.failed = false;
-  if (simple(&tx, end) < 0 && tx.cause) lost = true;
+  if (c->piped && !tx.failed && !lost) {
+    pipe_send(&tx, "COMMIT");
+    if (!tx.cause && PQpipelineSync(c->pg) == 1 && PQflush(c->pg) == 0)
+      c->commit_unread = true;
+    else
+      lost = true;
+  } else {
+    /* A failed statement: out of the pipeline (the server skipped up to the sync
+     * point), then end the transaction, one answer at a time. */
+    if (c->piped && !pipe_sync(&tx, true)) lost = true;
+    const char *end = tx.failed ? "ROLLBACK" : "COMMIT";
+    tx.failed = false;
+    if (!lost && simple(&tx, end) < 0 && tx.cause) lost = true;
+  }
+  c->last_read_ms = time_mono_ms();
   if (lost) {
     /* Whatever fn made of a lost connection, its answer is not to be trusted. */
+    c->last_read_ms = 0;
     if (!atomic_load(&s->failing)) ask_probe(s);
     return -ERR_UNAVAILABLE;
   }
