@@ -182,22 +182,26 @@ Where a target is not met, the measurements above and the profile below say why:
   path; the fleet section below says how close iotfin gets and what it costs against
   the path before the spool. Going past it needs a group commit below the PUBACK (a
   broker that can hold PUBACKs until a shared sync), not more work in the plugin.
-- **PostgreSQL.** One writer connection runs the write batches. Inside a batch it
-  pipelines (libpq's pipeline mode) what no job waits for: the savepoints between
-  jobs, the notifications and the COMMIT. Each job's own statements still wait for
-  their answers, one round trip each: a bus event costs about one and a quarter (the
-  event and its queue row in one statement, and an eighth each of a claim and a
-  settlement, which take eight messages to a statement). Each round trip wakes the
-  server and the writer in turn, and the machine stays about 40% idle meanwhile
-  (`vmstat 1` beside `build/bench_bus 20000 32 2` on PostgreSQL, with the pipeline as
-  without it), so the writer is bound by those round trips, not by CPU or disk
-  flushes. Going further means sending the statements whose answers a job does not
-  read without waiting too, or fewer statements per event. The one-row commits beside
-  it come from 32 connections whose statements the server runs side by side, sharing
-  WAL flushes. Several
-  instances take one advisory lock per write batch (commit order across instances,
-  docs/scaling.md), so their writers take turns: writes go no faster than one writer,
-  and each turn adds a lock hand-over. Reads take no lock and gain from instances.
+- **PostgreSQL.** One writer connection runs the write batches, in libpq's pipeline
+  mode: only a statement whose answer a job reads waits for it (a claim, a read inside
+  a write); the savepoints between jobs, an event with its queue row, a settlement's
+  delete, the notifications and the COMMIT are sent without waiting
+  (`store_exec_nowait`, docs/ARCHITECTURE.md). What bounds the bus now is the server
+  process behind that one connection: it runs every statement of every batch one
+  after another, on one core, and `perf record -a` beside `build/bench_bus 20000 32 2`
+  on PostgreSQL shows it at about half of the machine's samples with the rest mostly
+  idle (one process, two cores). Per event it runs a savepoint and its release (a
+  subtransaction), the event and its queue row (nine index entries and a foreign-key
+  check), a lease update that moves the row in all five indexes of the queue (its
+  state is indexed, so no in-place update), and a delete. The one-row commits beside
+  it come from 32 connections, that is 32 server processes sharing WAL flushes on the
+  two cores; one connection's one-row commits, one after another (the SQLite
+  baseline's shape), are reported beside. Going further needs fewer index entries
+  per queue row or a second writer connection, which the order lock below rules out.
+  Several instances take that lock (commit order across instances, docs/scaling.md)
+  once per write batch, so their writers take turns: writes go no faster than one
+  writer, and each turn adds a lock hand-over. Reads take no lock, but here the three
+  instances share the same two cores as one, so reads gain nothing either.
 - **Device events forwarded.** Storing alone gets closer to the bare broker (the
   "stored only" ratio above); forwarding to BANK is one HTTP call per event, in order per device, so four
   devices mean at most four calls in flight.""")
