@@ -18,7 +18,7 @@
 #include "core/errors.h"
 #include "store/store.h"
 
-#define MAX_JOBS 8
+#define MAX_JOBS 200
 
 static int failures;
 #define CHECK(cond, ...)                                                                           \
@@ -34,6 +34,7 @@ static int failures;
 static store_t *store;
 static atomic_int position; /* callbacks run one after another on the writer: their order */
 static bool read_first;     /* each callback reads (waits for an answer) before it writes */
+static int clash_at;        /* the position of the callback that collides */
 static sem_t gate_entered, gate_open;
 
 typedef struct {
@@ -69,9 +70,9 @@ static int job_tx(store_tx_t *tx, void *arg) {
     store_rows_free(&r);
     if (rc < 0) return rc;
   }
-  /* The second to run collides with the key written at the start. */
+  /* The one at clash_at collides with the key written at the start. */
   return store_exec_nowait(tx, "INSERT INTO nowait_t (k) VALUES (?)", "s",
-                           j->pos == 2 ? "taken" : j->key);
+                           j->pos == clash_at ? "taken" : j->key);
 }
 
 static void *job_thread(void *arg) {
@@ -105,10 +106,14 @@ static int found(const char *key) {
   return store_read(store, count_tx, &c) < 0 ? -1 : c.found;
 }
 
-/* Runs n callbacks in one group commit; want[pos] is the return expected of the
- * callback that ran at pos (1-based), 0 meaning committed. */
-static void scenario(const char *name, bool read, int n, const int *want) {
+/* Runs n callbacks in one group commit, the one at position clash (1-based) colliding;
+ * want[pos] is the return expected of the callback that ran at pos, 0 meaning
+ * committed. Without want: those before the clash are committed, and after it each
+ * is committed or undone with -ERR_UNAVAILABLE, the undone ones first (up to the
+ * point the writer learnt of the clash). */
+static void scenario(const char *name, bool read, int n, int clash, const int *want) {
   read_first = read;
+  clash_at = clash;
   atomic_store(&position, 0);
   pthread_t gate, th[MAX_JOBS];
   job_t jobs[MAX_JOBS];
@@ -126,16 +131,28 @@ static void scenario(const char *name, bool read, int n, const int *want) {
   pthread_join(gate, NULL);
   for (int i = 0; i < n; i++)
     pthread_join(th[i], NULL);
+  int rc_at[MAX_JOBS + 1] = {0};
   for (int i = 0; i < n; i++) {
     job_t *j = &jobs[i];
     CHECK(j->pos >= 1 && j->pos <= n, "%s: callback %d ran at %d", name, i, j->pos);
     if (j->pos < 1 || j->pos > n) continue;
-    CHECK(j->rc == want[j->pos], "%s: the callback that ran at %d returned %d, want %d", name,
-          j->pos, j->rc, want[j->pos]);
+    rc_at[j->pos] = j->rc;
     int f = found(j->key);
-    if (j->pos != 2)
+    if (j->pos != clash)
       CHECK(f == (j->rc == 0), "%s: callback at %d returned %d but its row is %s", name, j->pos,
             j->rc, f == 1 ? "there" : "missing");
+  }
+  for (int pos = 1; pos <= n; pos++) {
+    int want_rc = want ? want[pos] : pos < clash ? 0 : pos == clash ? -ERR_CONFLICT : rc_at[pos];
+    CHECK(rc_at[pos] == want_rc, "%s: the callback that ran at %d returned %d, want %d", name, pos,
+          rc_at[pos], want_rc);
+    if (!want && pos > clash + 1 && rc_at[pos] == -ERR_UNAVAILABLE)
+      CHECK(rc_at[pos - 1] == -ERR_UNAVAILABLE,
+            "%s: undone at %d after one kept at %d: undone callbacks come right after the clash",
+            name, pos, pos - 1);
+    if (!want && pos > clash)
+      CHECK(rc_at[pos] == 0 || rc_at[pos] == -ERR_UNAVAILABLE, "%s: %d returned %d", name, pos,
+            rc_at[pos]);
   }
   CHECK(found("taken") == 1, "%s: the taken key is there %d times", name, found("taken"));
 }
@@ -161,11 +178,15 @@ int main(int argc, char **argv) {
   const int U = -ERR_UNAVAILABLE, C = -ERR_CONFLICT;
   /* Nothing waits for an answer after the collision: the batch's commit learns it. */
   int only_writes_pg[] = {0, 0, C, U}, only_writes_sqlite[] = {0, 0, C, 0};
-  scenario("writes", false, 3, pg ? only_writes_pg : only_writes_sqlite);
+  scenario("writes", false, 3, 2, pg ? only_writes_pg : only_writes_sqlite);
   /* The third callback's read learns it: it is undone with the second, the fourth
    * runs after and is kept. */
   int reads_pg[] = {0, 0, C, U, 0}, reads_sqlite[] = {0, 0, C, 0, 0};
-  scenario("reads", true, 4, pg ? reads_pg : reads_sqlite);
+  scenario("reads", true, 4, 2, pg ? reads_pg : reads_sqlite);
+  /* More statements than the writer leaves unread at once: it stops to read them
+   * partway (and learns of the clash there or at the commit), and what it read as
+   * committed before stays committed. */
+  scenario("many", false, MAX_JOBS, 150, NULL);
 
   store_close(&store);
   if (failures) return 1;
