@@ -17,9 +17,18 @@ typedef struct {
   int64_t expires_ms, checked_ms;
 } memo_t;
 
-/* memo_lock guards memo. */
+/* memo_lock guards memo and memo_gen. memo_gen counts sign-outs: a check that read
+ * its row before a sign-out committed must not put the session back after it. */
 static pthread_mutex_t memo_lock = PTHREAD_MUTEX_INITIALIZER;
 static memo_t memo[CONSOLE_SESSIONS_MAX];
+static uint64_t memo_gen;
+
+static uint64_t memo_generation(void) {
+  pthread_mutex_lock(&memo_lock);
+  uint64_t g = memo_gen;
+  pthread_mutex_unlock(&memo_lock);
+  return g;
+}
 
 static void random_hex(char *out) {
   unsigned char b[CONSOLE_SECRET_LEN / 2];
@@ -35,8 +44,14 @@ static bool hash_sid(const char *sid, char hex[65]) {
   return true;
 }
 
-static void memo_put(const char *hash, const char *csrf, int64_t expires_ms, int64_t now_ms) {
+/* Remembers a session read from the store, unless a sign-out came since gen was taken. */
+static void memo_put(const char *hash, const char *csrf, int64_t expires_ms, int64_t now_ms,
+                     uint64_t gen) {
   pthread_mutex_lock(&memo_lock);
+  if (gen != memo_gen) {
+    pthread_mutex_unlock(&memo_lock);
+    return;
+  }
   memo_t *pick = &memo[0];
   for (int i = 0; i < CONSOLE_SESSIONS_MAX; i++) {
     if (strcmp(memo[i].hash, hash) == 0 || !memo[i].hash[0]) {
@@ -54,6 +69,7 @@ static void memo_put(const char *hash, const char *csrf, int64_t expires_ms, int
 
 static void memo_forget(const char *hash) {
   pthread_mutex_lock(&memo_lock);
+  memo_gen++;
   for (int i = 0; i < CONSOLE_SESSIONS_MAX; i++)
     if (strcmp(memo[i].hash, hash) == 0) sodium_memzero(&memo[i], sizeof(memo[i]));
   pthread_mutex_unlock(&memo_lock);
@@ -109,7 +125,7 @@ int console_sessions_create(store_t *store, int64_t now_ms, char *sid, char *csr
   int rc = store_write(store, create_tx, &r);
   if (rc < 0) return rc;
   *expires_ms = r.expires_ms;
-  memo_put(hash, csrf, r.expires_ms, now_ms);
+  memo_put(hash, csrf, r.expires_ms, now_ms, memo_generation());
   return 0;
 }
 
@@ -132,13 +148,14 @@ int console_sessions_check(store_t *store, const char *sid, int64_t now_ms, char
   char hash[65];
   if (!hash_sid(sid, hash)) return -ERR_UNAUTHENTICATED;
   if (memo_get(hash, now_ms, csrf, expires_ms)) return 0;
+  uint64_t gen = memo_generation();
   row_t r = {hash, NULL, now_ms, 0, ""};
   int rc = store_read(store, check_tx, &r);
   if (rc < 0) {
     if (rc == -ERR_UNAUTHENTICATED) memo_forget(hash);
     return rc == -ERR_UNAUTHENTICATED || rc == -ERR_UNAVAILABLE ? rc : -ERR_UNAUTHENTICATED;
   }
-  memo_put(hash, r.found_csrf, r.expires_ms, now_ms);
+  memo_put(hash, r.found_csrf, r.expires_ms, now_ms, gen);
   if (csrf) memcpy(csrf, r.found_csrf, CONSOLE_SECRET_LEN + 1);
   if (expires_ms) *expires_ms = r.expires_ms;
   return 0;
@@ -152,7 +169,10 @@ static int delete_tx(store_tx_t *tx, void *arg) {
 int console_sessions_delete(store_t *store, const char *sid) {
   char hash[65];
   if (!hash_sid(sid, hash)) return 0;
+  /* Forgotten before the delete and again after its commit: a check on another thread
+   * that read the row in between finds memo_gen moved and does not remember it. */
   memo_forget(hash);
   int rc = store_write(store, delete_tx, hash);
+  memo_forget(hash);
   return rc < 0 ? rc : 0;
 }

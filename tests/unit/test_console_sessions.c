@@ -1,19 +1,23 @@
 /* Unit tests for src/services/console_sessions.c and console_type_pattern of
- * src/services/console.c: sessions open, check, expire, end and stay bounded;
- * type filters become LIKE patterns with LIKE's own characters escaped. */
+ * src/services/console.c: sessions open, check, expire, end and stay bounded; a check
+ * racing a sign-out does not outlive it; type filters become LIKE patterns with
+ * LIKE's own characters escaped. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 #include <sodium.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "core/errors.h"
+#include "core/timeutil.h"
 #include "services/console.h"
 #include "services/console_sessions.h"
 
@@ -84,6 +88,43 @@ static void test_bounded_oldest_gives_way(void **state) {
   assert_int_equal(console_sessions_check(db, sid, T0 * 10 + 100, NULL, NULL), 0);
 }
 
+typedef struct {
+  const char *sid;
+  int rc;
+} signout_t;
+
+static void *sign_out(void *arg) {
+  signout_t *so = arg;
+  so->rc = console_sessions_delete(db, so->sid);
+  return NULL;
+}
+
+/* A sign-out waiting for its commit while another thread checks the session (the
+ * console's open stream does): the check still finds the row, but once the sign-out
+ * has returned, the session is gone, not remembered by that check. */
+static void test_a_check_during_a_sign_out_does_not_outlive_it(void **state) {
+  (void)state;
+  char sid[CONSOLE_SECRET_LEN + 1], csrf[CONSOLE_SECRET_LEN + 1], path[128];
+  int64_t exp, now = time_now_ms();
+  assert_int_equal(console_sessions_create(db, now, sid, csrf, &exp), 0);
+  /* Another connection holds the write lock, so the sign-out's delete waits. */
+  sqlite3 *other;
+  snprintf(path, sizeof(path), "%s/t.db", dir);
+  assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+  signout_t so = {sid, 1};
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, sign_out, &so), 0);
+  usleep(200 * 1000);
+  assert_int_equal(so.rc, 1); /* still waiting */
+  assert_int_equal(console_sessions_check(db, sid, now + 1, NULL, NULL), 0);
+  assert_int_equal(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(other);
+  assert_int_equal(pthread_join(t, NULL), 0);
+  assert_int_equal(so.rc, 0);
+  assert_int_equal(console_sessions_check(db, sid, now + 2, NULL, NULL), -ERR_UNAUTHENTICATED);
+}
+
 static void test_type_pattern(void **state) {
   (void)state;
   char p[32];
@@ -103,6 +144,7 @@ int main(void) {
       cmocka_unit_test(test_open_check_end),
       cmocka_unit_test(test_expiry),
       cmocka_unit_test(test_bounded_oldest_gives_way),
+      cmocka_unit_test(test_a_check_during_a_sign_out_does_not_outlive_it),
       cmocka_unit_test(test_type_pattern),
   };
   return cmocka_run_group_tests(tests, open_store, close_store);
