@@ -49,7 +49,7 @@ static const char *user_of(http_req_t *req) { return http_req_claims(req)->sub; 
 int api_devices_claim(http_req_t *req) {
   json_t *out;
   const char *serial = json_string_value(json_object_get(http_req_json(req), "serial"));
-  int rc = devices_claim(http_req_app(req), user_of(req), serial, &out);
+  int rc = devices_claim(http_req_app(req), user_of(req), serial, http_req_idem(req), &out);
   if (rc == -ERR_UNKNOWN_SERIAL)
     return http_reply_problem(req, rc, "this serial is not in the supplier manifest", NULL);
   if (rc == -ERR_ALREADY_CLAIMED)
@@ -106,7 +106,8 @@ int api_devices_command_create(http_req_t *req) {
   app_t *app = http_req_app(req);
   const char *id = http_req_param(req, "id");
   json_t *out;
-  int rc = devices_command_create(app, user_of(req), id, http_req_json(req), &out);
+  int rc =
+      devices_command_create(app, user_of(req), id, http_req_json(req), http_req_idem(req), &out);
   if (rc == -ERR_DEVICE_NOT_ACTIVE)
     return http_reply_problem(req, rc, "commands go to active devices only", NULL);
   if (rc < 0) return rc;

@@ -81,7 +81,7 @@ static bool is_partner(http_req_t *req) {
 
 static int register_run(http_req_t *req) {
   json_t *out = NULL, *errors = NULL;
-  int rc = users_register(http_req_app(req), http_req_json(req), &out, &errors);
+  int rc = users_register(http_req_app(req), http_req_json(req), http_req_idem(req), &out, &errors);
   if (rc < 0) return reply_err(req, rc, errors);
   return http_reply_json(req, 202, out);
 }

@@ -86,6 +86,10 @@ json_t *http_req_json(const http_req_t *req);
 /* The verified token's claims, or NULL on public and admin routes. */
 const auth_claims_t *http_req_claims(const http_req_t *req);
 const char *http_req_id(const http_req_t *req);
+/* The Idempotency-Key this request runs under, for the service that writes its work
+ * to record the answer in the same transaction (services/idempotency.h); NULL when
+ * the request has none. */
+struct idem_pending *http_req_idem(http_req_t *req);
 const char *http_req_client(const http_req_t *req);
 
 /* Reads ?limit= (default 50, above 200 means 200) and ?cursor= (NULL when absent).

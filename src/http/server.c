@@ -100,6 +100,7 @@ struct http_req {
   bool capture;            /* keep a copy of the reply for the idempotency record */
   char *captured;
   bool idem_open;             /* an Idempotency-Key record waits for this reply */
+  idem_pending_t idem;        /* that key, for a service to record its answer with */
   bool deferred;              /* suspended: a worker or the timer resumes it */
   bool hold;                  /* replies are kept in held, not queued (off-thread) */
   long delay_ms;              /* http_reply_delay: hold the next reply this long */
@@ -363,9 +364,14 @@ static bool run_handler(http_req_t *r);
 /* Records the reply of a first request under its Idempotency-Key (a 5xx or no
  * reply releases the key instead). Runs once the reply is known, which for an
  * offloaded handler is on its worker. */
+struct idem_pending *http_req_idem(http_req_t *r) {
+  return r->idem_open ? &r->idem : NULL;
+}
+
 static void idem_close(http_req_t *r) {
   if (!r->idem_open) return;
   r->idem_open = false;
+  if (r->idem.status && r->idem.status == r->status) return; /* committed with the work */
   app_t *app = r->srv->app;
   const char *principal = r->has_claims ? r->claims.sub : "admin";
   const char *key = http_req_header(r, "Idempotency-Key");
@@ -415,6 +421,7 @@ static void run_idempotent(http_req_t *r) {
   }
   r->capture = true;
   r->idem_open = true;
+  r->idem = (idem_pending_t){principal, key, 0};
   if (run_handler(r)) return; /* offloaded: the worker closes the record */
   if (!r->deferred) idem_close(r);
 }

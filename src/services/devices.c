@@ -158,6 +158,7 @@ typedef struct {
   const char *user_id, *serial, *id, *external_id, *reason;
   char device_id[IDS_UUID_LEN];
   json_t *out;
+  idem_pending_t *idem;
 } w_t;
 
 static int load_device(store_tx_t *tx, const char *where, const char *arg, json_t **out,
@@ -199,12 +200,18 @@ static int claim_tx(store_tx_t *tx, void *arg) {
                                "owner_id", w->user_id),
                      NULL);
   if (rc < 0) return rc;
-  return load_device(tx, "id", w->device_id, &w->out, NULL);
+  rc = load_device(tx, "id", w->device_id, &w->out, NULL);
+  return rc < 0 ? rc : idem_record_tx(tx, w->idem, 202, w->out);
 }
 
-int devices_claim(app_t *app, const char *user_id, const char *serial, json_t **out) {
-  w_t w = {.user_id = user_id, .serial = serial};
+int devices_claim(app_t *app, const char *user_id, const char *serial, idem_pending_t *idem,
+                  json_t **out) {
+  w_t w = {.user_id = user_id, .serial = serial, .idem = idem};
   int rc = store_write(app->store, claim_tx, &w);
+  if (rc < 0) {
+    json_decref(w.out); /* built before a commit that failed */
+    w.out = NULL;
+  }
   *out = w.out;
   if (rc == 0) log_info("devices", "device %s (%s) claimed by %s", w.device_id, serial, user_id);
   return rc;
@@ -374,6 +381,7 @@ typedef struct {
   const char *user_id, *id, *cid, *type, *status;
   json_t *payload, *result, *out;
   int64_t ttl_s;
+  idem_pending_t *idem;
 } cmd_t;
 
 static int load_command(store_tx_t *tx, const char *id, const char *cid, json_t **out) {
@@ -418,11 +426,11 @@ static int command_create_tx(store_tx_t *tx, void *arg) {
       json_pack("{s:s,s:s,s:o,s:s,s:n,s:s,s:n,s:n,s:s}", "id", c->cid, "type", c->type, "payload",
                 c->payload ? json_deep_copy(c->payload) : json_object(), "status", "queued",
                 "result", "created_at", ts, "delivered_at", "completed_at", "expires_at", exp);
-  return c->out ? 0 : -ERR_INTERNAL;
+  return c->out ? idem_record_tx(tx, c->idem, 202, c->out) : -ERR_INTERNAL;
 }
 
 int devices_command_create(app_t *app, const char *user_id, const char *id, json_t *body,
-                           json_t **out) {
+                           idem_pending_t *idem, json_t **out) {
   char cid[IDS_UUID_LEN];
   ids_uuid7(cid);
   json_t *ttl = json_object_get(body, "ttl_seconds");
@@ -431,7 +439,8 @@ int devices_command_create(app_t *app, const char *user_id, const char *id, json
              .cid = cid,
              .type = json_string_value(json_object_get(body, "type")),
              .payload = json_object_get(body, "payload"),
-             .ttl_s = ttl ? json_integer_value(ttl) : app->cfg->command_ttl_s};
+             .ttl_s = ttl ? json_integer_value(ttl) : app->cfg->command_ttl_s,
+             .idem = idem};
   int rc = store_write(app->store, command_create_tx, &c);
   if (rc < 0) {
     /* The callback may have built the answer before the commit failed (disk full). */

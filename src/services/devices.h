@@ -9,6 +9,7 @@
 #include <stdbool.h>
 
 #include "app.h"
+#include "services/idempotency.h"
 #include "store/store.h"
 
 /* True when serial is 4-64 characters of [A-Za-z0-9-]. */
@@ -19,8 +20,10 @@ const char *devices_item_problem(json_t *item);
  * Serials already known are counted as duplicates, not imported again. */
 int devices_import(app_t *app, json_t *items, int *imported, int *duplicates);
 
-/* Claims serial for user_id: -ERR_UNKNOWN_SERIAL, -ERR_ALREADY_CLAIMED. */
-int devices_claim(app_t *app, const char *user_id, const char *serial, json_t **out);
+/* Claims serial for user_id: -ERR_UNKNOWN_SERIAL, -ERR_ALREADY_CLAIMED. With idem,
+ * the 202 answer is recorded under its key in the claim's transaction. */
+int devices_claim(app_t *app, const char *user_id, const char *serial, idem_pending_t *idem,
+                  json_t **out);
 /* The device if user_id owns it (user_id NULL: any owner). */
 int devices_get(app_t *app, const char *user_id, const char *id, json_t **out);
 /* The user's devices after cursor (a device id), at most limit. */
@@ -36,8 +39,9 @@ int devices_activate(app_t *app, const char *id, const char *external_id);
 int devices_fail(app_t *app, const char *id, const char *reason);
 
 /* Commands. */
+/* Queues a command; with idem, its 202 answer is recorded in the same transaction. */
 int devices_command_create(app_t *app, const char *user_id, const char *id, json_t *body,
-                           json_t **out);
+                           idem_pending_t *idem, json_t **out);
 int devices_command_get(app_t *app, const char *user_id, const char *id, const char *cid,
                         json_t **out);
 /* The device's queued, unexpired commands, oldest first, as the MQTT payloads; an

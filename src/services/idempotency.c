@@ -62,19 +62,35 @@ int idem_begin(app_t *app, const char *principal, const char *key, const char *r
   return store_write(app->store, begin_tx, &c);
 }
 
-static int finish_tx(store_tx_t *tx, void *arg) {
-  idem_t *c = arg;
+static int write_answer(store_tx_t *tx, const char *principal, const char *key, int status,
+                        const char *response) {
   int rc = store_exec_nowait(tx,
                              "UPDATE idempotency SET status = ?, response = ? WHERE principal = ? "
                              "AND key = ?",
-                             "isss", (int64_t)c->status, c->response, c->principal, c->key);
+                             "isss", (int64_t)status, response, principal, key);
   return rc < 0 ? rc : 0;
+}
+
+static int finish_tx(store_tx_t *tx, void *arg) {
+  idem_t *c = arg;
+  return write_answer(tx, c->principal, c->key, c->status, c->response);
 }
 
 int idem_finish(app_t *app, const char *principal, const char *key, int status,
                 const char *response) {
   idem_t c = {principal, key, NULL, NULL, status, response, NULL, NULL};
   return store_write(app->store, finish_tx, &c);
+}
+
+int idem_record_tx(store_tx_t *tx, idem_pending_t *p, int status, json_t *body) {
+  if (!p) return 0;
+  char *text = json_dumps(body, JSON_COMPACT);
+  if (!text) return -ERR_INTERNAL;
+  int rc = write_answer(tx, p->principal, p->key, status, text);
+  free(text);
+  if (rc < 0) return rc;
+  p->status = status;
+  return 0;
 }
 
 static int abort_tx(store_tx_t *tx, void *arg) {
@@ -95,9 +111,8 @@ static int release_tx(store_tx_t *tx, void *arg) {
 }
 
 int idem_release_own(app_t *app) {
-  /* A retry of such a request runs again. If the first run had committed its work
-   * just before the crash (and not yet its answer), that work happens twice: the
-   * price of not keeping a key blocked for a day. */
+  /* A retry of such a request runs again. The routes that write their answer with
+   * their work (idem_record_tx) left no committed work behind a key still open. */
   int n = store_write(app->store, release_tx, app->instance_id);
   if (n > 0)
     log_warn("idempotency",

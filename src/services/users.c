@@ -59,15 +59,16 @@ static const char *dummy_hash(const app_t *app) {
 
 typedef struct {
   const char *user_id, *reg_id, *sid, *type, *email, *username, *subject, *hash, *name;
-  int64_t expires_ms;
-  char created_at[32]; /* what was stored, for the answer */
+  int64_t expires_ms, ttl_s;
+  const char *token; /* the registration session's, signed before the write */
+  idem_pending_t *idem;
+  json_t *out; /* the 202 body, built in the transaction to be recorded with it */
 } reg_t;
 
 static int register_tx(store_tx_t *tx, void *arg) {
   reg_t *r = arg;
-  char subject[80];
-  char *ts = r->created_at;
-  time_format_rfc3339(time_now_ms(), ts, sizeof(r->created_at));
+  char subject[80], ts[32];
+  time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
   int rc = store_exec(tx, NULL,
                       "INSERT INTO users (id, type, email, username, subject, password_hash, "
                       "name, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
@@ -83,10 +84,17 @@ static int register_tx(store_tx_t *tx, void *arg) {
                   "ssss", r->reg_id, r->user_id, r->sid, ts);
   if (rc < 0) return rc;
   snprintf(subject, sizeof(subject), "users/%s", r->user_id);
-  return events_record(tx, "user.registration.requested", subject,
-                       json_pack("{s:s,s:s,s:s,s:s?,s:s}", "registration_id", r->reg_id, "user_id",
-                                 r->user_id, "type", r->type, "email", r->email, "name", r->name),
-                       NULL);
+  rc = events_record(tx, "user.registration.requested", subject,
+                     json_pack("{s:s,s:s,s:s,s:s?,s:s}", "registration_id", r->reg_id, "user_id",
+                               r->user_id, "type", r->type, "email", r->email, "name", r->name),
+                     NULL);
+  if (rc < 0) return rc;
+  json_decref(r->out);
+  r->out =
+      json_pack("{s:{s:s,s:s,s:s,s:s},s:s,s:s,s:I,s:s}", "registration", "id", r->reg_id, "status",
+                "pending", "user_id", r->user_id, "created_at", ts, "access_token", r->token,
+                "token_type", "Bearer", "expires_in", (json_int_t)r->ttl_s, "tier", "registration");
+  return r->out ? idem_record_tx(tx, r->idem, 202, r->out) : -ERR_INTERNAL;
 }
 
 /* Asks IDENTITY whether username/password are right; fills *who on success. */
@@ -109,7 +117,7 @@ static int identity_check(app_t *app, const char *username, const char *password
   return rc;
 }
 
-int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
+int users_register(app_t *app, json_t *body, idem_pending_t *idem, json_t **out, json_t **errors) {
   *out = NULL;
   *errors = NULL;
   const char *type = json_string_value(json_object_get(body, "type"));
@@ -146,7 +154,7 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
   ids_uuid7(sid);
   char lower[256] = "", hash[crypto_pwhash_STRBYTES] = "";
   json_t *who = NULL;
-  reg_t r = {user_id, reg_id, sid, type, NULL, NULL, NULL, NULL, name, 0, ""};
+  reg_t r = {user_id, reg_id, sid, type, NULL, NULL, NULL, NULL, name, 0, 0, NULL, idem, NULL};
   if (local) {
     snprintf(lower, sizeof(lower), "%s", email);
     for (char *c = lower; *c; c++)
@@ -175,23 +183,24 @@ int users_register(app_t *app, json_t *body, json_t **out, json_t **errors) {
     r.name = json_string_value(json_object_get(who, "name"));
     if (!r.name) r.name = username;
   }
-  int64_t ttl = app->cfg->access_ttl_s;
-  r.expires_ms = time_now_ms() + ttl * 1000;
-  int rc = store_write(app->store, register_tx, &r);
+  r.ttl_s = app->cfg->access_ttl_s;
+  r.expires_ms = time_now_ms() + r.ttl_s * 1000;
+  /* Signed first: the answer, token included, commits with the registration. The
+   * token names a session that exists only once that commit is done. */
+  char *tok;
+  int rc = sessions_sign(app, sid, user_id, "registration", r.ttl_s, &tok);
+  if (rc == 0) {
+    r.token = tok;
+    rc = store_write(app->store, register_tx, &r);
+    free(tok);
+  }
+  json_decref(who);
   if (rc < 0) {
-    json_decref(who);
+    json_decref(r.out);
     return rc;
   }
-  char *tok;
-  rc = sessions_sign(app, sid, user_id, "registration", ttl, &tok);
-  json_decref(who);
-  if (rc < 0) return rc;
-  const char *ts = r.created_at;
   log_info("users", "registration %s requested (%s user %s)", reg_id, type, user_id);
-  *out = json_pack("{s:{s:s,s:s,s:s,s:s},s:s,s:s,s:I,s:s}", "registration", "id", reg_id, "status",
-                   "pending", "user_id", user_id, "created_at", ts, "access_token", tok,
-                   "token_type", "Bearer", "expires_in", (json_int_t)ttl, "tier", "registration");
-  free(tok);
+  *out = r.out;
   return 0;
 }
 

@@ -8,12 +8,14 @@
 
 #include "app.h"
 #include "auth/token.h"
+#include "services/idempotency.h"
 
 /* Registers a user (body already schema-checked: type local or partner) and
- * opens the registration session. *out is the 202 body. Errors:
+ * opens the registration session. *out is the 202 body, recorded under idem's key
+ * in the same transaction when idem is given. Errors:
  * -ERR_VALIDATION_FAILED with *errors set (stolen by the caller), -ERR_EMAIL_TAKEN,
  * -ERR_INVALID_CREDENTIALS, -ERR_UPSTREAM_UNAVAILABLE. */
-int users_register(app_t *app, json_t *body, json_t **out, json_t **errors);
+int users_register(app_t *app, json_t *body, idem_pending_t *idem, json_t **out, json_t **errors);
 
 /* The registration id as seen by its own registration session (claims->sub is
  * the user id); -ERR_NOT_FOUND for anyone else's. */

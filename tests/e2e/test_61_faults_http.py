@@ -17,10 +17,13 @@ import threading
 import time
 import uuid
 
+import subprocess
+
 import pytest
 import requests
 
-from conftest import assert_problem, bearer, poll, sqlite_only, store_socket_inodes
+from conftest import (TEST_PG, assert_problem, bearer, pg_url, poll, sqlite_only,
+                      store_socket_inodes)
 from fakes import FakeIdentity, FakeKyc, Response
 
 FAST_S = 0.2  # what "answers quickly" means while partners hang
@@ -530,3 +533,90 @@ def test_an_idempotency_key_cut_off_by_kill_9_is_free_again_after_the_restart(
     assert "cut off by the last stop" in again.stderr_text()
     r = again.post("/v1/registrations", json=body, headers={**bearer(tok), **key})
     assert_problem(r, 401, "invalid_credentials")
+
+
+class RowLock:
+    """A psql session holding one row FOR UPDATE until released: iotfin's write of
+    that row waits on it, like a transaction of another instance would."""
+
+    def __init__(self, url, table, where):
+        self.p = subprocess.Popen(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.p.stdin.write(f"BEGIN;\nSELECT pg_backend_pid() FROM {table} WHERE {where} "
+                           "FOR UPDATE;\n")
+        self.p.stdin.flush()
+        self.pid = int(self.p.stdout.readline())
+
+    def waiting(self):
+        """The pids of the sessions waiting for this lock."""
+        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", TEST_PG, "-c",
+                              "SELECT pid FROM pg_stat_activity "
+                              f"WHERE {self.pid} = ANY (pg_blocking_pids(pid))"],
+                             capture_output=True, text=True, check=True).stdout
+        return [int(x) for x in out.split()]
+
+    def release(self):
+        self.p.stdin.write("ROLLBACK;\n")
+        self.p.stdin.close()
+        self.p.wait(10)
+
+
+@pytest.mark.skipif(not TEST_PG, reason="runs on PostgreSQL (make e2e-pg): it holds a row "
+                    "lock from another session, which SQLite has no way to do")
+def test_a_kill_9_between_the_work_and_its_answer_leaves_one_or_the_other_not_half(
+        start_iotfin, kyc, identity, tmp_path):
+    # A registration with an Idempotency-Key: IDENTITY answers once the key's record
+    # is locked from outside, so iotfin's write of the answer waits there. It is
+    # killed then, and its waiting transaction ended. Had the work committed in a
+    # transaction of its own before the answer, the retry would register again
+    # (or answer 409: this partner user exists); with the answer in the work's
+    # transaction, neither committed and the retry runs once.
+    data = tmp_path / "idem-tx"
+    env = partner_env(kyc, identity)
+    identity.add_user("alma", "secret-pass", email="alma@example.com")
+    inst = start_iotfin(env=env, data_dir=data)
+    url = pg_url(data)
+    gate = threading.Event()
+    answer = identity._sessions
+    identity.set("POST", "/sessions", lambda req: (gate.wait(20), answer(req))[1])
+    tok = inst.anonymous_token()
+    body = {"type": "partner", "username": "alma", "password": "secret-pass"}
+    key = "tx-" + uuid.uuid4().hex
+    headers = {**bearer(tok), "Idempotency-Key": key}
+
+    def register():
+        try:
+            requests.post(inst.url + "/v1/registrations", json=body, headers=headers, timeout=30)
+        except requests.RequestException:
+            pass  # the server dies under it: that is the point
+
+    t = threading.Thread(target=register)
+    t.start()
+    lock = None
+    try:
+        assert poll(lambda: len(identity.requests("POST", "/sessions")) >= 1, timeout=10)
+        lock = RowLock(url, "idempotency", f"key = '{key}'")
+        gate.set()
+        assert poll(lambda: lock.waiting(), timeout=10), "iotfin never wrote the key's answer"
+        waiting = lock.waiting()
+        inst.kill()
+        subprocess.run(["psql", "-X", "-q", "-A", "-t", TEST_PG, "-c",
+                        "SELECT pg_terminate_backend(pid) FROM unnest(ARRAY"
+                        f"{waiting}::int[]) pid"], capture_output=True, check=True)
+    finally:
+        gate.set()
+        if lock:
+            lock.release()
+        t.join(30)
+    again = start_iotfin(env=env, data_dir=data)
+    r = again.post("/v1/registrations", json=body, headers=headers)
+    assert r.status_code == 202, r.text
+    assert "Idempotent-Replayed" not in r.headers, "the answer committed, yet the work had not"
+    count = subprocess.run(["psql", "-X", "-q", "-A", "-t", url, "-c",
+                            "SELECT count(*) FROM users WHERE username = 'alma'"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert count == "1", f"{count} users for one registration"
+    # And the key now replays that one answer.
+    r2 = again.post("/v1/registrations", json=body, headers=headers)
+    assert r2.status_code == 202 and r2.headers.get("Idempotent-Replayed") == "true", r2.text
+    assert r2.json()["registration"]["id"] == r.json()["registration"]["id"]
