@@ -61,16 +61,24 @@ def keep(prefixes):
 
 
 if http:
-    r = http["routes"]["device_get"]
-    ratios = r["ratios_rps"]
-    row("`GET /v1/devices/{id}` ≥ 10× the Node stack", f"{ratios['iotfin_over_express']['median']:.1f}×",
-        ratios["iotfin_over_express"]["median"] >= 10)
-    row("`GET /v1/devices/{id}` ≥ ½ of nginx's fixed answer", f"{ratios['iotfin_over_nginx']['median']:.2f}×",
-        ratios["iotfin_over_nginx"]["median"] >= 0.5)
-    row("`GET /v1/devices/{id}` p99 < 5 ms at 64 connections", f"{r['iotfin']['p99_ms']:.1f} ms",
-        r["iotfin"]["p99_ms"] < 5)
-    c = http["routes"]["command_create"]["ratios_rps"]["iotfin_over_express"]["median"]
-    row("`POST /v1/devices/{id}/commands` ≥ 10× the Node stack", f"{c:.1f}×", c >= 10)
+    # DESIGN.md: the two GETs at 10× the Node stack, ½ of nginx, p99 < 5 ms; the two
+    # POSTs at 10× the Node stack, p99 < 20 ms.
+    for key, label, reads in (("device_get", "`GET /v1/devices/{id}`", True),
+                              ("me", "`GET /v1/me`", True),
+                              ("command_create", "`POST /v1/devices/{id}/commands`", False),
+                              ("sessions_anonymous", "`POST /v1/sessions/anonymous`", False)):
+        r = http["routes"].get(key)
+        if not r:
+            continue
+        ratios = r["ratios_rps"]
+        x = ratios["iotfin_over_express"]["median"]
+        row(f"{label} ≥ 10× the Node stack", f"{x:.1f}×", x >= 10)
+        if reads:
+            n = ratios["iotfin_over_nginx"]["median"]
+            row(f"{label} ≥ ½ of nginx's fixed answer", f"{n:.2f}×", n >= 0.5)
+        limit = 5 if reads else 20
+        p99 = r["iotfin"]["p99_ms"]
+        row(f"{label} p99 < {limit} ms at 64 connections", f"{p99:.1f} ms", p99 < limit)
 else:
     keep(("`GET", "`POST"))
 if bus:
@@ -111,10 +119,10 @@ if dev and dev.get("device_events"):
         f"{de:.2f}× (stored only: {ds:.2f}×)", de >= 0.5)
 if dev and dev.get("command_round_trip"):
     rtt = dev["command_round_trip"]["round_trip_ms"]["p50"]
-    row("command round trip p50 < 5 ms", f"{rtt:.2f} ms", rtt < 5)
+    row("command round trip p50 < 2 ms", f"{rtt:.2f} ms", rtt < 2)
 if dev and dev.get("start_stop"):
     ready = dev["start_stop"]["fresh"]["ready_ms_median"]
-    row("`iotfin serve` ready < 300 ms, managed broker included", f"{ready:.0f} ms", ready < 300)
+    row("`iotfin serve` ready < 100 ms, managed broker included", f"{ready:.0f} ms", ready < 100)
 
 cf = (conn or {}).get("connected")
 if cf:
@@ -136,6 +144,11 @@ if pg:
     row("PostgreSQL: bus ≥ 2× the same server's one-row commits (32 clients)",
         f"{b['ratio_pg_over_one_row_32']:.2f}× ({b['pg']:,.0f} against "
         f"{b['one_row_commits_32']:,.0f}/s)", b["ratio_pg_over_one_row_32"] >= 2)
+    if b.get("ratio_pg_over_one_row_1") is not None:
+        row("PostgreSQL: bus ≥ 2× one connection's one-row commits, one after another (the "
+            "SQLite baseline's shape)",
+            f"{b['ratio_pg_over_one_row_1']:.2f}× ({b['pg']:,.0f} against "
+            f"{b['one_row_commits_1']:,.0f}/s)", b["ratio_pg_over_one_row_1"] >= 2)
     three = pg["summary"]["http"]["command_create"]["ratio_three_over_one"]
     row("PostgreSQL: three instances not slower than one, `POST /v1/devices/{id}/commands`",
         f"{three:.2f}×", three >= 1)
@@ -169,7 +182,13 @@ Where a target is not met, the measurements above and the profile below say why:
   thread to a write worker, to the store's writer and back, about five context
   switches a request, each costly on this virtual machine. Going further needs
   handlers that go on from the writer's commit instead of a thread waiting for it.
-  Anonymous sessions also sign a JWT.
+  Anonymous sessions also sign a JWT; the Node stack's anonymous route is its
+  fastest write (no device lookup), so that ratio is the lowest.
+- **Command round trip.** Two durable commits lie on the path (the command's, then
+  the ack's, whose QoS 1 PUBACK also waits for the broker's spool fdatasync) and four
+  hops between processes over loopback (client → iotfin → broker → device → broker →
+  iotfin → client), with Python clients on both ends; the legs in the devices
+  section show where the time goes.
 - **The bus.** One writer thread runs every transaction; the profile shows it busy
   with SQLite itself for most of its time. Going past this needs the writer to do
   less per event (fewer indexes per queue row, event JSON built before the
