@@ -177,6 +177,9 @@ static int load_device(store_tx_t *tx, const char *where, const char *arg, json_
 
 static int claim_tx(store_tx_t *tx, void *arg) {
   w_t *w = arg;
+  /* A failed batch may run this again: the answer of a try that did not commit goes. */
+  json_decref(w->out);
+  w->out = NULL;
   json_t *dev = NULL;
   char owner[80];
   int rc = load_device(tx, "serial", w->serial, &dev, owner);
