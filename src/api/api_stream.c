@@ -24,6 +24,7 @@
 #include "api/api.h"
 #include "app.h"
 #include "core/errors.h"
+#include "core/jsontext.h"
 #include "core/log.h"
 #include "core/timeutil.h"
 #include "services/console.h"
@@ -140,7 +141,7 @@ static void wake(stream_t *s) {
  * that a browser's EventSource hands every event to one onmessage: the type is in the
  * data. */
 static char *frame_of(json_t *ev, bool with_type, size_t *len) {
-  char *data = json_dumps(ev, JSON_COMPACT);
+  char *data = json_text(ev, NULL);
   if (!data) return NULL;
   size_t cap = strlen(data) + 512;
   char *frame = malloc(cap);

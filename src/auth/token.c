@@ -18,6 +18,7 @@
 
 #include "auth/b64url.h"
 #include "core/errors.h"
+#include "core/jsontext.h"
 #include "core/log.h"
 
 #define MAX_KEYS 8
@@ -247,7 +248,7 @@ int auth_token_sign(const auth_keys_t *ckeys, const auth_claims_t *c, char **out
   json_t *pl = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:s}", "iss", "iotfin", "sub", c->sub, "sid",
                          c->sid, "tier", c->tier, "iat", (json_int_t)c->iat, "exp",
                          (json_int_t)c->exp, "jti", c->jti);
-  char *hs = json_dumps(hdr, JSON_COMPACT), *ps = json_dumps(pl, JSON_COMPACT);
+  char *hs = json_text(hdr, NULL), *ps = json_text(pl, NULL);
   json_decref(hdr);
   json_decref(pl);
   char *h64 = hs ? b64url(hs, strlen(hs)) : NULL, *p64 = ps ? b64url(ps, strlen(ps)) : NULL;

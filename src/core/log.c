@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/jsontext.h"
 #include "core/timeutil.h"
 
 #define LIMIT_SLOTS 512
@@ -70,7 +71,7 @@ static void emit(log_level_t level, const char *module, const char *msg, json_t 
   json_object_set_new(o, "module", json_string(module));
   json_object_set_new(o, "msg", json_string(msg));
   if (fields) json_object_update(o, fields);
-  char *line = json_dumps(o, JSON_COMPACT);
+  char *line = json_text(o, NULL);
   json_decref(o);
   if (!line) return;
   size_t n = strlen(line);

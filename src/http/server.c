@@ -26,6 +26,7 @@
 
 #include "core/errors.h"
 #include "core/ids.h"
+#include "core/jsontext.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/timeutil.h"
@@ -296,7 +297,7 @@ int http_reply_text(http_req_t *r, int status, const char *ctype, const char *te
 }
 
 int http_reply_json(http_req_t *r, int status, json_t *body) {
-  char *buf = json_dumps(body, JSON_COMPACT);
+  char *buf = json_text(body, NULL);
   json_decref(body);
   if (!buf) return -ERR_INTERNAL;
   return send_buffer(r, status, "application/json", buf, strlen(buf));
@@ -308,7 +309,7 @@ int http_reply_problem(http_req_t *r, int err, const char *detail, json_t *error
   /* A 503 without a word of its own is most often the disk: say so when it is. */
   if (!detail && errors_status(err) == 503) detail = store_failure(r->srv->app->store);
   json_t *p = http_problem_new(err, detail, errors, r->path);
-  char *buf = json_dumps(p, JSON_COMPACT);
+  char *buf = json_text(p, NULL);
   json_decref(p);
   if (!buf) return -ERR_INTERNAL;
   return send_buffer(r, errors_status(err), "application/problem+json", buf, strlen(buf));

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "core/errors.h"
+#include "core/jsontext.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/timeutil.h"
@@ -232,7 +233,7 @@ static void flush_commands(hub_t *hub, const char *device) {
   json_t *c;
   json_array_foreach(cmds, i, c) {
     const char *cid = json_string_value(json_object_get(c, "id"));
-    char *payload = json_dumps(c, JSON_COMPACT);
+    char *payload = json_text(c, NULL);
     /* The lock spans the publish so that the broker's acknowledgement, which may
      * arrive on the network thread at once, finds the entry. */
     pthread_mutex_lock(&hub->lock);
@@ -486,7 +487,7 @@ static void *lane_main(void *arg) {
 static void respond(hub_t *hub, const char *device, const char *request_id, json_t *body) {
   char topic[300];
   snprintf(topic, sizeof(topic), "devices/%s/responses/%s", device, request_id);
-  char *s = json_dumps(body, JSON_COMPACT);
+  char *s = json_text(body, NULL);
   json_decref(body);
   if (!s) return;
   hub_mqtt_publish(hub->mqtt, topic, s, strlen(s), 1, NULL);
@@ -673,7 +674,7 @@ static void on_lost(void *arg) {
 static void send_control(hub_t *hub, const char *what, json_t *body) {
   char topic[64];
   snprintf(topic, sizeof(topic), "iotfin/control/%s", what);
-  char *s = json_dumps(body, JSON_COMPACT);
+  char *s = json_text(body, NULL);
   json_decref(body);
   if (s) hub_mqtt_publish(hub->mqtt, topic, s, strlen(s), 1, NULL);
   free(s);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/jsontext.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/timeutil.h"
@@ -105,7 +106,7 @@ int partner_call(const app_t *app, partner_id_t p, const char *method, const cha
     snprintf(out->error, sizeof(out->error), "%s: out of memory", pname);
     return 0;
   }
-  char *payload = body ? json_dumps(body, JSON_COMPACT) : NULL;
+  char *payload = body ? json_text(body, NULL) : NULL;
   char ct[128];
   snprintf(ct, sizeof(ct), "Content-Type: %s", content_type ? content_type : "application/json");
   struct curl_slist *hdrs = curl_slist_append(NULL, "Accept: application/json");

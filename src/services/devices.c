@@ -8,6 +8,7 @@
 
 #include "core/errors.h"
 #include "core/ids.h"
+#include "core/jsontext.h"
 #include "core/log.h"
 #include "core/timeutil.h"
 #include "services/events.h"
@@ -410,7 +411,7 @@ static int command_create_tx(store_tx_t *tx, void *arg) {
   int64_t now = time_now_ms(), exp_ms = now + c->ttl_s * 1000;
   time_format_rfc3339(now, ts, sizeof(ts));
   time_format_rfc3339(exp_ms, exp, sizeof(exp));
-  char *payload = json_dumps(c->payload, JSON_COMPACT);
+  char *payload = json_text(c->payload, NULL);
   /* A fresh UUIDv7 for a device this user owns: nothing to conflict with. */
   rc = store_exec_nowait(tx,
                          "INSERT INTO commands (id, device_id, type, payload, status, created_at, "
@@ -523,7 +524,7 @@ static int ack_tx(store_tx_t *tx, void *arg) {
   cmd_t *c = arg;
   char ts[32], subject[80];
   now_ts(ts);
-  char *result = c->result ? json_dumps(c->result, JSON_COMPACT) : NULL;
+  char *result = c->result ? json_text(c->result, NULL) : NULL;
   /* An ack may overtake the broker's confirmation: queued counts as delivered. */
   int rc = store_exec(tx, NULL,
                       "UPDATE commands SET status = ?, result = ?, completed_at = ?, "
@@ -633,7 +634,7 @@ static int store_one_event(store_tx_t *tx, ev_t *e) {
   const char *type = json_string_value(json_object_get(e->event, "type"));
   const char *time = json_string_value(json_object_get(e->event, "time"));
   json_t *data = json_object_get(e->event, "data");
-  char *d = json_dumps(data, JSON_COMPACT);
+  char *d = json_text(data, NULL);
   int rc = store_exec(tx, NULL,
                       "INSERT INTO device_events (device_id, event_id, type, time, data, "
                       "received_at) VALUES (?, ?, ?, ?, ?, ?) "

@@ -7,6 +7,7 @@
 
 #include "bus/bus.h"
 #include "core/errors.h"
+#include "core/jsontext.h"
 #include "core/timeutil.h"
 #include "services/catalogue.h"
 
@@ -24,7 +25,7 @@ int events_record(store_tx_t *tx, const char *type, const char *subject, json_t 
   char id[IDS_UUID_LEN], ts[32];
   ids_uuid7(id);
   time_format_rfc3339(time_now_ms(), ts, sizeof(ts));
-  char *d = json_dumps(data, JSON_COMPACT);
+  char *d = json_text(data, NULL);
   json_decref(data);
   if (!d) return -ERR_INTERNAL;
   store_rows_t *rows = NULL;

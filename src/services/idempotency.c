@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/errors.h"
+#include "core/jsontext.h"
 #include "core/log.h"
 #include "core/timeutil.h"
 
@@ -84,7 +85,7 @@ int idem_finish(app_t *app, const char *principal, const char *key, int status,
 
 int idem_record_tx(store_tx_t *tx, idem_pending_t *p, int status, json_t *body) {
   if (!p) return 0;
-  char *text = json_dumps(body, JSON_COMPACT);
+  char *text = json_text(body, NULL);
   if (!text) return -ERR_INTERNAL;
   int rc = write_answer(tx, p->principal, p->key, status, text);
   free(text);
