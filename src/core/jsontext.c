@@ -47,13 +47,20 @@ static void put_char(out_t *o, char c) {
 /* What stands for byte c inside a JSON string, or NULL when it stands for itself. */
 static const char *escape_of(unsigned char c, char buf[8]) {
   switch (c) {
-  case '"': return "\\\"";
-  case '\\': return "\\\\";
-  case '\b': return "\\b";
-  case '\f': return "\\f";
-  case '\n': return "\\n";
-  case '\r': return "\\r";
-  case '\t': return "\\t";
+  case '"':
+    return "\\\"";
+  case '\\':
+    return "\\\\";
+  case '\b':
+    return "\\b";
+  case '\f':
+    return "\\f";
+  case '\n':
+    return "\\n";
+  case '\r':
+    return "\\r";
+  case '\t':
+    return "\\t";
   default:
     if (c >= 0x20) return NULL;
     snprintf(buf, 8, "\\u%04X", c);
@@ -105,7 +112,9 @@ static void put_value(out_t *o, const json_t *v) {
     put_char(o, ']');
     break;
   }
-  case JSON_STRING: put_string(o, json_string_value(v), json_string_length(v)); break;
+  case JSON_STRING:
+    put_string(o, json_string_value(v), json_string_length(v));
+    break;
   case JSON_INTEGER: {
     char buf[32];
     int n = snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
@@ -122,9 +131,15 @@ static void put_value(out_t *o, const json_t *v) {
     free(s);
     break;
   }
-  case JSON_TRUE: put(o, "true", 4); break;
-  case JSON_FALSE: put(o, "false", 5); break;
-  case JSON_NULL: put(o, "null", 4); break;
+  case JSON_TRUE:
+    put(o, "true", 4);
+    break;
+  case JSON_FALSE:
+    put(o, "false", 5);
+    break;
+  case JSON_NULL:
+    put(o, "null", 4);
+    break;
   }
 }
 

@@ -61,9 +61,26 @@ static uint32_t rnd(void) {
 }
 
 static json_t *random_string(void) {
-  static const char *pieces[] = {"a",        "Z",  "0",    " ",    "\"",   "\\", "/",
-                                 "\n",       "\t", "\x01", "\x1f", "\x7f", "\0", "\xc3\xa9",
-                                 "\xe2\x82\xac", "\xf0\x9f\x98\x80", "{", "}", ":", ","};
+  static const char *pieces[] = {"a",
+                                 "Z",
+                                 "0",
+                                 " ",
+                                 "\"",
+                                 "\\",
+                                 "/",
+                                 "\n",
+                                 "\t",
+                                 "\x01",
+                                 "\x1f",
+                                 "\x7f",
+                                 "\0",
+                                 "\xc3\xa9",
+                                 "\xe2\x82\xac",
+                                 "\xf0\x9f\x98\x80",
+                                 "{",
+                                 "}",
+                                 ":",
+                                 ","};
   static const size_t lens[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 4, 1, 1, 1, 1};
   char buf[256];
   size_t n = 0, parts = rnd() % 24;
@@ -77,12 +94,18 @@ static json_t *random_string(void) {
 
 static json_t *random_value(int depth) {
   switch (rnd() % (depth > 4 ? 6 : 8)) {
-  case 0: return random_string();
-  case 1: return json_integer((json_int_t)(((uint64_t)rnd() << 32) | rnd()));
-  case 2: return json_real((double)(int32_t)rnd() / ((rnd() % 1000) + 1));
-  case 3: return json_true();
-  case 4: return json_false();
-  case 5: return json_null();
+  case 0:
+    return random_string();
+  case 1:
+    return json_integer((json_int_t)(((uint64_t)rnd() << 32) | rnd()));
+  case 2:
+    return json_real((double)(int32_t)rnd() / ((rnd() % 1000) + 1));
+  case 3:
+    return json_true();
+  case 4:
+    return json_false();
+  case 5:
+    return json_null();
   case 6: {
     json_t *a = json_array();
     for (uint32_t i = rnd() % 6; i > 0; i--)
@@ -93,8 +116,7 @@ static json_t *random_value(int depth) {
     json_t *o = json_object();
     for (uint32_t i = rnd() % 6; i > 0; i--) {
       json_t *k = random_string();
-      json_object_setn_new(o, json_string_value(k), json_string_length(k),
-                           random_value(depth + 1));
+      json_object_setn_new(o, json_string_value(k), json_string_length(k), random_value(depth + 1));
       json_decref(k);
     }
     return o;
