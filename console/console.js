@@ -8,7 +8,8 @@
   var state = {
     csrf: null, page: null, es: null, timer: null,
     last: null, eps: [], depth: [], qdepth: {},
-    events: [], paused: false, filter: { type: "", subject: "" }, dlQueue: null
+    events: [], paused: false, filter: { type: "", subject: "" }, dlQueue: null,
+    arrived: null /* live events that came while the event log was being read */
   };
 
   function $(id) { return document.getElementById(id); }
@@ -237,7 +238,10 @@
       var ev;
       try { ev = JSON.parse(m.data); } catch (e) { return; }
       addLatest(ev);
-      if (!state.paused && matches(ev)) addEvent(ev, true);
+      if (!state.paused && matches(ev)) {
+        addEvent(ev, true);
+        if (state.arrived) state.arrived.push(ev); // a reload is on its way: keep it past it
+      }
       // What an operator waits for (a dead letter, an alarm, a redrive) shows at
       // once, not at the next poll.
       if (/^(alarm\.|queue\.)/.test(ev.type)) {
@@ -289,12 +293,17 @@
     var q = "events?limit=100";
     if (state.filter.type) q += "&type=" + encodeURIComponent(state.filter.type);
     if (state.filter.subject) q += "&subject=" + encodeURIComponent(state.filter.subject);
+    // Live events that come while the page is read may be newer than what it holds:
+    // they are put back on top after the list is replaced, not wiped with it.
+    var arrived = state.arrived = [];
     return api("GET", q).then(function (r) {
       var ol = clear($("ev-list"));
       var items = r.body.items;
-      if (!items.length) ol.appendChild(el("li", { cls: "empty" }, "No events match."));
+      if (!items.length && !arrived.length) ol.appendChild(el("li", { cls: "empty" }, "No events match."));
       for (var i = items.length - 1; i >= 0; i--) addEvent(items[i], false);
-    }).catch(function (e) { if (e.message !== "signed out") toast("Event log: " + e.message); });
+      arrived.forEach(function (ev) { if (matches(ev)) addEvent(ev, true); });
+    }).catch(function (e) { if (e.message !== "signed out") toast("Event log: " + e.message); })
+      .then(function () { if (state.arrived === arrived) state.arrived = null; });
   }
   $("ev-form").addEventListener("submit", function (ev) {
     ev.preventDefault();
