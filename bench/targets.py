@@ -183,7 +183,7 @@ Where a target is not met, the measurements above and the profile below say why:
   switches a request, each costly on this virtual machine. Going further needs
   handlers that go on from the writer's commit instead of a thread waiting for it.
   Anonymous sessions also sign a JWT: one Ed25519 signature took 42 µs on this
-  machine (libsodium 1.0.18, 20,000 in a loop, 2026-12-03), about a third of the
+  machine (libsodium 1.0.18, 20,000 in a loop, 2026-12-03), about a quarter of the
   route's CPU, and its `http-write` threads spend most of their samples in libsodium.
   The Node stack's anonymous route is its fastest write (no device lookup), so that
   ratio is the lowest.
