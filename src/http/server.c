@@ -362,13 +362,14 @@ static int authenticate(http_req_t *r) {
 
 static bool run_handler(http_req_t *r);
 
-/* Records the reply of a first request under its Idempotency-Key (a 5xx or no
- * reply releases the key instead). Runs once the reply is known, which for an
- * offloaded handler is on its worker. */
 struct idem_pending *http_req_idem(http_req_t *r) {
   return r->idem_open ? &r->idem : NULL;
 }
 
+/* Records the reply of a first request under its Idempotency-Key (a 5xx or no
+ * reply releases the key instead), unless the service already wrote it with its
+ * work. Runs once the reply is known, which for an offloaded handler is on its
+ * worker. */
 static void idem_close(http_req_t *r) {
   if (!r->idem_open) return;
   r->idem_open = false;

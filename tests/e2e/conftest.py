@@ -70,6 +70,13 @@ def sanitizer_report(text):
 TEST_PG = os.environ.get("IOTFIN_TEST_PG")
 
 
+def psql(url, sql):
+    """One statement through psql against url (a PostgreSQL URL); its rows as text,
+    columns separated by |, one row a line."""
+    return subprocess.run(["psql", "-X", "-q", "-A", "-t", url, "-c", sql],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def pg_url(data_dir):
     """The IOTFIN_DB of a server on data_dir when the suite runs on PostgreSQL."""
     schema = "t_" + hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]

@@ -12,14 +12,13 @@ suite runs on PostgreSQL (`make e2e-pg`, IOTFIN_TEST_PG)."""
 import base64
 import secrets
 import socket
-import subprocess
 import threading
 import time
 import urllib.parse
 
 import pytest
 
-from conftest import REPO_ROOT, TEST_PG, assert_problem, pg_url, poll
+from conftest import REPO_ROOT, TEST_PG, assert_problem, pg_url, poll, psql
 
 needs_pg = pytest.mark.skipif(not TEST_PG, reason="runs on PostgreSQL (make e2e-pg)")
 
@@ -263,9 +262,7 @@ def test_a_schema_named_by_the_search_path_is_created_at_the_first_start(start_i
     r = srv.import_devices([{"serial": "TENANT-0001", "model": "m"}])
     assert r.status_code == 200, r.text
     assert srv.stop() == 0
-    rows = subprocess.run(["psql", "-X", "-q", "-A", "-t", TEST_PG, "-c",
-                           f"SELECT serial FROM \"{schema}\".devices"],
-                          capture_output=True, text=True, check=True).stdout.split()
+    rows = psql(TEST_PG, f"SELECT serial FROM \"{schema}\".devices").split()
     assert rows == ["TENANT-0001"]
     # The second start finds it.
     srv = start_iotfin(env={"IOTFIN_DB": url}, data_dir=tmp_path / "tenant")

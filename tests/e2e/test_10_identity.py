@@ -6,14 +6,13 @@ mail. The partners are fakes from fakes.py; iotfin is the real binary."""
 import json
 import re
 import sqlite3
-import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import TEST_PG, Iotfin, assert_problem, bearer, pg_url, verify_token
+from conftest import TEST_PG, Iotfin, assert_problem, bearer, pg_url, psql, verify_token
 from fakes import FakeIdentity, FakeKyc, ForwardProxy, sign_webhook
 
 KYC_SECRET = "test-secret-kyc"
@@ -710,10 +709,7 @@ def stored_hash(inst, email):
     """A local user's stored password hash, read from the store itself."""
     sql = "SELECT password_hash FROM users WHERE email = ?"
     if TEST_PG:
-        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", pg_url(inst.data_dir), "-c",
-                              sql.replace("?", f"'{email}'")],
-                             capture_output=True, text=True, check=True).stdout
-        return out.strip()
+        return psql(pg_url(inst.data_dir), sql.replace("?", f"'{email}'"))
     db = sqlite3.connect(f"file:{inst.data_dir / 'iotfin.db'}?mode=ro", uri=True)
     try:
         return db.execute(sql, (email,)).fetchone()[0]

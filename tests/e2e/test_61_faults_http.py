@@ -13,17 +13,15 @@ import json
 import os
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
 
-import subprocess
-
 import pytest
 import requests
 
-from conftest import (TEST_PG, assert_problem, bearer, pg_url, poll, sqlite_only,
-                      store_socket_inodes)
+from conftest import TEST_PG, assert_problem, bearer, pg_url, poll, psql, sqlite_only
 from fakes import FakeIdentity, FakeKyc, Response
 
 FAST_S = 0.2  # what "answers quickly" means while partners hang
@@ -549,10 +547,8 @@ class RowLock:
 
     def waiting(self):
         """The pids of the sessions waiting for this lock."""
-        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", TEST_PG, "-c",
-                              "SELECT pid FROM pg_stat_activity "
-                              f"WHERE {self.pid} = ANY (pg_blocking_pids(pid))"],
-                             capture_output=True, text=True, check=True).stdout
+        out = psql(TEST_PG, "SELECT pid FROM pg_stat_activity "
+                   f"WHERE {self.pid} = ANY (pg_blocking_pids(pid))")
         return [int(x) for x in out.split()]
 
     def release(self):
@@ -600,9 +596,7 @@ def test_a_kill_9_between_the_work_and_its_answer_leaves_one_or_the_other_not_ha
         assert poll(lambda: lock.waiting(), timeout=10), "iotfin never wrote the key's answer"
         waiting = lock.waiting()
         inst.kill()
-        subprocess.run(["psql", "-X", "-q", "-A", "-t", TEST_PG, "-c",
-                        "SELECT pg_terminate_backend(pid) FROM unnest(ARRAY"
-                        f"{waiting}::int[]) pid"], capture_output=True, check=True)
+        psql(TEST_PG, f"SELECT pg_terminate_backend(pid) FROM unnest(ARRAY{waiting}::int[]) pid")
     finally:
         gate.set()
         if lock:
@@ -612,9 +606,7 @@ def test_a_kill_9_between_the_work_and_its_answer_leaves_one_or_the_other_not_ha
     r = again.post("/v1/registrations", json=body, headers=headers)
     assert r.status_code == 202, r.text
     assert "Idempotent-Replayed" not in r.headers, "the answer committed, yet the work had not"
-    count = subprocess.run(["psql", "-X", "-q", "-A", "-t", url, "-c",
-                            "SELECT count(*) FROM users WHERE username = 'alma'"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    count = psql(url, "SELECT count(*) FROM users WHERE username = 'alma'")
     assert count == "1", f"{count} users for one registration"
     # And the key now replays that one answer.
     r2 = again.post("/v1/registrations", json=body, headers=headers)

@@ -80,12 +80,17 @@ static void assert_replays(const char *key, const char *route, int status, json_
   free(replay.response);
 }
 
+/* Opens key on route as the HTTP middleware does, and hands it on as a request would. */
+static idem_pending_t begin_key(const char *key, const char *route) {
+  idem_replay_t replay;
+  assert_int_equal(idem_begin(&app, USER, key, route, "h", &replay), 0);
+  return (idem_pending_t){USER, key, 0};
+}
+
 static void test_a_command_commits_its_answer_with_it(void **state) {
   (void)state;
   const char *route = "POST /v1/devices/" ACTIVE "/commands";
-  idem_replay_t replay;
-  assert_int_equal(idem_begin(&app, USER, "k-command", route, "h", &replay), 0);
-  idem_pending_t p = {USER, "k-command", 0};
+  idem_pending_t p = begin_key("k-command", route);
   json_t *body = json_pack("{s:s,s:{s:i}}", "type", "unit.ping", "payload", "n", 1), *out = NULL;
   assert_int_equal(devices_command_create(&app, USER, ACTIVE, body, &p, &out), 0);
   assert_int_equal(p.status, 202);
@@ -96,9 +101,7 @@ static void test_a_command_commits_its_answer_with_it(void **state) {
 
 static void test_a_claim_commits_its_answer_with_it(void **state) {
   (void)state;
-  idem_replay_t replay;
-  assert_int_equal(idem_begin(&app, USER, "k-claim", "POST /v1/devices", "h", &replay), 0);
-  idem_pending_t p = {USER, "k-claim", 0};
+  idem_pending_t p = begin_key("k-claim", "POST /v1/devices");
   json_t *out = NULL;
   assert_int_equal(devices_claim(&app, USER, "IDEM-FREE", &p, &out), 0);
   assert_int_equal(p.status, 202);
@@ -110,13 +113,12 @@ static void test_a_claim_commits_its_answer_with_it(void **state) {
  * which records the error reply (or frees the key on a 5xx) itself. */
 static void test_work_that_fails_leaves_the_key_to_the_http_layer(void **state) {
   (void)state;
-  idem_replay_t replay;
-  assert_int_equal(idem_begin(&app, USER, "k-fail", "POST /v1/devices", "h", &replay), 0);
-  idem_pending_t p = {USER, "k-fail", 0};
+  idem_pending_t p = begin_key("k-fail", "POST /v1/devices");
   json_t *out = NULL;
   assert_int_equal(devices_claim(&app, USER, "NO-SUCH-SERIAL", &p, &out), -ERR_UNKNOWN_SERIAL);
   assert_null(out);
   assert_int_equal(p.status, 0);
+  idem_replay_t replay;
   assert_int_equal(idem_begin(&app, USER, "k-fail", "POST /v1/devices", "h", &replay),
                    -ERR_CONFLICT);
 }
