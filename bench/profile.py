@@ -3,6 +3,7 @@ benchmark, and authenticated GET /v1/devices/{id} and POST /v1/devices/{id}/comm
 under wrk) and reports where the time goes, by thread and by library, and how many
 context switches a durable POST costs. Figures come from this run; the
 prose says what was changed because of earlier such runs."""
+import json
 import os
 import re
 import shutil
@@ -30,8 +31,12 @@ def top(data, sort, n=6, comm=None):
             if len(parts) < 2 or parts[0] != comm:
                 continue
             parts = parts[1:]
-        # Several keys without a filter (comm,dso): each row names them all.
-        name = "`, `".join(parts[:2]) if "," in sort and not comm else parts[0]
+        # Several keys without a filter (comm,dso): each row names them all; a symbol
+        # row reads "<dso> [.] <symbol>".
+        if sort == "dso,sym":
+            name = f"{parts[-1]}` in `{parts[0]}"
+        else:
+            name = "`, `".join(parts[:2]) if "," in sort and not comm else parts[0]
         rows.append((float(m.group(1)), name))
     return rows[:n]
 
@@ -90,6 +95,12 @@ def main():
     finally:
         p.terminate()
         p.wait()
+    sign = None
+    try:
+        sign = json.loads(subprocess.run([f"{ROOT}/{BUILD}/bench_sign", "20000"],
+                                         capture_output=True, text=True).stdout)
+    except (OSError, ValueError):
+        pass
     print("## Profile of the hottest paths\n")
     print("Commands: `perf record -F 2000 build/bench_bus 20000 32 2`, and `perf record -F 2000 -p "
           "<iotfin>` while `wrk -t2 -c64 -d5s` fetches `GET /v1/devices/{id}`, then posts "
@@ -101,10 +112,17 @@ def main():
     print(table(top(bus, "dso", comm="store-writer"), "library"))
     print("\n### GET /v1/devices/{id}, by library\n")
     print(table(top(http, "dso"), "library"))
+    print("\nBy function:\n")
+    print(table(top(http, "dso,sym", n=5), "function"))
     print("\n### POST /v1/devices/{id}/commands, by thread\n")
     print(table(top(post, "comm"), "thread"))
     print("\nBy thread and library (shares of all samples):\n")
     print(table([(pct, name) for pct, name in top(post, "comm,dso", n=8)], "thread, library"))
+    if sign:
+        print(f"\nOne token signature (Ed25519, libsodium {sign['libsodium']}, what "
+              f"`POST /v1/sessions/anonymous` adds to a durable write): {sign['sign_us']:.1f} µs; "
+              f"one verification (a token not yet remembered): {sign['verify_us']:.1f} µs "
+              f"(`build/bench_sign 20000`, {sign['signatures']:,} of each in a loop).")
     if switches and posts:
         print(f"\nContext switches in iotfin while wrk posted commands for 5 s (`perf stat -e "
               f"context-switches`): {switches:,} for about {posts:,.0f} requests, "
@@ -135,13 +153,17 @@ def main():
   once. The kernel (loopback TCP, shared with wrk on the same two cores) is now the
   largest share; nginx's ceiling does a fraction of this work per request (no token,
   no database read, no JSON, no log line).
-- jansson's `json_dumps` was about a tenth of a GET (it hands every token to a
-  callback and decodes every string byte by byte). Replies, events and log lines are
-  now written by `core/jsontext.c`, the same bytes from one growing buffer: about 15%
-  less CPU per GET (`perf stat -e task-clock` over wrk, interleaved runs).
-- The largest single symbol of a GET is now `memset` inside libmicrohttpd 0.9.75: it
-  zeroes the connection's memory pool (64 KiB here) for every request. A 32 KiB pool
-  cut it from 8% to 3% of the samples, but would hand heads between 32 and 64 KiB to
+- jansson's `json_dumps` hands every token to a callback and decodes every string
+  byte by byte; replies, events and log lines are now written by `core/jsontext.c`,
+  the same bytes from one growing buffer. CPU per GET, against the build before it
+  (0e0078f), in three interleaved runs on 2026-12-03: medians 28 against 34, 43
+  against 53 and 50 against 51 µs a request: less, by an amount this machine's noise
+  blurs (`bench/cpu_per_request.py --route device_get --runs 6 <before>/iotfin
+  build/iotfin`; its docstring says how to build the other binary).
+- The largest single function of a GET is libc's `memset` (the table above), called
+  by libmicrohttpd 0.9.75 to zero the connection's memory pool (`HEAD_POOL`, 64 KiB,
+  in src/http/server.c) for every request: built with a 32 KiB pool, the same profile
+  showed it at 3% instead of 8%. Heads between 32 and 64 KiB would then get
   libmicrohttpd's own HTML 431 instead of problem+json, so the pool stays.""")
 
 

@@ -182,9 +182,10 @@ Where a target is not met, the measurements above and the profile below say why:
   thread to a write worker, to the store's writer and back, about five context
   switches a request, each costly on this virtual machine. Going further needs
   handlers that go on from the writer's commit instead of a thread waiting for it.
-  Anonymous sessions also sign a JWT: one Ed25519 signature took 42 µs on this
-  machine (libsodium 1.0.18, 20,000 in a loop, 2026-12-03), about a quarter of the
-  route's CPU, and its `http-write` threads spend most of their samples in libsodium.
+  Anonymous sessions also sign a JWT: the profile section measures one Ed25519
+  signature (`build/bench_sign`), about 40 µs here, and a profile of that route
+  (`perf record` as in the profile section, against `/v1/sessions/anonymous`) put
+  libsodium at about a quarter of its samples.
   The Node stack's anonymous route is its fastest write (no device lookup), so that
   ratio is the lowest.
 - **Command round trip.** Two durable commits lie on the path (the command's, then
