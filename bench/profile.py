@@ -156,7 +156,7 @@ def main():
 - jansson's `json_dumps` hands every token to a callback and decodes every string
   byte by byte; replies, events and log lines are now written by `core/jsontext.c`,
   the same bytes from one growing buffer. CPU per GET, against the build before it
-  (0e0078f), in three interleaved runs on 2026-12-03: medians 28 against 34, 43
+  (0e0078f), in three interleaved runs on 2026-12-03: medians 29 against 33, 43
   against 53 and 50 against 51 µs a request: less, by an amount this machine's noise
   blurs (`bench/cpu_per_request.py --route device_get --runs 6 <before>/iotfin
   build/iotfin`; its docstring says how to build the other binary).
