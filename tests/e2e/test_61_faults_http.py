@@ -25,6 +25,9 @@ from conftest import TEST_PG, assert_problem, bearer, pg_url, poll, psql, sqlite
 from fakes import FakeIdentity, FakeKyc, Response
 
 FAST_S = 0.2  # what "answers quickly" means while partners hang
+# A durable POST waits for its fsync: beside the other suite on 2 cores one took
+# 0.245 s in CI. Held behind hanging partners it would wait for their 2 s timeout.
+WRITE_S = 0.5
 
 
 @pytest.fixture
@@ -61,14 +64,14 @@ def timed_get(inst, path):
 
 
 def assert_fast(inst):
-    """/healthz and a cheap POST both answer within FAST_S, five times over."""
+    """/healthz within FAST_S and a cheap durable POST within WRITE_S, five times over."""
     for _ in range(5):
         r, secs = timed_get(inst, "/healthz")
         assert r.status_code == 200 and secs < FAST_S, f"/healthz took {secs:.3f} s"
         t0 = time.monotonic()
         r = inst.post("/v1/sessions/anonymous", timeout=5)
         secs = time.monotonic() - t0
-        assert r.status_code == 201 and secs < FAST_S, f"anonymous session took {secs:.3f} s"
+        assert r.status_code == 201 and secs < WRITE_S, f"anonymous session took {secs:.3f} s"
 
 
 def approved_partner_user(inst, identity):
