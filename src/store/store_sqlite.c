@@ -100,6 +100,13 @@ static const char *storage_cause(int rc) {
   }
 }
 
+/* SQLite counts every allocation under one process-wide mutex unless told not to;
+ * the writer and every reader thread would meet on it, and nothing here reads the
+ * counts. It must be said before SQLite initialises, hence before main() runs. */
+__attribute__((constructor)) static void sqlite_configure(void) {
+  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 static int conn_open(const char *path, conn_t **out) {
   conn_t *c = calloc(1, sizeof(*c));
   if (!c) return -ERR_INTERNAL;
@@ -186,7 +193,7 @@ static int sq_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const c
     case 's': {
       const char *v = va_arg(ap, const char *);
       if (v)
-        sqlite3_bind_text(st, idx, v, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC); /* cleared below, before v goes */
       else
         sqlite3_bind_null(st, idx);
       break;
