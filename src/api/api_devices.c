@@ -77,10 +77,11 @@ int api_devices_list(http_req_t *req) {
 }
 
 int api_devices_get(http_req_t *req) {
-  json_t *out;
-  int rc = devices_get(http_req_app(req), user_of(req), http_req_param(req, "id"), &out);
+  char *json;
+  size_t len;
+  int rc = devices_get(http_req_app(req), user_of(req), http_req_param(req, "id"), &json, &len);
   if (rc < 0) return rc;
-  return http_reply_json(req, 200, out);
+  return http_reply_json_text(req, 200, json, len);
 }
 
 int api_devices_retire(http_req_t *req) {

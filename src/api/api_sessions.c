@@ -136,8 +136,9 @@ int api_sessions_logout(http_req_t *req) {
 }
 
 int api_sessions_me(http_req_t *req) {
-  json_t *out;
-  int rc = users_me(http_req_app(req), http_req_claims(req)->sub, &out);
+  char *json;
+  size_t len;
+  int rc = users_me(http_req_app(req), http_req_claims(req)->sub, &json, &len);
   if (rc < 0) return rc;
-  return http_reply_json(req, 200, out);
+  return http_reply_json_text(req, 200, json, len);
 }

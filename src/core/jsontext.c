@@ -11,11 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-  char *p;
-  size_t n, cap;
-  bool failed;
-} out_t;
+typedef json_buf_t out_t;
 
 static bool reserve(out_t *o, size_t more) {
   if (o->failed) return false;
@@ -147,11 +143,22 @@ char *json_text(const json_t *v, size_t *len) {
   if (!v) return NULL;
   out_t o = {0};
   put_value(&o, v);
-  if (!reserve(&o, 0)) {
-    free(o.p);
+  return json_buf_finish(&o, len);
+}
+
+void json_buf_raw(json_buf_t *b, const char *s, size_t len) { put(b, s, len); }
+
+void json_buf_string(json_buf_t *b, const char *s) { put_string(b, s, strlen(s)); }
+
+char *json_buf_finish(json_buf_t *b, size_t *len) {
+  if (!reserve(b, 0)) {
+    free(b->p);
+    *b = (json_buf_t){0};
     return NULL;
   }
-  o.p[o.n] = 0;
-  if (len) *len = o.n;
-  return o.p;
+  b->p[b->n] = 0;
+  if (len) *len = b->n;
+  char *text = b->p;
+  *b = (json_buf_t){0};
+  return text;
 }

@@ -99,6 +99,8 @@ int http_req_page(http_req_t *req, int *limit, const char **cursor);
 
 /* Replies. body is stolen. Each returns 0, so handlers can `return http_reply_...`. */
 int http_reply_json(http_req_t *req, int status, json_t *body);
+/* The same for a body already written as JSON text (malloc'd; stolen). */
+int http_reply_json_text(http_req_t *req, int status, char *json, size_t len);
 int http_reply_text(http_req_t *req, int status, const char *content_type, const char *text);
 /* problem+json for err (-ERR_* or ERR_*), with detail (may be NULL) and, for
  * validation failures, errors = [{field, message}] (stolen, may be NULL). */

@@ -297,10 +297,15 @@ int http_reply_text(http_req_t *r, int status, const char *ctype, const char *te
 }
 
 int http_reply_json(http_req_t *r, int status, json_t *body) {
-  char *buf = json_text(body, NULL);
+  size_t len = 0;
+  char *buf = json_text(body, &len);
   json_decref(body);
-  if (!buf) return -ERR_INTERNAL;
-  return send_buffer(r, status, "application/json", buf, strlen(buf));
+  return http_reply_json_text(r, status, buf, len);
+}
+
+int http_reply_json_text(http_req_t *r, int status, char *json, size_t len) {
+  if (!json) return -ERR_INTERNAL;
+  return send_buffer(r, status, "application/json", json, len);
 }
 
 int http_reply_problem(http_req_t *r, int err, const char *detail, json_t *errors) {

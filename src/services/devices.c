@@ -13,19 +13,21 @@
 #include "core/timeutil.h"
 #include "services/events.h"
 #include "services/sessions.h"
+#include "store/rowjson.h"
 
 #define DEVICE_COLUMNS                                                                             \
   "id, serial, model, status, external_id, online, last_seen_at, created_at, activated_at, "       \
   "owner_id"
 
-static json_t *device_json(const store_rows_t *r, int i) {
-  return json_pack("{s:s,s:s,s:s?,s:s,s:s?,s:b,s:s?,s:s,s:s?}", "id", store_rows_text(r, i, 0),
-                   "serial", store_rows_text(r, i, 1), "model", store_rows_text(r, i, 2), "status",
-                   store_rows_text(r, i, 3), "external_id", store_rows_text(r, i, 4), "online",
-                   store_rows_int(r, i, 5) != 0, "last_seen_at", store_rows_text(r, i, 6),
-                   "created_at", store_rows_text(r, i, 7), "activated_at",
-                   store_rows_text(r, i, 8));
-}
+/* The first nine of DEVICE_COLUMNS, as the API shows a device. */
+static const row_field_t DEVICE_FIELDS[] = {
+    {"id", ROW_STRING},           {"serial", ROW_STRING},
+    {"model", ROW_STRING},        {"status", ROW_STRING},
+    {"external_id", ROW_STRING},  {"online", ROW_BOOL},
+    {"last_seen_at", ROW_STRING}, {"created_at", ROW_STRING},
+    {"activated_at", ROW_STRING}, {NULL, ROW_STRING}};
+
+static json_t *device_json(const store_rows_t *r, int i) { return row_json(DEVICE_FIELDS, r, i); }
 
 static void now_ts(char ts[32]) { time_format_rfc3339(time_now_ms(), ts, 32); }
 
@@ -104,7 +106,8 @@ typedef struct {
   const char *user_id, *id, *cursor;
   int limit;
   json_t *out;
-  char *next;
+  char *next, *text;
+  size_t text_len;
 } q_t;
 
 static int get_tx(store_tx_t *tx, void *arg) {
@@ -115,15 +118,16 @@ static int get_tx(store_tx_t *tx, void *arg) {
                      "AND (? IS NULL OR owner_id = ?)",
                      "sss", q->id, q->user_id, q->user_id);
   if (n <= 0) return n < 0 ? n : -ERR_NOT_FOUND;
-  q->out = device_json(rows, 0);
+  q->text = row_text(DEVICE_FIELDS, rows, 0, &q->text_len);
   store_rows_free(&rows);
-  return 0;
+  return q->text ? 0 : -ERR_INTERNAL;
 }
 
-int devices_get(app_t *app, const char *user_id, const char *id, json_t **out) {
-  q_t q = {user_id, id, NULL, 0, NULL, NULL};
+int devices_get(app_t *app, const char *user_id, const char *id, char **json, size_t *len) {
+  q_t q = {.user_id = user_id, .id = id};
   int rc = store_read(app->store, get_tx, &q);
-  *out = q.out;
+  *json = q.text;
+  *len = q.text_len;
   return rc;
 }
 
@@ -146,7 +150,7 @@ static int list_tx(store_tx_t *tx, void *arg) {
 
 int devices_list(app_t *app, const char *user_id, const char *cursor, int limit, json_t **items,
                  char **next) {
-  q_t q = {user_id, NULL, cursor, limit, NULL, NULL};
+  q_t q = {.user_id = user_id, .cursor = cursor, .limit = limit};
   int rc = store_read(app->store, list_tx, &q);
   *items = q.out;
   *next = q.next;

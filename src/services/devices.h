@@ -24,8 +24,9 @@ int devices_import(app_t *app, json_t *items, int *imported, int *duplicates);
  * the 202 answer is recorded under its key in the claim's transaction. */
 int devices_claim(app_t *app, const char *user_id, const char *serial, idem_pending_t *idem,
                   json_t **out);
-/* The device if user_id owns it (user_id NULL: any owner). */
-int devices_get(app_t *app, const char *user_id, const char *id, json_t **out);
+/* The device if user_id owns it (user_id NULL: any owner), as JSON text (malloc'd,
+ * its length in *len): the API's hottest read answers with it as it is. */
+int devices_get(app_t *app, const char *user_id, const char *id, char **json, size_t *len);
 /* The user's devices after cursor (a device id), at most limit. */
 int devices_list(app_t *app, const char *user_id, const char *cursor, int limit, json_t **items,
                  char **next);

@@ -18,6 +18,7 @@
 #include "partners/partners.h"
 #include "services/events.h"
 #include "services/sessions.h"
+#include "store/rowjson.h"
 
 static void add_err(json_t **errs, const char *field, const char *msg) {
   if (!*errs) *errs = json_array();
@@ -339,8 +340,14 @@ int users_login(app_t *app, json_t *body, json_t **out, json_t **errors) {
 
 typedef struct {
   const char *id;
-  json_t *row;
+  char *text;
+  size_t len;
 } me_q_t;
+
+static const row_field_t ME_FIELDS[] = {{"id", ROW_STRING},        {"type", ROW_STRING},
+                                        {"email", ROW_STRING},     {"name", ROW_STRING},
+                                        {"status", ROW_STRING},    {"created_at", ROW_STRING},
+                                        {"username", ROW_OMITTED}, {NULL, ROW_STRING}};
 
 static int me_tx(store_tx_t *tx, void *arg) {
   me_q_t *q = arg;
@@ -350,20 +357,16 @@ static int me_tx(store_tx_t *tx, void *arg) {
                      "WHERE id = ?",
                      "s", q->id);
   if (n <= 0) return n < 0 ? n : -ERR_NOT_FOUND;
-  q->row = json_pack("{s:s,s:s,s:s?,s:s,s:s,s:s}", "id", store_rows_text(rows, 0, 0), "type",
-                     store_rows_text(rows, 0, 1), "email", store_rows_text(rows, 0, 2), "name",
-                     store_rows_text(rows, 0, 3), "status", store_rows_text(rows, 0, 4),
-                     "created_at", store_rows_text(rows, 0, 5));
-  if (store_rows_text(rows, 0, 6))
-    json_object_set_new(q->row, "username", json_string(store_rows_text(rows, 0, 6)));
+  q->text = row_text(ME_FIELDS, rows, 0, &q->len);
   store_rows_free(&rows);
-  return 0;
+  return q->text ? 0 : -ERR_INTERNAL;
 }
 
-int users_me(app_t *app, const char *user_id, json_t **out) {
-  me_q_t q = {user_id, NULL};
+int users_me(app_t *app, const char *user_id, char **json, size_t *len) {
+  me_q_t q = {user_id, NULL, 0};
   int rc = store_read(app->store, me_tx, &q);
-  *out = q.row;
+  *json = q.text;
+  *len = q.len;
   return rc;
 }
 

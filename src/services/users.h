@@ -29,8 +29,8 @@ int users_registration_session(app_t *app, const auth_claims_t *claims, const ch
  * -ERR_INVALID_CREDENTIALS, -ERR_FORBIDDEN (not approved), -ERR_UPSTREAM_UNAVAILABLE. */
 int users_login(app_t *app, json_t *body, json_t **out, json_t **errors);
 
-/* GET /v1/me. */
-int users_me(app_t *app, const char *user_id, json_t **out);
+/* GET /v1/me, as JSON text (malloc'd, its length in *len). */
+int users_me(app_t *app, const char *user_id, char **json, size_t *len);
 
 /* Applies a KYC decision ("approved" or "rejected") to the registration found by
  * registration id, or by verification id, or by user id (first non-NULL). Applying

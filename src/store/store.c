@@ -135,11 +135,26 @@ int store__rows_add(store_rows_t *r, int ncols, const char *const *cells) {
     char **c = realloc(r->cells, sizeof(char *) * (size_t)cap * (size_t)ncols);
     if (!c) return -ERR_INTERNAL;
     r->cells = c;
+    char **b = realloc(r->blocks, sizeof(char *) * (size_t)cap);
+    if (!b) return -ERR_INTERNAL;
+    r->blocks = b;
     r->cap = cap;
   }
+  /* A read of one row used to make a copy a cell: one allocation is a tenth of that. */
+  size_t total = 1;
   for (int i = 0; i < ncols; i++)
-    r->cells[r->nrows * ncols + i] = cells[i] ? strdup(cells[i]) : NULL;
-  r->nrows++;
+    total += cells[i] ? strlen(cells[i]) + 1 : 0;
+  char *block = malloc(total), *at = block;
+  if (!block) return -ERR_INTERNAL;
+  char **row = r->cells + (size_t)r->nrows * (size_t)ncols;
+  for (int i = 0; i < ncols; i++) {
+    row[i] = NULL;
+    if (!cells[i]) continue;
+    size_t n = strlen(cells[i]) + 1;
+    row[i] = memcpy(at, cells[i], n);
+    at += n;
+  }
+  r->blocks[r->nrows++] = block;
   return 0;
 }
 
@@ -161,8 +176,9 @@ int store_rows_is_null(const store_rows_t *r, int row, int col) {
 
 void store_rows_free(store_rows_t **r) {
   if (!*r) return;
-  for (int i = 0; i < (*r)->nrows * (*r)->ncols; i++)
-    free((*r)->cells[i]);
+  for (int i = 0; i < (*r)->nrows; i++)
+    free((*r)->blocks[i]);
+  free((*r)->blocks);
   free((*r)->cells);
   free(*r);
   *r = NULL;

@@ -56,10 +56,11 @@ void store__run_commit_hooks(struct store *base);
 /* Rows are materialised as text so that both backends return the same thing. */
 struct store_rows {
   int nrows, ncols, cap;
-  char **cells; /* nrows * ncols, NULL for SQL NULL */
+  char **cells;  /* nrows * ncols, NULL for SQL NULL */
+  char **blocks; /* nrows: each row's texts, copied in one allocation */
 };
 
-/* Appends a row of ncols cells (copied); 0 or -ERR_INTERNAL. */
+/* Appends a row of ncols cells (copied, one allocation a row); 0 or -ERR_INTERNAL. */
 int store__rows_add(store_rows_t *r, int ncols, const char *const *cells);
 store_rows_t *store__rows_new(int ncols);
 

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "core/jsontext.h"
+#include "seeded.h"
 
 static void assert_same(json_t *v) {
   char *want = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -51,45 +52,9 @@ static void test_picked_values(void **state) {
   assert_null(json_text(NULL, NULL));
 }
 
-/* A small deterministic generator, so that a failure can be replayed. */
-static uint64_t seed = 0x9e3779b97f4a7c15ULL;
-static uint32_t rnd(void) {
-  seed ^= seed << 13;
-  seed ^= seed >> 7;
-  seed ^= seed << 17;
-  return (uint32_t)(seed >> 11);
-}
-
 static json_t *random_string(void) {
-  static const char *pieces[] = {"a",
-                                 "Z",
-                                 "0",
-                                 " ",
-                                 "\"",
-                                 "\\",
-                                 "/",
-                                 "\n",
-                                 "\t",
-                                 "\x01",
-                                 "\x1f",
-                                 "\x7f",
-                                 "\0",
-                                 "\xc3\xa9",
-                                 "\xe2\x82\xac",
-                                 "\xf0\x9f\x98\x80",
-                                 "{",
-                                 "}",
-                                 ":",
-                                 ","};
-  static const size_t lens[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 4, 1, 1, 1, 1};
   char buf[256];
-  size_t n = 0, parts = rnd() % 24;
-  for (size_t i = 0; i < parts; i++) {
-    size_t k = rnd() % (sizeof(lens) / sizeof(lens[0]));
-    memcpy(buf + n, pieces[k], lens[k]);
-    n += lens[k];
-  }
-  return json_stringn(buf, n);
+  return json_stringn(buf, seeded_text(buf, 23, true));
 }
 
 static json_t *random_value(int depth) {
