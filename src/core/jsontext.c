@@ -64,12 +64,17 @@ static const char *escape_of(unsigned char c, char buf[8]) {
   }
 }
 
+/* Bytes that cannot stand for themselves inside a JSON string: controls, '"', '\\'. */
+static const bool needs_escape[256] = {[0x00 ... 0x1f] = true, ['"'] = true, ['\\'] = true};
+
 static void put_string(out_t *o, const char *s, size_t len) {
-  put_char(o, '"');
+  /* Room for the whole string unescaped at once; an escape asks for more itself. */
+  if (!reserve(o, len + 2)) return;
+  o->p[o->n++] = '"';
   size_t run = 0; /* start of the bytes not yet copied */
   for (size_t i = 0; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    if (!needs_escape[c]) continue;
     char buf[8];
     const char *e = escape_of(c, buf);
     put(o, s + run, i - run);

@@ -47,21 +47,18 @@ static bool match_path(const char *pattern, const char *path, http_match_t *m) {
 
 int http_router_match(const http_route_t *routes, int n, const char *method, const char *path,
                       http_match_t *m) {
-  memset(m, 0, sizeof(*m));
+  m->nparams = 0;
+  m->allow[0] = 0;
+  m->pattern = NULL;
   const char *want = strcmp(method, "HEAD") == 0 ? "GET" : method;
-  bool path_known = false;
-  http_match_t tmp;
-  /* Routes with a method come first: a known path with another method is a 405,
-   * even where a catch-all ("*") route would also match it. */
+  /* The route of this method first: a request that has one (nearly all) tries no
+   * other pattern. Matching fills m in place, so nothing is copied per request. */
+  for (int i = 0; i < n; i++)
+    if (strcmp(routes[i].method, want) == 0 && match_path(routes[i].path, path, m)) return i;
+  /* A known path with another method is a 405, even where a catch-all ("*") route
+   * would also match it. */
   for (int i = 0; i < n; i++) {
-    if (strcmp(routes[i].method, "*") == 0) continue;
-    if (!match_path(routes[i].path, path, &tmp)) continue;
-    if (strcmp(routes[i].method, want) == 0) {
-      memcpy(m->names, tmp.names, sizeof(m->names));
-      memcpy(m->values, tmp.values, sizeof(m->values));
-      m->nparams = tmp.nparams;
-      return i;
-    }
+    if (strcmp(routes[i].method, "*") == 0 || !match_path(routes[i].path, path, m)) continue;
     if (!strstr(m->allow, routes[i].method)) {
       size_t used = strlen(m->allow);
       if (used + strlen(routes[i].method) + 3 < sizeof(m->allow)) {
@@ -69,16 +66,11 @@ int http_router_match(const http_route_t *routes, int n, const char *method, con
         strcat(m->allow, routes[i].method);
       }
     }
-    if (!path_known) m->pattern = routes[i].path;
-    path_known = true;
+    if (!m->pattern) m->pattern = routes[i].path;
   }
-  if (path_known) return -ERR_METHOD_NOT_ALLOWED;
-  for (int i = 0; i < n; i++) {
-    if (strcmp(routes[i].method, "*") != 0 || !match_path(routes[i].path, path, &tmp)) continue;
-    memcpy(m->names, tmp.names, sizeof(m->names));
-    memcpy(m->values, tmp.values, sizeof(m->values));
-    m->nparams = tmp.nparams;
-    return i;
-  }
+  if (m->pattern) return -ERR_METHOD_NOT_ALLOWED;
+  for (int i = 0; i < n; i++)
+    if (strcmp(routes[i].method, "*") == 0 && match_path(routes[i].path, path, m)) return i;
+  m->nparams = 0;
   return -ERR_NOT_FOUND;
 }

@@ -346,6 +346,13 @@ def test_access_log_all_errors_and_sample(start_iotfin):
     assert poll(lambda: len(access_lines(inst, route="/healthz")) == 30, timeout=5), len(
         access_lines(inst, route="/healthz")
     )
+    # Each line names the client's address: digits of one, two and three places.
+    assert {o["client"] for o in access_lines(inst, route="/healthz")} == {"127.0.0.1"}
+    st, _, _ = raw_http(inst, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                        source="127.45.6.200")
+    assert st == 200
+    assert poll(lambda: [o["client"] for o in access_lines(inst, route="/healthz")][30:]
+                == ["127.45.6.200"], timeout=5)
     inst.stop()
 
     # Step 2: errors (the default): successes are not logged, errors are.
@@ -423,9 +430,11 @@ def test_an_error_storm_writes_a_bounded_number_of_lines(start_iotfin, kyc, iden
 # -- odd requests (issue #12) ----------------------------------------------------
 
 
-def raw_http(inst, data, timeout=5):
-    """Sends raw bytes, returns (status, headers dict, body bytes) of the answer."""
-    s = socket.create_connection((inst.http_host.strip("[]"), inst.http_port), timeout=timeout)
+def raw_http(inst, data, timeout=5, source=None):
+    """Sends raw bytes, returns (status, headers dict, body bytes) of the answer.
+    source: the local address to send from (any 127.x.y.z works on loopback)."""
+    s = socket.create_connection((inst.http_host.strip("[]"), inst.http_port), timeout=timeout,
+                                 source_address=(source, 0) if source else None)
     try:
         s.sendall(data)
         out = b""
