@@ -26,6 +26,7 @@
 
 typedef struct {
   char *sql;
+  const char *asked; /* the address sql was last asked for by */
   sqlite3_stmt *stmt;
 } cached_stmt_t;
 
@@ -151,8 +152,17 @@ static void conn_close(conn_t *c) {
 }
 
 static sqlite3_stmt *conn_prepare(conn_t *c, const char *sql) {
+  /* Nearly every statement is a string literal, asked for by the same address each
+   * time: looking for that address first spares comparing the text of up to
+   * STMT_CACHE statements. The text is still compared: a caller's buffer may hold
+   * other SQL at the same address. */
   for (int i = 0; i < c->ncache; i++)
-    if (strcmp(c->cache[i].sql, sql) == 0) return c->cache[i].stmt;
+    if (c->cache[i].asked == sql && strcmp(c->cache[i].sql, sql) == 0) return c->cache[i].stmt;
+  for (int i = 0; i < c->ncache; i++)
+    if (strcmp(c->cache[i].sql, sql) == 0) {
+      c->cache[i].asked = sql;
+      return c->cache[i].stmt;
+    }
   sqlite3_stmt *st = NULL;
   if (sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
     log_error("store", "prepare failed: %s", sqlite3_errmsg(c->db));
@@ -168,6 +178,7 @@ static sqlite3_stmt *conn_prepare(conn_t *c, const char *sql) {
     free(c->cache[slot].sql);
   }
   c->cache[slot].sql = strdup(sql);
+  c->cache[slot].asked = sql;
   c->cache[slot].stmt = st;
   return st;
 }
