@@ -106,14 +106,15 @@ int api_devices_credentials(http_req_t *req) {
 int api_devices_command_create(http_req_t *req) {
   app_t *app = http_req_app(req);
   const char *id = http_req_param(req, "id");
-  json_t *out;
-  int rc =
-      devices_command_create(app, user_of(req), id, http_req_json(req), http_req_idem(req), &out);
+  char *json;
+  size_t len;
+  int rc = devices_command_create(app, user_of(req), id, http_req_json(req), http_req_idem(req),
+                                  &json, &len);
   if (rc == -ERR_DEVICE_NOT_ACTIVE)
     return http_reply_problem(req, rc, "commands go to active devices only", NULL);
   if (rc < 0) return rc;
   hub_command_queued(app->hub, id);
-  return http_reply_json(req, 202, out);
+  return http_reply_json_text(req, 202, json, len);
 }
 
 int api_devices_command_get(http_req_t *req) {

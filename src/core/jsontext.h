@@ -25,6 +25,8 @@ typedef struct {
 
 /* Appends len bytes as they are. */
 void json_buf_raw(json_buf_t *b, const char *s, size_t len);
+/* Appends a string literal as it is. */
+#define JSON_BUF_LIT(b, lit) json_buf_raw((b), "" lit, sizeof(lit) - 1)
 /* Appends s (NUL-terminated, valid UTF-8) as a JSON string, escaped as json_text
  * escapes it. */
 void json_buf_string(json_buf_t *b, const char *s);

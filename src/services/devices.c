@@ -388,6 +388,8 @@ static json_t *command_json(const store_rows_t *r, int i) {
 typedef struct {
   const char *user_id, *id, *cid, *type, *status;
   json_t *payload, *result, *out;
+  char *text; /* a new command's answer, as JSON text */
+  size_t text_len;
   int64_t ttl_s;
   idem_pending_t *idem;
 } cmd_t;
@@ -406,8 +408,8 @@ static int load_command(store_tx_t *tx, const char *id, const char *cid, json_t 
 static int command_create_tx(store_tx_t *tx, void *arg) {
   cmd_t *c = arg;
   /* A failed batch may run this again: the answer of a try that did not commit goes. */
-  json_decref(c->out);
-  c->out = NULL;
+  free(c->text);
+  c->text = NULL;
   char status[16], ts[32], exp[32], subject[80];
   int rc = owned(tx, c->user_id, c->id, status);
   if (rc < 0) return rc;
@@ -415,30 +417,49 @@ static int command_create_tx(store_tx_t *tx, void *arg) {
   int64_t now = time_now_ms(), exp_ms = now + c->ttl_s * 1000;
   time_format_rfc3339(now, ts, sizeof(ts));
   time_format_rfc3339(exp_ms, exp, sizeof(exp));
-  char *payload = json_text(c->payload, NULL);
+  size_t payload_len = 0;
+  char *payload = json_text(c->payload, &payload_len);
   /* A fresh UUIDv7 for a device this user owns: nothing to conflict with. */
   rc = store_exec_nowait(tx,
                          "INSERT INTO commands (id, device_id, type, payload, status, created_at, "
                          "expires_at, expires_at_ms) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
                          "ssssssi", c->cid, c->id, c->type, payload, ts, exp, exp_ms);
+  if (rc >= 0) {
+    subject_of(c->id, subject);
+    rc = events_record(
+        tx, "device.command.queued", subject,
+        json_pack("{s:s,s:s,s:s}", "device_id", c->id, "command_id", c->cid, "type", c->type),
+        NULL);
+  }
+  if (rc < 0) {
+    free(payload);
+    return rc;
+  }
+  /* The answer is what was just written, in command_json's shape, without a read
+   * that would wait for the writes above; written as text from the payload's text
+   * already made for the INSERT, rather than built as a value and dumped. */
+  json_buf_t b = {0};
+  JSON_BUF_LIT(&b, "{\"id\":");
+  json_buf_string(&b, c->cid);
+  JSON_BUF_LIT(&b, ",\"type\":");
+  json_buf_string(&b, c->type);
+  JSON_BUF_LIT(&b, ",\"payload\":");
+  if (payload)
+    json_buf_raw(&b, payload, payload_len);
+  else
+    JSON_BUF_LIT(&b, "{}");
+  JSON_BUF_LIT(&b, ",\"status\":\"queued\",\"result\":null,\"created_at\":");
+  json_buf_string(&b, ts);
+  JSON_BUF_LIT(&b, ",\"delivered_at\":null,\"completed_at\":null,\"expires_at\":");
+  json_buf_string(&b, exp);
+  JSON_BUF_LIT(&b, "}");
   free(payload);
-  if (rc < 0) return rc;
-  subject_of(c->id, subject);
-  rc = events_record(
-      tx, "device.command.queued", subject,
-      json_pack("{s:s,s:s,s:s}", "device_id", c->id, "command_id", c->cid, "type", c->type), NULL);
-  if (rc < 0) return rc;
-  /* The answer is what was just written (as command_json reads it back), without a
-   * read that would wait for the writes above. */
-  c->out =
-      json_pack("{s:s,s:s,s:o,s:s,s:n,s:s,s:n,s:n,s:s}", "id", c->cid, "type", c->type, "payload",
-                c->payload ? json_deep_copy(c->payload) : json_object(), "status", "queued",
-                "result", "created_at", ts, "delivered_at", "completed_at", "expires_at", exp);
-  return c->out ? idem_record_tx(tx, c->idem, 202, c->out) : -ERR_INTERNAL;
+  c->text = json_buf_finish(&b, &c->text_len);
+  return c->text ? idem_record_text_tx(tx, c->idem, 202, c->text) : -ERR_INTERNAL;
 }
 
 int devices_command_create(app_t *app, const char *user_id, const char *id, json_t *body,
-                           idem_pending_t *idem, json_t **out) {
+                           idem_pending_t *idem, char **json, size_t *len) {
   char cid[IDS_UUID_LEN];
   ids_uuid7(cid);
   json_t *ttl = json_object_get(body, "ttl_seconds");
@@ -452,10 +473,11 @@ int devices_command_create(app_t *app, const char *user_id, const char *id, json
   int rc = store_write(app->store, command_create_tx, &c);
   if (rc < 0) {
     /* The callback may have built the answer before the commit failed (disk full). */
-    json_decref(c.out);
-    c.out = NULL;
+    free(c.text);
+    c.text = NULL;
   }
-  *out = c.out;
+  *json = c.text;
+  *len = c.text_len;
   return rc;
 }
 

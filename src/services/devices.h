@@ -40,9 +40,10 @@ int devices_activate(app_t *app, const char *id, const char *external_id);
 int devices_fail(app_t *app, const char *id, const char *reason);
 
 /* Commands. */
-/* Queues a command; with idem, its 202 answer is recorded in the same transaction. */
+/* Queues a command; its 202 answer comes as JSON text (malloc'd, its length in *len)
+ * and, with idem, is recorded in the same transaction. */
 int devices_command_create(app_t *app, const char *user_id, const char *id, json_t *body,
-                           idem_pending_t *idem, json_t **out);
+                           idem_pending_t *idem, char **json, size_t *len);
 int devices_command_get(app_t *app, const char *user_id, const char *id, const char *cid,
                         json_t **out);
 /* The device's queued, unexpired commands, oldest first, as the MQTT payloads; an

@@ -87,8 +87,14 @@ int idem_record_tx(store_tx_t *tx, idem_pending_t *p, int status, json_t *body) 
   if (!p) return 0;
   char *text = json_text(body, NULL);
   if (!text) return -ERR_INTERNAL;
-  int rc = write_answer(tx, p->principal, p->key, status, text);
+  int rc = idem_record_text_tx(tx, p, status, text);
   free(text);
+  return rc;
+}
+
+int idem_record_text_tx(store_tx_t *tx, idem_pending_t *p, int status, const char *json) {
+  if (!p) return 0;
+  int rc = write_answer(tx, p->principal, p->key, status, json);
   if (rc < 0) return rc;
   p->status = status;
   return 0;

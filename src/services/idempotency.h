@@ -34,6 +34,8 @@ int idem_finish(app_t *app, const char *principal, const char *key, int status,
  * so both commit together. The HTTP layer then leaves the record alone when the
  * reply it sends has that status. No-op returning 0 when p is NULL. */
 int idem_record_tx(store_tx_t *tx, idem_pending_t *p, int status, json_t *body);
+/* The same for an answer already written as JSON text. */
+int idem_record_text_tx(store_tx_t *tx, idem_pending_t *p, int status, const char *json);
 /* Forgets a begun request (it failed with a server error: a retry should run again). */
 int idem_abort(app_t *app, const char *principal, const char *key);
 /* At start: frees the keys of requests this instance (its data dir's instance id)
