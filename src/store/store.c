@@ -106,6 +106,10 @@ int store_exec_nowait(store_tx_t *tx, const char *sql, const char *types, ...) {
   return rc < 0 ? rc : 0;
 }
 
+int64_t store_last_rowid(store_tx_t *tx) {
+  return tx->ops->last_rowid ? tx->ops->last_rowid(tx) : -1;
+}
+
 bool store_tx_writing_ctes(const store_tx_t *tx) { return strcmp(tx->ops->name, "postgres") == 0; }
 
 bool store__notify_text_ok(const char *s, size_t max) {

@@ -63,6 +63,12 @@ int store_exec(store_tx_t *tx, store_rows_t **rows, const char *sql, const char 
  * keys, rows the transaction holds), never to find a conflict. SQLite runs it at once. */
 int store_exec_nowait(store_tx_t *tx, const char *sql, const char *types, ...);
 
+/* The rowid of the row the last INSERT in tx wrote (what an INTEGER PRIMARY KEY
+ * column holds), or -1 on a backend without rowids (PostgreSQL: use RETURNING). On
+ * SQLite an INSERT ... RETURNING costs nearly twice a plain INSERT (an event insert
+ * measured 54k against 29k instructions), so hot inserts ask for the rowid instead. */
+int64_t store_last_rowid(store_tx_t *tx);
+
 /* Whether a WITH clause of tx's backend may write (INSERT ... RETURNING in a CTE):
  * PostgreSQL yes, SQLite no. Where each statement is a round trip, one statement
  * that writes two tables saves one. */

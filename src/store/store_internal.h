@@ -26,6 +26,8 @@ typedef struct {
   void (*listen)(store_t *s, store_listen_fn fn, void *arg);
   void (*unlisten)(store_t *s, store_listen_fn fn, void *arg);
   int (*leader)(store_t *s, const char *name);
+  /* Optional (NULL on PostgreSQL): see store_last_rowid. */
+  int64_t (*last_rowid)(store_tx_t *tx);
 } store_ops_t;
 
 #define STORE_HOOKS_MAX 4

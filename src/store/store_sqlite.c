@@ -584,6 +584,8 @@ static void sq_close(store_t *base) {
   free(s);
 }
 
+static int64_t sq_last_rowid(store_tx_t *tx) { return sqlite3_last_insert_rowid(tx->conn->db); }
+
 const store_ops_t store__sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -593,4 +595,5 @@ const store_ops_t store__sqlite_ops = {
     .exec = sq_exec,
     .ping = sq_ping,
     .failure = sq_failure,
+    .last_rowid = sq_last_rowid,
 };
