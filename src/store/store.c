@@ -110,6 +110,8 @@ int64_t store_last_rowid(store_tx_t *tx) {
   return tx->ops->last_rowid ? tx->ops->last_rowid(tx) : -1;
 }
 
+bool store_tx_sole_writer(const store_tx_t *tx) { return strcmp(tx->ops->name, "sqlite") == 0; }
+
 bool store_tx_writing_ctes(const store_tx_t *tx) { return strcmp(tx->ops->name, "postgres") == 0; }
 
 bool store__notify_text_ok(const char *s, size_t max) {

@@ -69,6 +69,11 @@ int store_exec_nowait(store_tx_t *tx, const char *sql, const char *types, ...);
  * measured 54k against 29k instructions), so hot inserts ask for the rowid instead. */
 int64_t store_last_rowid(store_tx_t *tx);
 
+/* Whether tx's writer is the only one the database has (SQLite: one process, one
+ * writer thread), so that rows a write transaction has read are still as read when
+ * it changes them. PostgreSQL: other instances may change them in between. */
+bool store_tx_sole_writer(const store_tx_t *tx);
+
 /* Whether a WITH clause of tx's backend may write (INSERT ... RETURNING in a CTE):
  * PostgreSQL yes, SQLite no. Where each statement is a round trip, one statement
  * that writes two tables saves one. */
