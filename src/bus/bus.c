@@ -93,7 +93,6 @@ static bool subscribed(const char *list, const char *type) {
 
 int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subject) {
   int64_t now = time_now_ms();
-  atomic_fetch_add(&fanned_out, 1);
   int queued = 0;
   for (int i = 0; i < queue_count(); i++) {
     if (!subscribed(queues[i].subscribes, type)) continue;
@@ -103,8 +102,13 @@ int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subjec
                           " created_at_ms) VALUES (?, ?, ?, ?, ?)",
                           "sisii", queues[i].name, seq, queues[i].fifo ? subject : NULL, now, now);
     if (rc < 0) return rc;
-    /* Other instances' workers wake on it (this one's on the commit hook). */
-    if (!queued++ && (rc = store_notify(tx, "queue", NULL)) < 0) return rc;
+    /* This instance's workers wake on the commit hook, other instances' on the
+     * notification. An event no queue takes (a queued command) wakes nobody: every
+     * worker would look for work in vain after each such commit. */
+    if (!queued++) {
+      atomic_fetch_add(&fanned_out, 1);
+      if ((rc = store_notify(tx, "queue", NULL)) < 0) return rc;
+    }
   }
   return 0;
 }
