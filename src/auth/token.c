@@ -217,19 +217,12 @@ void auth_keys_free(auth_keys_t **keys) {
   *keys = NULL;
 }
 
-static char *b64url(const void *data, size_t len) {
-  size_t cap = sodium_base64_ENCODED_LEN(len, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-  char *s = malloc(cap);
-  if (s) sodium_bin2base64(s, cap, data, len, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-  return s;
-}
-
 json_t *auth_keys_jwks(const auth_keys_t *ckeys) {
   auth_keys_t *keys = (auth_keys_t *)ckeys;
   pthread_rwlock_rdlock(&keys->lock);
   json_t *arr = json_array();
   for (int i = 0; i < keys->n; i++) {
-    char *x = b64url(keys->keys[i].pk, sizeof(keys->keys[i].pk));
+    char *x = auth_b64url_encode(keys->keys[i].pk, sizeof(keys->keys[i].pk));
     json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "kty", "OKP", "crv",
                                          "Ed25519", "x", x, "kid", keys->keys[i].kid, "alg",
                                          "EdDSA", "use", "sig"));
@@ -251,7 +244,8 @@ int auth_token_sign(const auth_keys_t *ckeys, const auth_claims_t *c, char **out
   char *hs = json_text(hdr, NULL), *ps = json_text(pl, NULL);
   json_decref(hdr);
   json_decref(pl);
-  char *h64 = hs ? b64url(hs, strlen(hs)) : NULL, *p64 = ps ? b64url(ps, strlen(ps)) : NULL;
+  char *h64 = hs ? auth_b64url_encode(hs, strlen(hs)) : NULL,
+       *p64 = ps ? auth_b64url_encode(ps, strlen(ps)) : NULL;
   int rc = -ERR_INTERNAL;
   if (h64 && p64) {
     size_t signed_len = strlen(h64) + 1 + strlen(p64);
@@ -260,7 +254,7 @@ int auth_token_sign(const auth_keys_t *ckeys, const auth_claims_t *c, char **out
       sprintf(jwt, "%s.%s", h64, p64);
       unsigned char sig[crypto_sign_BYTES];
       crypto_sign_detached(sig, NULL, (unsigned char *)jwt, signed_len, key->sk);
-      char *s64 = b64url(sig, sizeof(sig));
+      char *s64 = auth_b64url_encode(sig, sizeof(sig));
       if (s64) {
         jwt[signed_len] = '.';
         strcpy(jwt + signed_len + 1, s64);
