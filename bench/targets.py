@@ -171,10 +171,12 @@ Where a target is not met, the measurements above and the profile below say why:
   session check, an SQLite read, JSON and a log line that nginx's fixed answer does
   not. The baseline runs two Node processes, so it gets both cores too. libmicrohttpd
   runs one thread a core and never waits (writes go to their own pool), which keeps
-  the GET tail short; more GETs per second would need the request path to lose most
-  of its remaining allocations (a per-request arena instead of jansson and malloc).
-  nginx's own figure moves by a quarter between runs on this machine, so its ratio
-  does too.
+  the GET tail short. The answer is written as text straight from the row; of what
+  iotfin itself still does per GET (about 54k instructions outside libmicrohttpd's
+  pool memset, `bench/instructions_per_request.py`), the SQLite read is the largest
+  part, then libmicrohttpd's own request handling and the 64 KiB memset it does on
+  every request (the profile's top function). nginx's own figure moves by a quarter
+  between runs on this machine, so its ratio does too.
 - **POST routes.** Every POST is a durable write: it waits for a group commit
   (synchronous=FULL) on one of 64 `http-write` workers, so up to 64 writes share one
   commit. The profile's POST section shows where the rest goes: the kernel is the
@@ -183,9 +185,13 @@ Where a target is not met, the measurements above and the profile below say why:
   switches a request, each costly on this virtual machine. Going further needs
   handlers that go on from the writer's commit instead of a thread waiting for it.
   Anonymous sessions also sign a JWT: the profile section measures one Ed25519
-  signature (`build/bench_sign`), about 40 µs here, and a profile of that route
-  (`perf record` as in the profile section, against `/v1/sessions/anonymous`) put
-  libsodium at about a quarter of its samples.
+  signature (`build/bench_sign`), about 40 µs here (OpenSSL's, `openssl speed
+  ed25519`, took twice that), and a profile of that route (`perf record` as in the
+  profile section, against `/v1/sessions/anonymous`) put libsodium at about a
+  quarter of its samples. That is the bound on this target: ten times the Node
+  stack's anonymous rate (about 22,000 sessions a second) would take the signatures
+  alone a whole one of the two cores, which wrk shares, before any durable write
+  or HTTP work. The contract allows EdDSA or ES256; Ed25519 is the cheaper.
   The Node stack's anonymous route is its fastest write (no device lookup), so that
   ratio is the lowest.
 - **Command round trip.** Two durable commits lie on the path (the command's, then
@@ -194,9 +200,11 @@ Where a target is not met, the measurements above and the profile below say why:
   iotfin → client), with Python clients on both ends; the legs in the devices
   section show where the time goes.
 - **The bus.** One writer thread runs every transaction; the profile shows it busy
-  with SQLite itself for most of its time. Going past this needs the writer to do
-  less per event (fewer indexes per queue row, event JSON built before the
-  transaction) or a second writer database for queues.
+  with SQLite itself for most of its time: per event an events row (its table, three
+  indexes and the AUTOINCREMENT counter), a queue row (table, three indexes,
+  counter), a lease that moves the row in its three indexes, and a delete from all
+  four. Going past this needs fewer index entries per queue row or a second writer
+  database for queues.
 - **Device events with the durable PUBACK.** Mosquitto sends a PUBACK as soon as the
   plugin's message callback returns, on its one network thread, so every device event
   costs one write + fdatasync there and no sync can serve two messages: the broker

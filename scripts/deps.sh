@@ -16,10 +16,11 @@ if [ "${1:-}" = "test" ]; then
 python3-jwt python3-cryptography python3-pytest-xdist strace clang libclang-rt-14-dev \
 chromium chromium-driver python3-selenium postgresql-15"
 fi
-# python3-matplotlib: `make bench` draws its figures as SVG charts (bench/charts.py).
+# python3-matplotlib: `make bench` draws its figures as SVG charts (bench/charts.py);
+# valgrind: bench/instructions_per_request.py counts instructions per request.
 # wrk, nginx and nodejs are installed by bench/http_bench.py itself, when it runs.
 if [ "${1:-}" = "bench" ]; then
-  PKGS="$PKGS python3-matplotlib"
+  PKGS="$PKGS python3-matplotlib valgrind"
 fi
 
 missing=""
