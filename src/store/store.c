@@ -146,7 +146,7 @@ int store__rows_add(store_rows_t *r, int ncols, const char *const *cells) {
     r->blocks = b;
     r->cap = cap;
   }
-  /* A read of one row used to make a copy a cell: one allocation is a tenth of that. */
+  /* One allocation a row, not one a cell: a device row has ten cells. */
   size_t total = 1;
   for (int i = 0; i < ncols; i++)
     total += cells[i] ? strlen(cells[i]) + 1 : 0;
