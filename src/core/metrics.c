@@ -49,9 +49,10 @@ static unsigned hash(const char *a, const char *b) {
   return h;
 }
 
-/* Caller must hold lock. Returns NULL when the table is full. */
-static series_t *find(const char *name, const char *labels, int kind) {
-  unsigned h = hash(name, labels) % MAX_SERIES;
+/* Caller must hold lock; h is hash(name, labels), taken before the lock so that
+ * threads hold it for less. Returns NULL when the table is full. */
+static series_t *find(unsigned h, const char *name, const char *labels, int kind) {
+  h %= MAX_SERIES;
   for (int i = 0; i < MAX_SERIES; i++) {
     unsigned slot = (h + (unsigned)i) % MAX_SERIES;
     series_t *s = table[slot];
@@ -86,22 +87,25 @@ out:
 }
 
 void metrics_counter_add(const char *name, const char *labels, double v) {
+  unsigned h = hash(name, labels);
   pthread_mutex_lock(&lock);
-  series_t *s = find(name, labels, 0);
+  series_t *s = find(h, name, labels, 0);
   if (s) s->value += v;
   pthread_mutex_unlock(&lock);
 }
 
 void metrics_gauge_set(const char *name, const char *labels, double v) {
+  unsigned h = hash(name, labels);
   pthread_mutex_lock(&lock);
-  series_t *s = find(name, labels, 0);
+  series_t *s = find(h, name, labels, 0);
   if (s) s->value = v;
   pthread_mutex_unlock(&lock);
 }
 
 void metrics_histogram_observe(const char *name, const char *labels, double v) {
+  unsigned h = hash(name, labels);
   pthread_mutex_lock(&lock);
-  series_t *s = find(name, labels, 1);
+  series_t *s = find(h, name, labels, 1);
   if (s) {
     s->count++;
     s->sum += v;

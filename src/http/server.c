@@ -857,13 +857,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   if (!r) return;
   double secs = (double)(now_us() - r->start_us) / 1e6;
   const char *route = r->route ? r->route->path : r->route_label ? r->route_label : "unmatched";
+  /* The counter's labels are the histogram's and the status. */
   char labels[256];
-  const char *method = method_label(r->method);
-  snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\",status=\"%d\"", method, route,
-           r->status);
-  metrics_counter_add("iotfin_http_requests_total", labels, 1);
-  snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\"", method, route);
+  int n = snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\"", method_label(r->method),
+                   route);
   metrics_histogram_observe("iotfin_http_request_duration_seconds", labels, secs);
+  if (n > 0 && (size_t)n < sizeof(labels))
+    snprintf(labels + n, sizeof(labels) - (size_t)n, ",status=\"%d\"", r->status);
+  metrics_counter_add("iotfin_http_requests_total", labels, 1);
   log_access(srv, r, route, secs);
   if (r->held) MHD_destroy_response(r->held); /* the client left before it was sent */
   json_decref(r->json);
