@@ -41,6 +41,12 @@ def annotate(out):
     return rows
 
 
+def source_name(fn):
+    """"http/server.c:on_request" of callgrind's name for a function, however the
+    build named its source (absolute, or relative to the build folder)."""
+    return re.sub(r"^.*?(?:^|/)src/", "", fn)
+
+
 def one_run(binary, route, seconds):
     method, path, body, auth = ROUTES[route]
     tmp = tempfile.mkdtemp()
@@ -97,7 +103,7 @@ def main():
         # iotfin's own functions (the binary's, not a library's), largest first.
         own = [(c, f) for c, f, obj in rows if obj == os.path.abspath(b)]
         for count, fn in own[:args.top]:
-            print(f"  {count / n:>10,.0f}  {fn.split('/src/')[-1]}")
+            print(f"  {count / n:>10,.0f}  {source_name(fn)}")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,27 @@ def main():
                                          capture_output=True, text=True).stdout)
     except (OSError, ValueError):
         pass
+    # Instructions a request: the one figure here this machine's drifting speed leaves
+    # alone (bench/instructions_per_request.py; valgrind is a bench dependency).
+    counts = []
+    if shutil.which("valgrind") and shutil.which("callgrind_control"):
+        import instructions_per_request as ipr
+        for route in ("device_get", "me", "command_create", "sessions_anonymous"):
+            try:
+                n, total, memset, rows = ipr.one_run(f"{ROOT}/{BUILD}/iotfin", route, 6)
+            except (fx.IotfinError, OSError, subprocess.CalledProcessError, AttributeError,
+                    IndexError):
+                continue
+            # The request's own work, below the wrappers every request passes through.
+            wrappers = ("http/server.c:on_request", "http/server.c:dispatch",
+                        "http/server.c:run_fn", "http/server.c:write_run",
+                        "http/defer.c:worker_main", "store/store.c:store_read",
+                        "store/store.c:store_write", "store/store.c:store_exec")
+            own = [(c, ipr.source_name(f)) for c, f, obj in rows
+                   if obj == os.path.abspath(f"{ROOT}/{BUILD}/iotfin")
+                   and ipr.source_name(f) not in wrappers]
+            counts.append((route, n, total / n, (total - memset) / n,
+                           [(c / n, f) for c, f in own[:4]]))
     print("## Profile of the hottest paths\n")
     print("Commands: `perf record -F 2000 build/bench_bus 20000 32 2`, and `perf record -F 2000 -p "
           "<iotfin>` while `wrk -t2 -c64 -d5s` fetches `GET /v1/devices/{id}`, then posts "
@@ -127,6 +148,24 @@ def main():
         print(f"\nContext switches in iotfin while wrk posted commands for 5 s (`perf stat -e "
               f"context-switches`): {switches:,} for about {posts:,.0f} requests, "
               f"{switches / posts:.1f} a request.")
+    if counts:
+        method_path = {"device_get": "GET /v1/devices/{id}", "me": "GET /v1/me",
+                       "command_create": "POST /v1/devices/{id}/commands",
+                       "sessions_anonymous": "POST /v1/sessions/anonymous"}
+        print("\n### Instructions a request\n")
+        print("valgrind's callgrind counts what iotfin executes while `wrk -t1 -c4` sends the "
+              "route for 6 s (`bench/instructions_per_request.py --route <route> build/iotfin`). "
+              "Unlike time, the count does not move with this machine's speed. \"Outside memset\" "
+              "leaves out libc's memset, nearly all of it libmicrohttpd zeroing the connection's "
+              "64 KiB pool per request (valgrind counts each step of `rep stosb`, which inflates "
+              "it). Under valgrind iotfin runs some 50 times slower, so its background work "
+              "weighs a little more per request than at full speed.\n")
+        print("| route | requests counted | instructions a request | outside memset | "
+              "iotfin's largest functions (inclusive) |")
+        print("|---|---|---|---|---|")
+        for route, n, tot, out, own in counts:
+            fns = "; ".join(f"`{f}` {c / 1000:.0f}k" for c, f in own)
+            print(f"| `{method_path[route]}` | {n:,} | {tot / 1000:.0f}k | {out / 1000:.0f}k | {fns} |")
     print("""
 ### What the profiles showed, and what was done
 
