@@ -1,5 +1,6 @@
-/* libcurl-based partner calls. One easy handle per call keeps calls independent
- * across threads; connection reuse is not needed at partner call rates. */
+/* libcurl-based partner calls: one easy handle per calling thread, kept between its
+ * calls so that calls to one partner reuse a kept-alive connection (see
+ * thread_handle); results are sorted into verdicts the callers retry or give up on. */
 #include "partners/partners.h"
 
 #include <curl/curl.h>
