@@ -32,19 +32,24 @@ ROUTES = {
 }
 
 
-def one_run(binary, route, seconds):
+def wrk_target(route, base, tok, dev):
+    """(environment for bench/wrk/route.lua, URL) that send route to iotfin at base."""
     method, path, body, auth = ROUTES[route]
+    env = dict(os.environ, BENCH_METHOD=method)
+    if auth:
+        env["BENCH_TOKEN"] = tok
+    if body:
+        env["BENCH_BODY"] = body
+    return env, base + path.format(dev=dev)
+
+
+def one_run(binary, route, seconds):
     tmp = tempfile.mkdtemp()
     d = os.path.join(tmp, "data")
     p, base, _ = fx.start(binary, d, ROOT, os.path.join(tmp, "err.log"))
     try:
         tok, dev = fx.provision(base, d)
-        env = dict(os.environ, BENCH_METHOD=method)
-        if auth:
-            env["BENCH_TOKEN"] = tok
-        if body:
-            env["BENCH_BODY"] = body
-        url = base + path.format(dev=dev)
+        env, url = wrk_target(route, base, tok, dev)
         wrk = ["wrk", "-t2", "-c64", "-s", f"{ROOT}/bench/wrk/route.lua"]
         subprocess.run(wrk + ["-d2s", url], env=env, capture_output=True)  # warm-up
         stat = subprocess.Popen(["perf", "stat", "-x,", "-e", "task-clock", "-p", str(p.pid)],

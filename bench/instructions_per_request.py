@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import iotfin_fixture as fx  # noqa: E402
-from cpu_per_request import ROUTES  # noqa: E402
+from cpu_per_request import ROUTES, wrk_target  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,6 @@ def source_name(fn):
 
 
 def one_run(binary, route, seconds):
-    method, path, body, auth = ROUTES[route]
     tmp = tempfile.mkdtemp()
     out = os.path.join(tmp, "callgrind.out")
     wrapper = os.path.join(tmp, "iotfin")
@@ -63,12 +62,7 @@ def one_run(binary, route, seconds):
     p, base, _ = fx.start(wrapper, d, ROOT, os.path.join(tmp, "err.log"), ready_timeout=120)
     try:
         tok, dev = fx.provision(base, d, timeout=300)
-        env = dict(os.environ, BENCH_METHOD=method)
-        if auth:
-            env["BENCH_TOKEN"] = tok
-        if body:
-            env["BENCH_BODY"] = body
-        url = base + path.format(dev=dev)
+        env, url = wrk_target(route, base, tok, dev)
         wrk = ["wrk", "-t1", "-c4", "-s", f"{ROOT}/bench/wrk/route.lua"]
         subprocess.run(wrk + ["-d3s", url], env=env, capture_output=True)  # warm-up
         time.sleep(1)

@@ -208,9 +208,10 @@ def main():
     statistics, on by default), so the writer and every reader thread met on it:
     now off (`SQLITE_CONFIG_MEMSTATUS`). CPU per GET fell from 49.8 to 43.6 µs
     (medians of six interleaved runs of `bench/cpu_per_request.py`).
-  - On SQLite, `INSERT ... RETURNING` costs nearly twice a plain insert (54k against
-    29k instructions for an event row, measured alone): an event's insert now asks
-    for the rowid, and a claim on the only writer counts its changes instead.
+  - On SQLite, `INSERT ... RETURNING` costs nearly twice a plain insert (an events
+    row: 54k against 28k instructions, `valgrind --tool=callgrind
+    build/bench_returning returning` against `... rowid`): an event's insert now
+    asks for the rowid, and a claim on the only writer counts its changes instead.
   - Every event, even one no queue takes (a queued command), woke each bus worker
     into two reads looking for work: now only events that fan out wake them.
   - `GET /v1/devices/{id}`, `GET /v1/me` and the command's 202 write their answer as
@@ -221,9 +222,12 @@ def main():
     the pool's memset: `GET /v1/devices/{id}` 83k to 54k, `GET /v1/me` 65k to 48k,
     `POST /v1/devices/{id}/commands` 360k to 237k, `POST /v1/sessions/anonymous`
     568k to 461k (of which the Ed25519 signature is 257k; the token's base64url is
-    now written by a table, not libsodium's constant-time encoder). In requests per second on a slow
-    phase of this machine: the bus 9.9k to 15.4k events/s (medians of five
-    interleaved runs of `build/bench_bus 20000 32 2`), POST commands 8.1k to 12.4k.
+    now written by a table, not libsodium's constant-time encoder). In requests per
+    second, interleaved runs against 6cd4bf5 on a slow phase of this machine: the
+    bus 9.9k to 15.4k events/s (medians of five runs of `build/bench_bus 20000 32
+    2` each); `POST /v1/devices/{id}/commands` 9.7k to 13.4k req/s and 166 to 114 µs
+    of CPU a request (medians of four runs each, `bench/cpu_per_request.py --route
+    command_create --runs 4 <before>/iotfin build/iotfin`).
 - The largest single function of a GET is libc's `memset` (the table above), called
   by libmicrohttpd 0.9.75 to zero the connection's memory pool (`HEAD_POOL`, 64 KiB,
   in src/http/server.c) for every request: built with a 32 KiB pool, the same profile

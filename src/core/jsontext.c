@@ -11,9 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef json_buf_t out_t;
-
-static bool reserve(out_t *o, size_t more) {
+static bool reserve(json_buf_t *o, size_t more) {
   if (o->failed) return false;
   if (o->n + more + 1 <= o->cap) return true;
   size_t cap = o->cap ? o->cap : 256;
@@ -29,13 +27,13 @@ static bool reserve(out_t *o, size_t more) {
   return true;
 }
 
-static void put(out_t *o, const char *s, size_t len) {
+static void put(json_buf_t *o, const char *s, size_t len) {
   if (!reserve(o, len)) return;
   memcpy(o->p + o->n, s, len);
   o->n += len;
 }
 
-static void put_char(out_t *o, char c) {
+static void put_char(json_buf_t *o, char c) {
   if (!reserve(o, 1)) return;
   o->p[o->n++] = c;
 }
@@ -67,7 +65,7 @@ static const char *escape_of(unsigned char c, char buf[8]) {
 /* Bytes that cannot stand for themselves inside a JSON string: controls, '"', '\\'. */
 static const bool needs_escape[256] = {[0x00 ... 0x1f] = true, ['"'] = true, ['\\'] = true};
 
-static void put_string(out_t *o, const char *s, size_t len) {
+static void put_string(json_buf_t *o, const char *s, size_t len) {
   /* Room for the whole string unescaped at once; an escape asks for more itself. */
   if (!reserve(o, len + 2)) return;
   o->p[o->n++] = '"';
@@ -85,7 +83,7 @@ static void put_string(out_t *o, const char *s, size_t len) {
   put_char(o, '"');
 }
 
-static void put_value(out_t *o, const json_t *v) {
+static void put_value(json_buf_t *o, const json_t *v) {
   switch (json_typeof(v)) {
   case JSON_OBJECT: {
     put_char(o, '{');
@@ -146,7 +144,7 @@ static void put_value(out_t *o, const json_t *v) {
 
 char *json_text(const json_t *v, size_t *len) {
   if (!v) return NULL;
-  out_t o = {0};
+  json_buf_t o = {0};
   put_value(&o, v);
   return json_buf_finish(&o, len);
 }
