@@ -63,6 +63,10 @@ static uint64_t fanned_seen; /* writer thread only */
 static const bus_queue_t *queues = bus_queues;
 static int nqueues = -1;
 
+static _Atomic int idle_wait_ms = IDLE_WAIT_MS;
+
+void bus_set_idle_wait(int ms) { atomic_store(&idle_wait_ms, ms > 0 ? ms : IDLE_WAIT_MS); }
+
 void bus_set_queues(const bus_queue_t *q, int n) {
   queues = q;
   nqueues = n;
@@ -91,6 +95,13 @@ static bool subscribed(const char *list, const char *type) {
   return false;
 }
 
+/* Messages became ready in tx: this instance's workers wake when it commits (the
+ * commit hook), other instances' on the notification. */
+static int wake_on_commit(store_tx_t *tx) {
+  atomic_fetch_add(&fanned_out, 1);
+  return store_notify(tx, "queue", NULL);
+}
+
 int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subject) {
   int64_t now = time_now_ms();
   int queued = 0;
@@ -102,13 +113,9 @@ int bus_fanout(store_tx_t *tx, int64_t seq, const char *type, const char *subjec
                           " created_at_ms) VALUES (?, ?, ?, ?, ?)",
                           "sisii", queues[i].name, seq, queues[i].fifo ? subject : NULL, now, now);
     if (rc < 0) return rc;
-    /* This instance's workers wake on the commit hook, other instances' on the
-     * notification. An event no queue takes (a queued command) wakes nobody: every
-     * worker would look for work in vain after each such commit. */
-    if (!queued++) {
-      atomic_fetch_add(&fanned_out, 1);
-      if ((rc = store_notify(tx, "queue", NULL)) < 0) return rc;
-    }
+    /* An event no queue takes (a queued command) wakes nobody: every worker would
+     * look for work in vain after each such commit. */
+    if (!queued++ && (rc = wake_on_commit(tx)) < 0) return rc;
   }
   return 0;
 }
@@ -127,10 +134,7 @@ bool bus_single_fanout(const char *type, const char *subject, const char **queue
   return true;
 }
 
-int bus_fanout_written(store_tx_t *tx) {
-  atomic_fetch_add(&fanned_out, 1);
-  return store_notify(tx, "queue", NULL);
-}
+int bus_fanout_written(store_tx_t *tx) { return wake_on_commit(tx); }
 
 static bus_outcome_t outcome(bus_result_t r, int64_t delay, const char *fmt, va_list ap) {
   bus_outcome_t o = {.result = r, .delay_ms = delay};
@@ -1080,7 +1084,7 @@ static void *worker_main(void *arg) {
     if (n < 0) log_error("bus", "claiming messages failed; retrying");
     /* Nothing visible: sleep until a commit wakes us or a delay may have passed. */
     struct timespec ts;
-    time_deadline(IDLE_WAIT_MS, &ts);
+    time_deadline(atomic_load(&idle_wait_ms), &ts);
     pthread_mutex_lock(&bus->lock);
     while (!bus->stopping && bus->wake_seq == seen)
       if (pthread_cond_timedwait(&bus->cond, &bus->lock, &ts) != 0) break;
@@ -1327,7 +1331,9 @@ static int redrive_tx(store_tx_t *tx, void *arg) {
       c->redriven += rc;
     }
   }
-  return alarm_update(tx, c->queue);
+  /* Redriven messages are ready now: their workers need not wait for an idle poll. */
+  int rc = c->redriven > 0 ? wake_on_commit(tx) : 0;
+  return rc < 0 ? rc : alarm_update(tx, c->queue);
 }
 
 int bus_redrive(app_t *app, const char *queue, json_t *ids, int *redriven) {

@@ -48,6 +48,10 @@ typedef struct {
 extern const bus_queue_t bus_queues[];
 extern const int bus_queues_count;
 void bus_set_queues(const bus_queue_t *queues, int n);
+/* How long an idle worker sleeps before it looks for work on its own (200 ms; 0 sets
+ * that back). Tests lengthen it to show that a change which makes messages ready
+ * wakes the workers itself. */
+void bus_set_idle_wait(int ms);
 const bus_queue_t *bus_queue_find(const char *name);
 
 /* Enqueues event seq on every queue subscribed to type. Called by events_record()

@@ -209,6 +209,7 @@ static int teardown(void **state) {
   if (f->bus) bus_stop(&f->bus, 1000);
   store_close(&f->app.store);
   bus_set_queues(bus_queues, bus_queues_count);
+  bus_set_idle_wait(0);
   DIR *d = opendir(f->dir);
   if (d) {
     struct dirent *e;
@@ -719,6 +720,26 @@ static void test_redrive_fresh_count_and_alarm_clears_when_dlq_empty(void **stat
   assert_int_equal(jint(a, "count"), 1);
   json_decref(a);
   assert_int_equal(n_events(f, "alarm.raised", "alarms/dead-letters:q-toggle"), 2);
+}
+
+/* A redrive wakes the workers itself: with their idle poll a minute apart, redriven
+ * messages still run at once. */
+static void test_redrive_wakes_the_workers(void **state) {
+  fx_t *f = *state;
+  bus_set_queues(toggle_queues, 1);
+  T.failing = true;
+  start(f);
+  publish1(f, "sessions/w1", 1, NULL);
+  assert_true(wait_state(f, "q-toggle", "dead", 1));
+  bus_set_idle_wait(60000);
+  sleep_ms(400); /* both workers now in the long sleep: their last short one has ended */
+  pthread_mutex_lock(&T.lock);
+  T.failing = false;
+  pthread_mutex_unlock(&T.lock);
+  int redriven = 0;
+  assert_int_equal(bus_redrive(&f->app, "q-toggle", NULL, &redriven), 0);
+  assert_int_equal(redriven, 1);
+  assert_true(wait_empty(f, "q-toggle"));
 }
 
 /* ---- not ready ------------------------------------------------------------------- */
@@ -1410,6 +1431,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_dead_letter_pagination, setup, teardown),
       cmocka_unit_test_setup_teardown(test_redrive_fresh_count_and_alarm_clears_when_dlq_empty,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(test_redrive_wakes_the_workers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_not_ready_is_not_counted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_not_ready_then_failures_count_only_failures, setup,
                                       teardown),
