@@ -103,9 +103,17 @@ static const char *storage_cause(int rc) {
 
 /* SQLite counts every allocation under one process-wide mutex unless told not to;
  * the writer and every reader thread would meet on it, and nothing here reads the
- * counts. It must be said before SQLite initialises, hence before main() runs. */
+ * counts. It must be said before SQLite initialises, hence before main() runs.
+ *
+ * Each job of a write batch runs in a savepoint, so SQLite copies every page a job
+ * first touches into a statement journal, freed again at the job's end. Held in
+ * memory (temp_store=MEMORY) that journal grows in 1 KiB pieces, five allocations a
+ * page; otherwise it is one piece of the spill size below, and a file past it. 1 MiB
+ * (256 pages) keeps every ordinary job in that one piece: a fifth less writer time
+ * per bus event (bench_bus under callgrind). */
 __attribute__((constructor)) static void sqlite_configure(void) {
   sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+  sqlite3_config(SQLITE_CONFIG_STMTJRNL_SPILL, 1 << 20);
 }
 
 static int conn_open(const char *path, conn_t **out) {
@@ -122,9 +130,11 @@ static int conn_open(const char *path, conn_t **out) {
   /* A database made by an older build or under a loose umask holds emails and
    * password hashes: owner only. SQLite gives -wal and -shm the main file's mode. */
   chmod(path, 0600);
-  /* FULL: a committed state change survives power loss; group commit pays for it. */
-  const char *pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
-                        "PRAGMA temp_store=MEMORY;";
+  /* FULL: a committed state change survives power loss; group commit pays for it.
+   * temp_store stays SQLite's default (a file past the cache): statement journals then
+   * come in one piece (sqlite_configure), and a large sort spills instead of growing
+   * without bound in memory. */
+  const char *pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;";
   char *err = NULL;
   if (sqlite3_exec(c->db, pragmas, NULL, NULL, &err) != SQLITE_OK) {
     log_error("store", "cannot configure sqlite: %s", err ? err : "?");
