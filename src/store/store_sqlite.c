@@ -1,7 +1,6 @@
 /* SQLite backend: WAL, synchronous=FULL, and group commit. One writer thread owns
  * the write connection and commits every callback waiting at that moment in one
- * transaction, each in its own savepoint; readers use a connection per thread, and
- * a checkpointer thread copies the WAL back into the database beside the writer.
+ * transaction, each in its own savepoint; readers use a connection per thread.
  * When the disk refuses writes (full, I/O error, read-only) the store says so once,
  * answers -ERR_UNAVAILABLE, probes every PROBE_MS and says so again when it heals. */
 #include <pthread.h>
@@ -24,11 +23,6 @@
 #define STMT_CACHE 96
 #define BATCH_MAX 512
 #define PROBE_MS 250
-/* WAL pages (4 KiB each) past which the checkpointer is asked to run (SQLite's own
- * autocheckpoint figure), and past which the writer checkpoints itself: the WAL stays
- * bounded even when the checkpointer cannot keep up. */
-#define CKPT_PAGES 1000
-#define CKPT_WRITER_PAGES 16000
 
 typedef struct {
   char *sql;
@@ -76,15 +70,6 @@ typedef struct {
   atomic_bool failing;
   _Atomic(const char *) failure;
   int64_t last_probe_ms;
-  /* The checkpointer: its own connection and thread, woken through ckpt_cond when a
-   * commit leaves the WAL past CKPT_PAGES. ckpt_lock guards ckpt_wanted and
-   * ckpt_stopping; ckpt_failing is the checkpointer's own (logs a failure once). */
-  conn_t *ckpt;
-  pthread_t ckpt_thread;
-  bool ckpt_started;
-  pthread_mutex_t ckpt_lock;
-  pthread_cond_t ckpt_cond;
-  bool ckpt_wanted, ckpt_stopping, ckpt_failing;
 } sqlite_store_t;
 
 /* True for result codes that say the disk, not the SQL, is at fault. */
@@ -148,10 +133,8 @@ static int conn_open(const char *path, conn_t **out) {
   /* FULL: a committed state change survives power loss; group commit pays for it.
    * temp_store stays SQLite's default (a file past the cache): statement journals then
    * come in one piece (sqlite_configure), and a large sort spills instead of growing
-   * without bound in memory. A WAL that grew while the checkpointer lagged behind
-   * (up to CKPT_WRITER_PAGES) is cut back to 16 MiB when it starts over. */
-  const char *pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
-                        "PRAGMA journal_size_limit=16777216;";
+   * without bound in memory. */
+  const char *pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;";
   char *err = NULL;
   if (sqlite3_exec(c->db, pragmas, NULL, NULL, &err) != SQLITE_OK) {
     log_error("store", "cannot configure sqlite: %s", err ? err : "?");
@@ -552,68 +535,6 @@ static int migrate(conn_t *c, const char *path) {
   return 0;
 }
 
-/* Runs after each commit of the writer, on the writer thread. SQLite's default hook
- * checkpoints right here once the WAL passes 1,000 pages: the writer would then copy
- * pages and fsync the database file while every caller waits for its commit (the
- * long tail of a write's latency, and time the bus's writer does not commit in). */
-static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages) {
-  sqlite_store_t *s = arg;
-  if (pages >= CKPT_WRITER_PAGES) {
-    /* PASSIVE: busy (the checkpointer is at it) is no error, nothing waits. */
-    sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-  } else if (pages >= CKPT_PAGES) {
-    pthread_mutex_lock(&s->ckpt_lock);
-    if (!s->ckpt_wanted) {
-      s->ckpt_wanted = true;
-      pthread_cond_signal(&s->ckpt_cond);
-    }
-    pthread_mutex_unlock(&s->ckpt_lock);
-  }
-  return SQLITE_OK;
-}
-
-static void *ckpt_main(void *p) {
-  sqlite_store_t *s = p;
-  pthread_setname_np(pthread_self(), "store-ckpt");
-  pthread_mutex_lock(&s->ckpt_lock);
-  for (;;) {
-    while (!s->ckpt_wanted && !s->ckpt_stopping)
-      pthread_cond_wait(&s->ckpt_cond, &s->ckpt_lock);
-    if (s->ckpt_stopping) break;
-    s->ckpt_wanted = false;
-    pthread_mutex_unlock(&s->ckpt_lock);
-    /* PASSIVE copies what no reader still needs without blocking the writer or a
-     * reader; the writer rewinds the WAL at its next commit once all of it is in. */
-    int log_pages = 0, done = 0;
-    int rc =
-        sqlite3_wal_checkpoint_v2(s->ckpt->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done);
-    if (rc != SQLITE_OK && rc != SQLITE_BUSY && !s->ckpt_failing) {
-      s->ckpt_failing = true;
-      log_warn("store",
-               "checkpoint failed: %s; the WAL keeps every write and grows until one succeeds",
-               sqlite3_errmsg(s->ckpt->db));
-    } else if (rc == SQLITE_OK && s->ckpt_failing) {
-      s->ckpt_failing = false;
-      log_info("store", "checkpoints succeed again (%d of %d WAL pages in the database)", done,
-               log_pages);
-    }
-    pthread_mutex_lock(&s->ckpt_lock);
-  }
-  pthread_mutex_unlock(&s->ckpt_lock);
-  return NULL;
-}
-
-/* Stops and joins the checkpointer, if it runs. */
-static void ckpt_stop(sqlite_store_t *s) {
-  if (!s->ckpt_started) return;
-  pthread_mutex_lock(&s->ckpt_lock);
-  s->ckpt_stopping = true;
-  pthread_cond_signal(&s->ckpt_cond);
-  pthread_mutex_unlock(&s->ckpt_lock);
-  pthread_join(s->ckpt_thread, NULL);
-  s->ckpt_started = false;
-}
-
 static void sq_close(store_t *base);
 
 static int sq_open(const char *path, store_t **out) {
@@ -623,8 +544,6 @@ static int sq_open(const char *path, store_t **out) {
   s->path = strdup(path);
   pthread_mutex_init(&s->lock, NULL);
   pthread_cond_init(&s->work_cond, NULL);
-  pthread_mutex_init(&s->ckpt_lock, NULL);
-  pthread_cond_init(&s->ckpt_cond, NULL);
 
   pthread_key_create(&s->reader_key, NULL);
   int rc = conn_open(path, &s->writer);
@@ -639,18 +558,8 @@ static int sq_open(const char *path, store_t **out) {
        sqlite3_prepare_v2(s->writer->db, "ROLLBACK TO job", -1, &s->sp_rollback, NULL) !=
            SQLITE_OK))
     rc = -ERR_UNAVAILABLE;
-  if (rc == 0) rc = conn_open(path, &s->ckpt);
-  if (rc == 0) {
-    if (pthread_create(&s->ckpt_thread, NULL, ckpt_main, s) != 0)
-      rc = -ERR_INTERNAL;
-    else
-      s->ckpt_started = true;
-  }
-  if (rc == 0) sqlite3_wal_hook(s->writer->db, on_wal_commit, s);
   if (rc == 0 && pthread_create(&s->writer_thread, NULL, writer_main, s) != 0) rc = -ERR_INTERNAL;
   if (rc < 0) {
-    ckpt_stop(s);
-    if (s->ckpt) conn_close(s->ckpt);
     if (s->writer) conn_close(s->writer);
     pthread_key_delete(s->reader_key);
     free(s->path);
@@ -668,8 +577,6 @@ static void sq_close(store_t *base) {
   pthread_cond_signal(&s->work_cond);
   pthread_mutex_unlock(&s->lock);
   pthread_join(s->writer_thread, NULL);
-  ckpt_stop(s);
-  conn_close(s->ckpt);
   sqlite3_finalize(s->sp_begin);
   sqlite3_finalize(s->sp_release);
   sqlite3_finalize(s->sp_rollback);
@@ -682,8 +589,6 @@ static void sq_close(store_t *base) {
   pthread_mutex_destroy(&s->lock);
   store__base_free(&s->base);
   pthread_cond_destroy(&s->work_cond);
-  pthread_mutex_destroy(&s->ckpt_lock);
-  pthread_cond_destroy(&s->ckpt_cond);
 
   free(s->path);
   free(s);

@@ -1,8 +1,6 @@
 /* Unit tests for src/store/ (store.c and store_sqlite.c) on a real SQLite file in a
  * fresh mkdtemp folder: migrations, group-committed writes with per-callback
- * rollback under concurrency, error mapping, bindings and the rows accessors, and
- * checkpoints off the writer's path (through a VFS that can slow the database's
- * fsync down). */
+ * rollback under concurrency, error mapping, bindings and the rows accessors. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,13 +9,10 @@
 #include <cmocka.h>
 #include <dirent.h>
 #include <pthread.h>
-#include <sqlite3.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "core/errors.h"
@@ -605,145 +600,9 @@ static void test_notify_text_and_leadership_on_sqlite(void **state) {
   assert_int_equal(store_leader(f->s, "ingest"), 1);
 }
 
-/* ---- a VFS whose fsync of a main database file can be made slow ------------------- */
-
-/* Every file passes through to SQLite's default VFS; only xSync of a main database
- * file (which in WAL mode only a checkpoint does) first sleeps slow_db_sync_ms. */
-static sqlite3_vfs *base_vfs, slow_vfs;
-static sqlite3_io_methods slow_io;
-static atomic_int slow_db_sync_ms, db_syncs;
-
-typedef struct {
-  sqlite3_file base;
-  bool main_db;
-  sqlite3_file *real; /* follows this struct in the same allocation */
-} slow_file_t;
-
-#define REAL(f) (((slow_file_t *)(f))->real)
-static int s_close(sqlite3_file *f) { return REAL(f)->pMethods->xClose(REAL(f)); }
-static int s_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o) {
-  return REAL(f)->pMethods->xRead(REAL(f), b, n, o);
-}
-static int s_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o) {
-  return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
-}
-static int s_truncate(sqlite3_file *f, sqlite3_int64 n) {
-  return REAL(f)->pMethods->xTruncate(REAL(f), n);
-}
-static int s_sync(sqlite3_file *f, int flags) {
-  if (((slow_file_t *)f)->main_db) {
-    atomic_fetch_add(&db_syncs, 1);
-    int ms = atomic_load(&slow_db_sync_ms);
-    if (ms > 0) usleep((useconds_t)ms * 1000);
-  }
-  return REAL(f)->pMethods->xSync(REAL(f), flags);
-}
-static int s_size(sqlite3_file *f, sqlite3_int64 *n) {
-  return REAL(f)->pMethods->xFileSize(REAL(f), n);
-}
-static int s_lock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xLock(REAL(f), l); }
-static int s_unlock(sqlite3_file *f, int l) { return REAL(f)->pMethods->xUnlock(REAL(f), l); }
-static int s_reserved(sqlite3_file *f, int *out) {
-  return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
-}
-static int s_control(sqlite3_file *f, int op, void *arg) {
-  return REAL(f)->pMethods->xFileControl(REAL(f), op, arg);
-}
-static int s_sector(sqlite3_file *f) { return REAL(f)->pMethods->xSectorSize(REAL(f)); }
-static int s_device(sqlite3_file *f) { return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f)); }
-static int s_shm_map(sqlite3_file *f, int pg, int sz, int extend, void volatile **out) {
-  return REAL(f)->pMethods->xShmMap(REAL(f), pg, sz, extend, out);
-}
-static int s_shm_lock(sqlite3_file *f, int off, int n, int flags) {
-  return REAL(f)->pMethods->xShmLock(REAL(f), off, n, flags);
-}
-static void s_shm_barrier(sqlite3_file *f) { REAL(f)->pMethods->xShmBarrier(REAL(f)); }
-static int s_shm_unmap(sqlite3_file *f, int del) {
-  return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
-}
-
-static int s_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *f, int flags,
-                  int *out_flags) {
-  (void)vfs;
-  slow_file_t *sf = (slow_file_t *)f;
-  sf->real = (sqlite3_file *)(sf + 1);
-  sf->main_db = (flags & SQLITE_OPEN_MAIN_DB) != 0;
-  int rc = base_vfs->xOpen(base_vfs, name, sf->real, flags, out_flags);
-  f->pMethods = sf->real->pMethods ? &slow_io : NULL;
-  return rc;
-}
-
-/* Makes slow_vfs SQLite's default, before any store opens (main()). */
-static void register_slow_vfs(void) {
-  base_vfs = sqlite3_vfs_find(NULL);
-  slow_vfs = *base_vfs;
-  slow_vfs.zName = "iotfin-test-slow-sync";
-  slow_vfs.szOsFile = (int)sizeof(slow_file_t) + base_vfs->szOsFile;
-  slow_vfs.xOpen = s_open;
-  slow_io = (sqlite3_io_methods){.iVersion = 2,
-                                 .xClose = s_close,
-                                 .xRead = s_read,
-                                 .xWrite = s_write,
-                                 .xTruncate = s_truncate,
-                                 .xSync = s_sync,
-                                 .xFileSize = s_size,
-                                 .xLock = s_lock,
-                                 .xUnlock = s_unlock,
-                                 .xCheckReservedLock = s_reserved,
-                                 .xFileControl = s_control,
-                                 .xSectorSize = s_sector,
-                                 .xDeviceCharacteristics = s_device,
-                                 .xShmMap = s_shm_map,
-                                 .xShmLock = s_shm_lock,
-                                 .xShmBarrier = s_shm_barrier,
-                                 .xShmUnmap = s_shm_unmap};
-  sqlite3_vfs_register(&slow_vfs, 1);
-}
-
-static int insert_page_sized(store_tx_t *tx, void *arg) {
-  return store_exec(tx, NULL, "INSERT INTO t (id, v) VALUES (?, hex(randomblob(12000)))", "s",
-                    (const char *)arg);
-}
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Once the WAL passes its threshold the database file is written and fsynced: by a
- * thread of its own, so that no commit waits for it. SQLite's own autocheckpoint would
- * do it inside the commit that crossed the threshold, and that caller (and everyone
- * queued behind it) would wait for the database's fsync, made a second long here. */
-static void test_checkpoints_do_not_hold_up_commits(void **state) {
-  fixture_t *f = *state;
-  atomic_store(&db_syncs, 0);
-  atomic_store(&slow_db_sync_ms, 1000);
-  int64_t slowest = 0;
-  char id[32];
-  /* 300 rows of 24 KB: about 1,800 WAL pages, past the 1,000-page threshold. */
-  for (int i = 0; i < 300; i++) {
-    snprintf(id, sizeof(id), "row-%d", i);
-    int64_t t0 = mono_ms();
-    assert_int_equal(store_write(f->s, insert_page_sized, id), 1);
-    int64_t took = mono_ms() - t0;
-    if (took > slowest) slowest = took;
-  }
-  /* The checkpoint did run meanwhile (and met the slow fsync)... */
-  for (int waited = 0; atomic_load(&db_syncs) == 0 && waited < 5000; waited += 10)
-    usleep(10 * 1000);
-  assert_true(atomic_load(&db_syncs) > 0);
-  /* ...and no write waited for it. */
-  if (slowest >= 500)
-    fail_msg("a write took %lld ms: it waited for a checkpoint", (long long)slowest);
-  atomic_store(&slow_db_sync_ms, 0);
-  assert_int_equal(read_int(f->s, "SELECT count(*) FROM t"), 300);
-}
-
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void) {
-  register_slow_vfs();
   const struct CMUnitTest tests[] = {
       T(test_open_applies_migrations),
       T(test_reopen_does_not_reapply),
@@ -761,7 +620,6 @@ int main(void) {
       T(test_full_database_is_unavailable_and_recovers),
       cmocka_unit_test(test_open_failures),
       T(test_notify_text_and_leadership_on_sqlite),
-      T(test_checkpoints_do_not_hold_up_commits),
       /* Last: it shows a memory error, which ASan turns into an abort. */
       T(test_wide_rows),
   };
