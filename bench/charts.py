@@ -317,12 +317,16 @@ def chart_devices_latency(plt, res, out):
             ("api_to_device_ms", "API call →\ndevice has it"),
             ("post_ms", "POST answered\n(202)"),
             ("device_to_visible_ms", "device acks →\nvisible over the API")]
-    vals = [(get(doc, f"command_round_trip.{k}.p50", src), get(doc, f"command_round_trip.{k}.p99", src))
-            for k, _ in legs]
+    def leg_values(base):
+        return [(get(doc, f"{base}.{k}.p50", src), get(doc, f"{base}.{k}.p99", src)) for k, _ in legs]
+    series = []
+    if doc["command_round_trip"].get("c_clients"):
+        series.append(("C clients", IOTFIN, IOTFIN_LIGHT, leg_values("command_round_trip.c_clients")))
+    series.append(("Python clients", OTHER, OTHER_LIGHT, leg_values("command_round_trip")))
     fig, (a,) = figure(plt, "Command round trip: p50 (dark, inside) and p99 (light) per leg",
                        f"300 sequential round trips per run over one keep-alive connection, "
-                       f"a paho device (MQTT v5); {date_of(doc, src)}; log scale", width=8)
-    latency_bars(a, [n for _, n in legs], [("iotfin", IOTFIN, IOTFIN_LIGHT, vals)], width=0.5)
+                       f"an MQTT v5 device; {date_of(doc, src)}; log scale", width=8)
+    latency_bars(a, [n for _, n in legs], series, width=0.7)
     target_line(a, 2, "target: round trip p50 < 2 ms")
     a.legend(loc="upper right")
     save(plt, fig, os.path.join(out, "devices_latency.svg"))

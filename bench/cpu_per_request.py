@@ -1,5 +1,5 @@
 """CPU time iotfin spends per request, for one route, for one or more builds side by
-side: each build serves `wrk -t2 -c64` for --seconds while `perf stat -e task-clock`
+side: each build serves `wrk -t2 -c64` for --seconds (its p99 printed too) while `perf stat -e task-clock`
 counts the iotfin process's CPU; the runs of the builds are interleaved, so that a
 machine whose speed drifts (CPU steal) weighs on all of them alike. CPU per request
 is steadier than requests per second on a shared machine, and it is what a change on
@@ -50,7 +50,7 @@ def one_run(binary, route, seconds):
     try:
         tok, dev = fx.provision(base, d)
         env, url = wrk_target(route, base, tok, dev)
-        wrk = ["wrk", "-t2", "-c64", "-s", f"{ROOT}/bench/wrk/route.lua"]
+        wrk = ["wrk", "-t2", "-c64", "--latency", "-s", f"{ROOT}/bench/wrk/route.lua"]
         subprocess.run(wrk + ["-d2s", url], env=env, capture_output=True)  # warm-up
         stat = subprocess.Popen(["perf", "stat", "-x,", "-e", "task-clock", "-p", str(p.pid)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -64,7 +64,9 @@ def one_run(binary, route, seconds):
         shutil.rmtree(tmp, ignore_errors=True)
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
     cpu_ms = float(next(line for line in err.splitlines() if "task-clock" in line).split(",")[0])
-    return rps, cpu_ms * 1000 / (rps * seconds)
+    v, unit = re.search(r"99%\s+([0-9.]+)(us|ms|s)", out).groups()
+    p99_ms = float(v) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
+    return rps, cpu_ms * 1000 / (rps * seconds), p99_ms
 
 
 def main():
@@ -78,9 +80,10 @@ def main():
     for r in range(args.runs):
         order = args.binaries if r % 2 == 0 else list(reversed(args.binaries))
         for b in order:
-            rps, us = one_run(b, args.route, args.seconds)
+            rps, us, p99 = one_run(b, args.route, args.seconds)
             results[b].append(us)
-            print(f"run {r + 1} {b}: {rps:,.0f} req/s, {us:.1f} us CPU a request", flush=True)
+            print(f"run {r + 1} {b}: {rps:,.0f} req/s, {us:.1f} us CPU a request, "
+                  f"p99 {p99:.1f} ms", flush=True)
     for b, us in results.items():
         print(f"{b}: median {statistics.median(us):.1f} us CPU a request "
               f"({', '.join(f'{u:.1f}' for u in us)})")

@@ -118,8 +118,14 @@ if dev and dev.get("device_events"):
     row("device events stored and forwarded ≥ ½ of the broker alone",
         f"{de:.2f}× (stored only: {ds:.2f}×)", de >= 0.5)
 if dev and dev.get("command_round_trip"):
-    rtt = dev["command_round_trip"]["round_trip_ms"]["p50"]
-    row("command round trip p50 < 2 ms", f"{rtt:.2f} ms", rtt < 2)
+    ct = dev["command_round_trip"]
+    rtt = ct["round_trip_ms"]["p50"]
+    if ct.get("c_clients"):
+        crtt = ct["c_clients"]["round_trip_ms"]["p50"]
+        row("command round trip p50 < 2 ms",
+            f"{crtt:.2f} ms with C clients (Python clients: {rtt:.2f} ms)", crtt < 2)
+    else:
+        row("command round trip p50 < 2 ms", f"{rtt:.2f} ms", rtt < 2)
 if dev and dev.get("start_stop"):
     ready = dev["start_stop"]["fresh"]["ready_ms_median"]
     row("`iotfin serve` ready < 100 ms, managed broker included", f"{ready:.0f} ms", ready < 100)
