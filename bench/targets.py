@@ -200,25 +200,45 @@ Where a target is not met, the measurements above and the profile below say why:
   or HTTP work. The contract allows EdDSA or ES256; Ed25519 is the cheaper.
   The Node stack's anonymous route is its fastest write (no device lookup), so that
   ratio is the lowest.
-- **Command round trip.** Two durable commits lie on the path (the command's, then
-  the ack's, whose QoS 1 PUBACK also waits for the broker's spool fdatasync) and four
-  hops between processes over loopback (client → iotfin → broker → device → broker →
-  iotfin → client), with Python clients on both ends; the legs in the devices
-  section show where the time goes.
-- **The bus.** One writer thread runs every transaction; the profile shows it busy
+- **Command round trip.** Three disk flushes lie on the path, one after another: the
+  command's commit, the ack's spool append (its QoS 1 PUBACK waits for it) and the
+  ack's commit; each costs about one durable append of the fleet section's disk limit
+  (0.17-0.22 ms on this disk). Around them are four hops between processes over
+  loopback (client → iotfin → broker → device → broker → iotfin → client) and, inside
+  iotfin, the hand-overs between threads (HTTP thread → write worker → store writer
+  and back; MQTT thread → hub lane → store writer). Timed with C clients on both ends
+  (`build/bench_roundtrip`) the trip takes about as long as with the Python clients,
+  so it is iotfin, its broker and the disk. And a trip is not alone on the writer:
+  each one causes about five database commits (the command, its delivery, the ack,
+  and the BANK forwarder's claims and settlements of the events they record; `strace
+  -f -e fdatasync` on iotfin and its broker over five trips counted 27, and 5 spool
+  appends), each with its flush, so the ack's commit often waits for another to finish
+  first. A `POST` that answered before its commit would meet the target by giving up
+  what a 2xx promises.
+- **The bus.** Whether a run meets the target moves with this machine's drifting
+  speed: one build measured 16,000 to 28,000 events/s on one afternoon (its git log
+  has the runs). One writer thread runs every transaction; the profile shows it busy
   with SQLite itself for most of its time: per event an events row (its table, three
   indexes and the AUTOINCREMENT counter), a queue row (table, three indexes,
   counter), a lease that moves the row in its three indexes, and a delete from all
-  four. Going past this needs fewer index entries per queue row or a second writer
-  database for queues.
+  four. Each job's savepoint copies the pages it changes into a statement journal,
+  now one 1 MiB piece of memory instead of 1 KiB pieces (a fifth of the writer's
+  instructions per event, `bench_bus` under callgrind). Going further needs fewer
+  index entries per queue row or a second writer database for queues. Checkpoints
+  stay in the writer's commit (SQLite's own): one on a thread of its own was tried
+  twice and measured slower on the bus, since under a steady stream of commits it
+  never catches up with the writer (the git log has the figures).
 - **Device events with the durable PUBACK.** Mosquitto sends a PUBACK as soon as the
   plugin's message callback returns, on its one network thread, so every device event
   costs one write + fdatasync there and no sync can serve two messages: the broker
   takes at most one event per disk flush, whatever the number of devices. The disk's
   one-record durable append rate (measured beside it) is the ceiling of the whole
   path; the fleet section below says how close iotfin gets and what it costs against
-  the path before the spool. Going past it needs a group commit below the PUBACK (a
-  broker that can hold PUBACKs until a shared sync), not more work in the plugin.
+  the path before the spool. iotfin's own commits (the stored events, in group
+  commits) flush the same disk, so the spool gets less than the whole flush rate: the
+  0.8× target would leave the database a fifth of the disk's flushes. Going past it
+  needs a group commit below the PUBACK (a broker that can hold PUBACKs until a shared
+  sync), not more work in the plugin.
 - **PostgreSQL.** One writer connection runs the write batches, in libpq's pipeline
   mode: only a statement whose answer a job reads waits for it (a claim, a read inside
   a write); the savepoints between jobs, an event with its queue row, a settlement's
@@ -239,6 +259,10 @@ Where a target is not met, the measurements above and the profile below say why:
   once per write batch, so their writers take turns: writes go no faster than one
   writer, and each turn adds a lock hand-over. Reads take no lock, but here the three
   instances share the same two cores as one, so reads gain nothing either.
-- **Device events forwarded.** Storing alone gets closer to the bare broker (the
-  "stored only" ratio above); forwarding to BANK is one HTTP call per event, in order per device, so four
-  devices mean at most four calls in flight.""")
+- **Device events forwarded, against the broker alone.** The broker alone keeps
+  nothing on disk; with the durable PUBACK each event waits for one flush on the
+  broker's thread, so iotfin's rate is bounded by the disk's one-record append rate
+  (the fleet section measures it: about 5,000/s here) while the broker alone runs at
+  20,000-25,000/s: a ratio of at most about a quarter before iotfin does any work.
+  Forwarding to BANK is one HTTP call per event, in order per device, so four devices
+  mean at most four calls in flight.""")
