@@ -207,9 +207,10 @@ Where a target is not met, the measurements above and the profile below say why:
   loopback (client → iotfin → broker → device → broker → iotfin → client) and, inside
   iotfin, the hand-overs between threads (HTTP thread → write worker → store writer
   and back; MQTT thread → hub lane → store writer). Timed with C clients on both ends
-  (`build/bench_roundtrip`) the trip takes about as long as with the Python clients,
-  so it is iotfin, its broker and the disk. And a trip is not alone on the writer:
-  each one causes about five database commits (the command, its delivery, the ack,
+  (`build/bench_roundtrip`) the trip was 0.0-0.5 ms shorter than with the Python
+  clients in this stop's runs, so most of it is iotfin, its broker and the disk, and
+  whether the C row meets the target moves from run to run. And a trip is not alone on
+  the writer: each one causes about five database commits (the command, its delivery, the ack,
   and the BANK forwarder's claims and settlements of the events they record; `strace
   -f -e fdatasync` on iotfin and its broker over five trips counted 27, and 5 spool
   appends), each with its flush, so the ack's commit often waits for another to finish
