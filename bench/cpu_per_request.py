@@ -1,7 +1,7 @@
 """CPU time iotfin spends per request, for one route, for one or more builds side by
-side: each build serves `wrk -t2 -c64` for --seconds (its p99 printed too) while `perf stat -e task-clock`
-counts the iotfin process's CPU; the runs of the builds are interleaved, so that a
-machine whose speed drifts (CPU steal) weighs on all of them alike. CPU per request
+side: each build serves `wrk -t2 -c64` for --seconds (wrk's p99 printed too) while
+`perf stat -e task-clock` counts the iotfin process's CPU; the runs of the builds are
+interleaved, so that a machine whose speed drifts (CPU steal) weighs on all of them alike. CPU per request
 is steadier than requests per second on a shared machine, and it is what a change on
 the request path moves.
 

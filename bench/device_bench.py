@@ -252,6 +252,17 @@ class CommandDevice:
         self.c.loop_stop()
 
 
+ROUND_TRIP_LEGS = ("round_trip", "api_to_device", "post", "device_to_visible")
+
+
+def leg_medians(out):
+    """Adds to out, per leg, the medians over out["runs"] of each run's p50 and p99."""
+    for k in ROUND_TRIP_LEGS:
+        out[k + "_ms"] = {q: r3(med([x[k + "_ms"][q] for x in out["runs"]])) for q in ("p50", "p99")}
+    out["meets_target"] = out["round_trip_ms"]["p50"] is not None and out["round_trip_ms"]["p50"] < 2
+    return out
+
+
 def round_trip(api, token, dev, device, i):
     path = f"/v1/devices/{dev}/commands"
     body = {"type": "bench.ping", "payload": {"i": i}}
@@ -290,7 +301,7 @@ def bench_commands(args, srv, api, token, dev, creds):
         for r in range(args.runs):
             samples = [round_trip(api, token, dev, device, i) for i in range(args.commands)]
             run = {"run": r + 1, "n": len(samples)}
-            for k in ("round_trip", "api_to_device", "post", "device_to_visible"):
+            for k in ROUND_TRIP_LEGS:
                 vals = [s[k] for s in samples]
                 run[k + "_ms"] = {"p50": r3(pct(vals, 50)), "p90": r3(pct(vals, 90)),
                                   "p99": r3(pct(vals, 99)), "max": r3(max(vals))}
@@ -302,24 +313,17 @@ def bench_commands(args, srv, api, token, dev, creds):
     finally:
         device.close()
         sys.setswitchinterval(0.005)
-    out = {"runs": runs}
-    for k in ("round_trip", "api_to_device", "post", "device_to_visible"):
-        out[k + "_ms"] = {p: r3(med([x[k + "_ms"][p] for x in runs])) for p in ("p50", "p99")}
+    out = leg_medians({"runs": runs})
     out["target_round_trip_p50_ms"] = 2
-    out["meets_target"] = out["round_trip_ms"]["p50"] is not None and out["round_trip_ms"]["p50"] < 2
     return out
-
-
-ROUND_TRIP_LEGS = ("round_trip", "api_to_device", "post", "device_to_visible")
 
 
 def bench_commands_c(args, srv, token, dev, creds):
     """The same round trips with C clients on both ends (bench/bench_roundtrip.c), on the
     same server, device and credentials, after the paho device has disconnected."""
     cmd = [args.bench_roundtrip, str(urllib.parse.urlsplit(srv.http).port), str(srv.mqtt_port),
-           token, dev,
-           creds["username"], creds["password"], str(args.warmup_commands), str(args.runs),
-           str(args.commands)]
+           token, dev, creds["username"], creds["password"], str(args.warmup_commands),
+           str(args.runs), str(args.commands)]
     log(f"commands, C clients: {args.warmup_commands} warm-up + {args.runs} x "
         f"{args.commands} round trips")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -329,12 +333,9 @@ def bench_commands_c(args, srv, token, dev, creds):
     for r in out["runs"]:
         log(f"commands run {r['run']}, C clients: round trip p50 {r['round_trip_ms']['p50']:.2f} "
             f"ms p99 {r['round_trip_ms']['p99']:.2f} ms")
-    for k in ROUND_TRIP_LEGS:
-        out[k + "_ms"] = {q: r3(med([x[k + "_ms"][q] for x in out["runs"]])) for q in ("p50", "p99")}
     out["command"] = " ".join([rel(args.bench_roundtrip), "HTTP_PORT", "MQTT_PORT", "TOKEN",
                                "DEVICE", "USER", "PASSWORD"] + cmd[7:])
-    out["meets_target"] = out["round_trip_ms"]["p50"] < 2
-    return out
+    return leg_medians(out)
 
 
 # --- diagnostic: the round trip with TCP_NODELAY everywhere ----------------------------
