@@ -217,8 +217,9 @@ Where a target is not met, the measurements above and the profile below say why:
   first. A `POST` that answered before its commit would meet the target by giving up
   what a 2xx promises.
 - **The bus.** Whether a run meets the target moves with this machine's drifting
-  speed: one build measured 16,000 to 28,000 events/s on one afternoon (its git log
-  has the runs). One writer thread runs every transaction; the profile shows it busy
+  speed: one build measured 16,000 to 28,000 events/s on one afternoon
+  (`build/bench_bus 20000 32 2`, interleaved with other builds; the runs are in the
+  messages of commits 9429831, 8b416f0 and 13c7cbf). One writer thread runs every transaction; the profile shows it busy
   with SQLite itself for most of its time: per event an events row (its table, three
   indexes and the AUTOINCREMENT counter), a queue row (table, three indexes,
   counter), a lease that moves the row in its three indexes, and a delete from all
@@ -228,7 +229,7 @@ Where a target is not met, the measurements above and the profile below say why:
   index entries per queue row or a second writer database for queues. Checkpoints
   stay in the writer's commit (SQLite's own): one on a thread of its own was tried
   twice and measured slower on the bus, since under a steady stream of commits it
-  never catches up with the writer (the git log has the figures).
+  never catches up with the writer (the same command's runs in commit 8b416f0).
 - **Device events with the durable PUBACK.** Mosquitto sends a PUBACK as soon as the
   plugin's message callback returns, on its one network thread, so every device event
   costs one write + fdatasync there and no sync can serve two messages: the broker
